@@ -1,0 +1,22 @@
+"""The edges: the partner receive bridge, STIX helpers, TAXII (to come).
+
+Adapters never import ``broker``: the broker hands them what they need (a NATS JetStream
+context, a submit function, key material).
+"""
+
+from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
+from ._errors import AdapterError, BridgeError, TaxiiProtocolError
+from ._stix import InvalidBundle, check_bundle, parse_bundle
+
+__all__ = [
+    "AdapterError",
+    "BridgeError",
+    "DiskReplayGuard",
+    "InvalidBundle",
+    "ReceiveStats",
+    "Receiver",
+    "TaxiiProtocolError",
+    "atomic_write",
+    "check_bundle",
+    "parse_bundle",
+]

@@ -1,0 +1,247 @@
+"""The partner receive bridge: open packages at the partner's premises and store them.
+
+A partner runs ``atlas-broker receive``; it consumes its durable consumer on DELIVERIES
+(``rcv-<org>``, filtered to ``atlas.deliver.<org>.*``), opens each package with its own
+private key (verifying the broker's signature on the exact bytes received), writes the
+STIX bundle to its folder atomically (temp file, fsync, rename) and acks only after that.
+A package that can never be opened (wrong key, bad signature, expired) is quarantined with
+the reason beside it and acked: it stays in DELIVERIES for anyone to inspect, and it does
+not block the packages behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from keys import BrokerKeyring, OpenedPackage, PackageError, PrivateKey, open_package
+
+from ._errors import BridgeError
+
+__all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
+
+log = structlog.get_logger()
+
+DELIVERIES = "DELIVERIES"
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
+    """Write ``data`` so that ``path`` holds either the old or the whole new content."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class DiskReplayGuard:
+    """Package ids already opened, kept on disk until their ``exp`` has passed."""
+
+    def __init__(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._now = now
+        self._seen: dict[str, int] = {}
+        if path.exists():
+            for line in path.read_bytes().splitlines():
+                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                    item = orjson.loads(line)
+                    self._seen[str(item["jti"])] = int(item["exp"])
+        self._compact()
+
+    def _compact(self) -> None:
+        cutoff = int(self._now())
+        live = {jti: exp for jti, exp in self._seen.items() if exp > cutoff}
+        if len(live) != len(self._seen) or not self._path.exists():
+            self._seen = live
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(
+                self._path,
+                b"".join(orjson.dumps({"jti": j, "exp": e}) + b"\n" for j, e in live.items()),
+                mode=0o600,
+            )
+
+    def seen(self, jti: str, exp: int) -> bool:
+        return jti in self._seen
+
+    def add(self, jti: str, exp: int) -> None:
+        self._seen[jti] = exp
+        with self._path.open("ab") as fh:
+            fh.write(orjson.dumps({"jti": jti, "exp": exp}) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+@dataclass
+class ReceiveStats:
+    received: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    objects: int = 0
+    by_tlp: dict[str, int] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+class Receiver:
+    """Consumes one organisation's deliveries into ``out_dir``."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        org: str,
+        decryption_keys: Mapping[str, PrivateKey],
+        broker_keys: Callable[[], BrokerKeyring],
+        out_dir: Path,
+        clock: Callable[[], float] = time.time,
+        batch: int = 16,
+    ) -> None:
+        self._js = js
+        self._org = org
+        self._keys = decryption_keys
+        self._broker_keys = broker_keys
+        self._out = out_dir
+        self._clock = clock
+        self._batch = batch
+        self._state = out_dir / ".atlas"
+        self._state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self._state / "packages").mkdir(exist_ok=True)
+        (self._state / "quarantine").mkdir(exist_ok=True)
+        self._replay = DiskReplayGuard(self._state / "replay.jsonl", now=clock)
+        self.stats = ReceiveStats()
+
+    @property
+    def consumer(self) -> str:
+        return f"rcv-{self._org}"
+
+    async def _subscription(self) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            durable_name=self.consumer,
+            name=self.consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=60,
+            filter_subject=f"atlas.deliver.{self._org}.*",
+        )
+        try:
+            await self._js.consumer_info(DELIVERIES, self.consumer)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_consumer(DELIVERIES, config)
+        return await self._js.pull_subscribe_bind(self.consumer, stream=DELIVERIES)
+
+    async def pending(self) -> int:
+        info = await self._js.consumer_info(DELIVERIES, self.consumer)
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def run(self, *, once: bool = False, idle_timeout: float = 2.0) -> ReceiveStats:
+        """Receive until cancelled, or with ``once`` until nothing is pending."""
+        sub = await self._subscription()
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(self._batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    if once and await self.pending() == 0:
+                        return self.stats
+                    continue
+                for msg in msgs:
+                    await self.handle(msg)
+        finally:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await sub.unsubscribe()
+
+    async def handle(self, msg: Msg) -> None:
+        subject_sid = msg.subject.rsplit(".", 1)[-1]
+        token = msg.data
+        try:
+            opened = open_package(
+                token,
+                recipient=self._org,
+                decryption_keys=self._keys,
+                broker_keys=self._broker_keys(),
+                now=int(self._clock()),
+                replay=None,  # checked below, and recorded only once the bundle is stored
+            )
+        except PackageError as exc:
+            self._quarantine(msg, exc)
+            await msg.ack_sync()
+            return
+        if self._replay.seen(opened.jti, int(opened.claims["exp"])):
+            self.stats.duplicates += 1
+            log.info("package.duplicate", sub=subject_sid, jti=opened.jti)
+            await msg.ack_sync()
+            return
+        self._store(subject_sid, token, opened)
+        self._replay.add(opened.jti, int(opened.claims["exp"]))
+        await msg.ack_sync()
+
+    def _store(self, sid: str, token: bytes, opened: OpenedPackage) -> None:
+        src = opened.claims.get("src", {})
+        if src.get("submission") != sid:
+            raise BridgeError(f"package for submission {src.get('submission')!r} arrived on {sid!r}")
+        bundle_path = self._out / f"{sid}.json"
+        atomic_write(bundle_path, orjson.dumps(opened.stix, option=orjson.OPT_INDENT_2))
+        meta: dict[str, Any] = {
+            "jti": opened.jti,
+            "iss": opened.claims.get("iss"),
+            "aud": opened.claims.get("aud"),
+            "iat": opened.claims.get("iat"),
+            "exp": opened.claims.get("exp"),
+            "src": src,
+            "tlp": opened.claims.get("tlp"),
+            "jwe_sha256": hashlib.sha256(token).hexdigest(),
+            "rcpt_kid": opened.claims.get("rcpt_kid"),
+        }
+        atomic_write(self._state / "packages" / f"{sid}.json", orjson.dumps(meta), mode=0o600)
+        atomic_write(self._state / "packages" / f"{sid}.jwe", token, mode=0o600)
+        objects = opened.stix.get("objects", []) if isinstance(opened.stix, dict) else []
+        self.stats.received += 1
+        self.stats.objects += len(objects)
+        self.stats.files.append(bundle_path)
+        tlp = str(opened.claims.get("tlp"))
+        self.stats.by_tlp[tlp] = self.stats.by_tlp.get(tlp, 0) + 1
+        log.info("package.stored", sub=sid, objects=len(objects), tlp=tlp)
+
+    def _quarantine(self, msg: Msg, exc: PackageError) -> None:
+        seq = msg.metadata.sequence.stream
+        qdir = self._state / "quarantine"
+        atomic_write(qdir / f"{seq}.jwe", msg.data, mode=0o600)
+        atomic_write(
+            qdir / f"{seq}.reason.json",
+            orjson.dumps({"subject": msg.subject, "error": type(exc).__name__, "detail": str(exc)}),
+            mode=0o600,
+        )
+        self.stats.quarantined += 1
+        log.error("package.rejected", seq=seq, error=type(exc).__name__, detail=str(exc))
+
+
+async def wait_idle(receiver: Receiver, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while await receiver.pending():
+            await asyncio.sleep(0.05)

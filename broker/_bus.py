@@ -1,0 +1,245 @@
+"""The NATS side: connecting, the JetStream streams and buckets, subject names.
+
+| stream      | subjects                                   | why                                   |
+|-------------|--------------------------------------------|---------------------------------------|
+| SUBMISSIONS | ``atlas.submit.<org>``                     | signed submissions, replayable 30 d   |
+| DELIVERIES  | ``atlas.deliver.<recipient>.<submission>`` | one sealed package per subject        |
+| LOG         | ``atlas.log.entries.<submission>.<n>``,    | dissemination log: delete/purge       |
+|             | ``atlas.log.checkpoints``                  | denied, no age limit                  |
+
+Log entries of one submission are one message on their own subject, published with an
+expected last subject sequence of 0 like deliveries: a worker that crashes after writing
+them and is redelivered the submission cannot write them twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from ._config import Settings
+from ._embedded import EmbeddedNats, running_url
+from .errors import NatsUnavailable
+
+__all__ = [
+    "DELIVERIES",
+    "DIRECTORY_BUCKET",
+    "LOG",
+    "SUBMISSIONS",
+    "SUBMITTED_BUCKET",
+    "Streams",
+    "connect",
+    "deliver_subject",
+    "ensure_streams",
+    "log_subject",
+    "nats_session",
+    "submit_subject",
+]
+
+log = structlog.get_logger()
+
+SUBMISSIONS = "SUBMISSIONS"
+DELIVERIES = "DELIVERIES"
+LOG = "LOG"
+DIRECTORY_BUCKET = "atlas_directory"
+SUBMITTED_BUCKET = "atlas_submitted"
+CHECKPOINT_SUBJECT = "atlas.log.checkpoints"
+
+_DAY = 86400.0
+
+
+def submit_subject(org: str) -> str:
+    return f"atlas.submit.{org}"
+
+
+def deliver_subject(recipient: str, submission: str) -> str:
+    return f"atlas.deliver.{recipient}.{submission}"
+
+
+def log_subject(submission: str) -> str:
+    return f"atlas.log.entries.{submission}"
+
+
+@dataclass(frozen=True, slots=True)
+class Streams:
+    submissions_max_age: float = 30 * _DAY
+    deliveries_max_age: float = 30 * _DAY
+    deliveries_max_bytes: int = 8 * 1024**3
+    max_msg_size: int = 1024 * 1024
+    replicas: int = 1
+
+
+async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> None:
+    """Create the streams and buckets, or bring their configuration up to date."""
+    configs = [
+        StreamConfig(
+            name=SUBMISSIONS,
+            subjects=["atlas.submit.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=streams.submissions_max_age,
+            max_msg_size=streams.max_msg_size,
+            num_replicas=streams.replicas,
+            # Member-chosen Nats-Msg-Id headers are not trusted (dedupe is stream-wide, so
+            # one member could make another's submission vanish): keep the window minimal
+            # and dedupe in the broker per organisation.
+            duplicate_window=0.1,
+        ),
+        StreamConfig(
+            name=DELIVERIES,
+            subjects=["atlas.deliver.*.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=streams.deliveries_max_age,
+            max_bytes=streams.deliveries_max_bytes,
+            discard=DiscardPolicy.NEW,
+            num_replicas=streams.replicas,
+            duplicate_window=0.1,
+        ),
+        StreamConfig(
+            name=LOG,
+            subjects=["atlas.log.entries.>", CHECKPOINT_SUBJECT],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            deny_delete=True,
+            deny_purge=True,
+            num_replicas=streams.replicas,
+            duplicate_window=0.1,
+        ),
+    ]
+    for config in configs:
+        await _ensure_stream(js, config)
+    await js.create_key_value(
+        KeyValueConfig(bucket=DIRECTORY_BUCKET, history=16, replicas=streams.replicas)
+    )
+    await js.create_key_value(
+        KeyValueConfig(
+            bucket=SUBMITTED_BUCKET,
+            ttl=streams.submissions_max_age,
+            replicas=streams.replicas,
+        )
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        # 10058: the stream exists with another configuration -> update it in place.
+        if exc.err_code != 10058:
+            raise
+        await js.update_stream(config)
+        log.info("stream.updated", stream=config.name)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    cfg = settings.nats
+    url = cfg.url or ""
+    if not (url.startswith("tls://") or cfg.tls_ca_file or cfg.tls_cert_file):
+        return None
+    ctx = ssl.create_default_context(cafile=str(cfg.tls_ca_file) if cfg.tls_ca_file else None)
+    if cfg.tls_cert_file and cfg.tls_key_file:
+        ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+    return ctx
+
+
+async def _on_error(exc: Exception) -> None:
+    # Permission violations reach a client only through this callback.
+    log.warning("nats.error", error=str(exc), kind=type(exc).__name__)
+
+
+async def _on_disconnect() -> None:
+    log.info("nats.disconnected")
+
+
+async def _on_reconnect() -> None:
+    log.info("nats.reconnected")
+
+
+async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -> NATS:
+    """Connect to ``url`` with the configured credentials and TLS options."""
+    cfg = settings.nats
+    kwargs: dict[str, object] = {}
+    if cfg.user is not None and cfg.password is not None:
+        kwargs.update(user=cfg.user, password=cfg.password.get_secret_value())
+    if cfg.token is not None:
+        kwargs["token"] = cfg.token.get_secret_value()
+    if cfg.nkey_seed_file is not None:
+        kwargs["nkeys_seed"] = str(cfg.nkey_seed_file)
+    if cfg.creds_file is not None:
+        kwargs["user_credentials"] = str(cfg.creds_file)
+    tls = _tls_context(settings)
+    if tls is not None:
+        kwargs["tls"] = tls
+    try:
+        return await nats.connect(
+            servers=[url],
+            name=name,
+            connect_timeout=int(max(1, cfg.connect_timeout)),
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            allow_reconnect=True,
+            error_cb=_on_error,
+            disconnected_cb=_on_disconnect,
+            reconnected_cb=_on_reconnect,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise NatsUnavailable(
+            f"cannot connect to NATS at {url}: {exc or type(exc).__name__}"
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def nats_session(
+    settings: Settings, *, embedded_ok: bool, name: str = "atlas-broker"
+) -> AsyncIterator[tuple[NATS, JetStreamContext]]:
+    """Connect to the configured server, or to/with the embedded one.
+
+    With ``nats.url`` set, connect there. Otherwise use the embedded server running on the
+    data folder; if none runs and ``embedded_ok`` (``serve``, ``demo``), start one and stop
+    it on exit.
+    """
+    url = settings.nats.url or running_url(settings.data_dir)
+    embedded: EmbeddedNats | None = None
+    if url is None:
+        if not embedded_ok:
+            raise NatsUnavailable(
+                f"no NATS URL configured and no embedded server running on {settings.data_dir}: "
+                "start `atlas-broker serve` (same --data-dir) or set nats.url / ATLAS_NATS__URL"
+            )
+        embedded = EmbeddedNats(
+            Path(settings.data_dir),
+            host=settings.nats.host,
+            port=settings.nats.port,
+            sync_always=settings.nats.sync_always,
+            max_payload=settings.nats.max_payload,
+        )
+        url = await embedded.start()
+    try:
+        nc = await connect(url, settings, name=name)
+        try:
+            yield nc, nc.jetstream()
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+    finally:
+        if embedded is not None:
+            await embedded.stop()

@@ -1,0 +1,175 @@
+"""Configuration: one frozen settings model from a TOML file and ``ATLAS_*`` variables.
+
+Precedence, highest first: explicit keyword arguments, environment variables
+(``ATLAS_NATS__URL``, ``ATLAS_ROUTER__WORKERS`` ...), the TOML file (``--config`` or
+``ATLAS_CONFIG``), defaults. Unknown keys in the file are errors, so a typo never silently
+falls back to a default. ``deploy/atlas.toml`` is the commented sample.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "LimitSettings",
+    "NatsSettings",
+    "RouterSettings",
+    "Settings",
+    "load_settings",
+]
+
+_MiB = 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NatsSettings(_Section):
+    url: str | None = None
+    """A NATS URL (``nats://``/``tls://``); unset: the broker starts an embedded server."""
+    host: str = "127.0.0.1"
+    """Embedded server: listen address. Loopback unless you mean it."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """Embedded server: client port; 0 picks a free one."""
+    sync_always: bool = True
+    """Embedded server: fsync every write (a single node has no replica to recover from)."""
+    max_payload: int = Field(default=_MiB, ge=64 * 1024, le=8 * _MiB)
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    nkey_seed_file: Path | None = None
+    creds_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    connect_timeout: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> NatsSettings:
+        given = [
+            name
+            for name, value in (
+                ("user/password", self.user),
+                ("token", self.token),
+                ("nkey_seed_file", self.nkey_seed_file),
+                ("creds_file", self.creds_file),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one NATS credential, not {', '.join(given)}")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("nats.user and nats.password go together")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("nats.tls_cert_file and nats.tls_key_file go together")
+        return self
+
+
+class LimitSettings(_Section):
+    max_bundle_bytes: int = Field(default=900 * 1024, ge=1024)
+    """Largest signed submission accepted (must fit within nats.max_payload)."""
+    max_objects: int = Field(default=10_000, ge=1)
+
+
+class RouterSettings(_Section):
+    workers: int = Field(default=2, ge=1, le=64)
+    batch: int = Field(default=8, ge=1, le=256)
+    ack_wait: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=10, ge=1)
+    package_ttl: int = Field(default=30 * 86400, ge=60)
+    """Seconds a sealed package stays valid (its ``exp``)."""
+
+
+class BrokerKeySettings(_Section):
+    id: str = "atlas-broker"
+    signing_key: Path | None = None
+    """PKCS#8 PEM private key the broker signs packages with (mode 0600)."""
+    signing_key_passphrase: SecretStr | None = None
+    digest_key_file: Path | None = None
+    """32+ random bytes keying the digests of object ids in the log (created if missing)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ATLAS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("atlas-data")
+    log_format: Literal["auto", "console", "json"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    nats: NatsSettings = NatsSettings()
+    limits: LimitSettings = LimitSettings()
+    router: RouterSettings = RouterSettings()
+    broker: BrokerKeySettings = BrokerKeySettings()
+
+    @model_validator(mode="after")
+    def _bundle_fits_payload(self) -> Settings:
+        if self.limits.max_bundle_bytes > self.nats.max_payload:
+            raise ValueError(
+                f"limits.max_bundle_bytes ({self.limits.max_bundle_bytes}) exceeds "
+                f"nats.max_payload ({self.nats.max_payload})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings; a missing or invalid setting raises ``ConfigError`` naming it."""
+    path = config_file
+    if path is None and os.environ.get("ATLAS_CONFIG"):
+        path = Path(os.environ["ATLAS_CONFIG"])
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist")
+        try:
+            with path.open("rb") as fh:
+                tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"invalid configuration{where}: " + "; ".join(parts)

@@ -1,0 +1,224 @@
+"""``atlas-broker demo``: the whole path, end to end, on an embedded nats-server.
+
+Builds a community (3 members, 2 law-enforcement partners, an auditor, one operation group),
+generates keys, loads the directory, starts the router, publishes four bundles across every
+TLP level, runs each recipient's receive bridge, and reports what arrived, what was
+withheld and why, and the log. Exits non-zero if any step of the path failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+import tomli_w
+from rich.console import Console
+from rich.table import Table
+
+from adapters import ReceiveStats
+from keys import generate_org_keys, load_private_key
+from policy import Directory
+
+from ._audit import read_log
+from ._bus import SUBMISSIONS, ensure_streams, nats_session
+from ._config import Settings
+from ._demo_data import AUDITORS, MEMBERS, PARTNERS, TLP2, demo_bundles, demo_directory
+from ._directory_store import store_directory
+from ._router import ROUTER_CONSUMER
+from ._service import publish_bundle, receive, run_router, streams_for
+
+__all__ = ["run_demo"]
+
+log = structlog.get_logger()
+
+_LEVEL_OF = {v: k for k, v in TLP2.items()}
+
+
+async def run_demo(*, keep: Path | None, console: Console) -> bool:
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="atlas-demo-")))
+        else:
+            keep.mkdir(parents=True, exist_ok=True)
+            root = keep
+        return await _demo(root, console, started)
+    return False  # pragma: no cover - unreachable, ExitStack does not swallow
+
+
+async def _demo(root: Path, console: Console, started: float) -> bool:
+    console.rule("[bold]Atlas broker demo")
+    keydir = root / "keys"
+    public: dict[str, list[dict[str, Any]]] = {}
+    for org in [*MEMBERS, *PARTNERS, *AUDITORS, "atlas-broker"]:
+        generated = generate_org_keys(org, keydir / org)
+        public[org] = [generated.sign_jwk, generated.enc_jwk]
+    broker_jwks = [k for k in public.pop("atlas-broker") if k["use"] == "sig"]
+    doc = demo_directory(public, broker_jwks)
+    Directory.from_mapping(doc)
+    (root / "directory.toml").write_text(tomli_w.dumps(doc))
+    (root / "broker.jwks.json").write_bytes(orjson.dumps({"keys": broker_jwks}))
+    console.print(
+        f"community: {len(MEMBERS)} members, {len(PARTNERS)} partners, "
+        f"{len(AUDITORS)} auditor; keys and directory in {root}"
+    )
+
+    settings = Settings(
+        data_dir=root / "data",
+        broker={"signing_key": keydir / "atlas-broker" / "atlas-broker.sign.pem"},  # type: ignore[arg-type]
+        log_level="warning",
+    )
+    signing_key = load_private_key(keydir / "atlas-broker" / "atlas-broker.sign.pem")
+    async with nats_session(settings, embedded_ok=True, name="atlas-demo") as (nc, js):
+        console.print(
+            f"embedded nats-server: {nc.connected_url.geturl() if nc.connected_url else '?'}"
+        )
+        await ensure_streams(js, streams_for(settings))
+        revision = await store_directory(js, Directory.from_mapping(doc))
+        console.print(f"directory loaded (revision {revision})")
+        ready = asyncio.Event()
+        async with asyncio.TaskGroup() as group:
+            router = group.create_task(
+                run_router(js, settings, signing_key=signing_key, ready=ready)
+            )
+            await ready.wait()
+            sids = await _publish_all(settings, js, root, keydir, console)
+            await _wait_routed(js, len(sids))
+            results = {}
+            for org in sorted({*MEMBERS, *PARTNERS}):
+                out_dir = root / "received" / org
+                results[org] = await receive(
+                    settings,
+                    org=org,
+                    key_paths=[keydir / org / f"{org}.enc.pem"],
+                    out_dir=out_dir,
+                    once=True,
+                    broker_jwks=root / "broker.jwks.json",
+                    js=js,
+                )
+            entries = [record.entry async for record in read_log(js)]
+            router.cancel()
+    ok = _report(console, root, results, entries, sids)
+    console.print(
+        f"finished in {time.monotonic() - started:.1f} s — "
+        + ("[bold green]OK" if ok else "[bold red]FAILED")
+    )
+    return ok
+
+
+async def _publish_all(
+    settings: Settings, js: Any, root: Path, keydir: Path, console: Console
+) -> dict[str, str]:
+    sids: dict[str, str] = {}
+    bundles_dir = root / "bundles"
+    bundles_dir.mkdir(exist_ok=True)
+    for n, (org, to, bundle, what) in enumerate(demo_bundles(), start=1):
+        path = bundles_dir / f"{n}-{org}.json"
+        path.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
+        published = await publish_bundle(
+            settings,
+            path,
+            org=org,
+            key_path=keydir / org / f"{org}.sign.pem",
+            to=tuple(to.split(",")) if to else (),
+            js=js,
+        )
+        sids[published.sid] = org
+        console.print(f"published {path.name}: {what} → submission {published.sid}")
+    return sids
+
+
+async def _wait_routed(js: Any, count: int, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
+            if (
+                info.num_pending == 0
+                and info.num_ack_pending == 0
+                and info.delivered.consumer_seq >= count
+            ):
+                return
+            await asyncio.sleep(0.05)
+
+
+def _levels(obj: dict[str, Any]) -> str:
+    for ref in obj.get("object_marking_refs", []):
+        if ref in _LEVEL_OF:
+            return _LEVEL_OF[ref]
+    return "-"
+
+
+def _report(
+    console: Console,
+    root: Path,
+    results: dict[str, ReceiveStats],
+    entries: list[dict[str, Any]],
+    sids: dict[str, str],
+) -> bool:
+    problems: list[str] = []
+    table = Table(title="What each recipient received and what was withheld")
+    table.add_column("recipient")
+    table.add_column("packages", justify="right")
+    table.add_column("received objects by TLP")
+    table.add_column("withheld by TLP (reason)")
+    for org, stats in results.items():
+        received: Counter[str] = Counter()
+        for path in stats.files:
+            bundle = orjson.loads(path.read_bytes())
+            for obj in bundle.get("objects", []):
+                if obj.get("type") != "marking-definition":
+                    received[_levels(obj)] += 1
+        withheld: Counter[str] = Counter(
+            f"{e.get('tlp') or '?'} ({e.get('reason')})"
+            for e in entries
+            if e.get("type") == "withheld" and e.get("rcpt") == org
+        )
+        table.add_row(
+            f"{org}{' (partner)' if org in PARTNERS else ''}",
+            str(stats.received),
+            ", ".join(f"{k}: {v}" for k, v in sorted(received.items())) or "-",
+            ", ".join(f"{k}: {v}" for k, v in sorted(withheld.items())) or "-",
+        )
+        if stats.quarantined:
+            problems.append(f"{org}: {stats.quarantined} package(s) could not be opened")
+        if org != "interpol" and received["red"]:
+            problems.append(f"{org} received RED objects it was not named for")
+    console.print(table)
+    kinds = Counter(e.get("type") for e in entries)
+    refused = [e for e in entries if e.get("type") == "submission" and e.get("result") == "refused"]
+    console.print(
+        f"dissemination log: {len(entries)} entries ("
+        + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
+        + ")"
+    )
+    deliveries = [e for e in entries if e.get("type") == "delivery"]
+    received_total = sum(s.received for s in results.values())
+    if len(deliveries) != received_total:
+        problems.append(
+            f"{len(deliveries)} deliveries logged but {received_total} packages received"
+        )
+    if refused:
+        problems.append(
+            f"{len(refused)} demo submission(s) refused: "
+            + ", ".join(str(e.get("reason")) for e in refused)
+        )
+    accepted = {e.get("sub") for e in entries if e.get("type") == "submission"}
+    if accepted != set(sids):
+        problems.append("not every submission reached the log")
+    if not results.get("interpol") or not any(
+        _levels(o) == "red"
+        for p in results["interpol"].files
+        for o in orjson.loads(p.read_bytes()).get("objects", [])
+    ):
+        problems.append("the RED bundle named to interpol did not arrive there")
+    for problem in problems:
+        console.print(f"[bold red]problem:[/] {problem}")
+    console.print(f"received bundles are in {root / 'received'} (kept only with --keep)")
+    return not problems

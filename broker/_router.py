@@ -1,0 +1,391 @@
+"""The router: verify, evaluate per recipient, seal, deliver once, log, then ack.
+
+Workers share the durable pull consumer ``router`` on SUBMISSIONS. For each submission a
+worker verifies the originator's signature against the directory, computes the recipients,
+asks the policy for each recipient's view, seals each view to the recipient's current
+encryption key and publishes it once on ``atlas.deliver.<recipient>.<submission>`` (expected
+last subject sequence 0), writes the decisions to LOG, and only then acks. A crash anywhere
+before the ack is safe: the redelivered submission finds its packages and log chunks
+already stored and logs what was actually stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+import policy
+from keys import KeyRegistryError, PrivateKey, seal
+from policy import BundleRejected, Tlp
+
+from ._bus import SUBMISSIONS, SUBMITTED_BUCKET, deliver_subject, log_subject
+from ._config import Settings
+from ._directory_store import DirectoryWatcher, ResolvedDirectory
+from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, timestamp
+from ._submission import SubmissionRefused, open_submission
+from .errors import DirectoryUnavailable
+
+__all__ = ["ROUTER_CONSUMER", "Router", "RouterStats"]
+
+log = structlog.get_logger()
+
+ROUTER_CONSUMER = "router"
+PKG_ID_HEADER = "Atlas-Pkg-Id"
+RCPT_KID_HEADER = "Atlas-Rcpt-Kid"
+_TRANSIENT = (nats.errors.Error, OSError, TimeoutError, DirectoryUnavailable)
+
+
+@dataclass
+class RouterStats:
+    processed: int = 0
+    accepted: int = 0
+    refused: int = 0
+    deliveries: int = 0
+    withheld: int = 0
+    retried: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    jti: str
+    jwe_sha256: str
+    rcpt_kid: str
+    new: bool
+
+
+class Router:
+    """Runs ``workers`` fetch loops on the shared durable consumer until cancelled."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        directory: DirectoryWatcher,
+        *,
+        settings: Settings,
+        signing_key: PrivateKey,
+        digest_key: bytes,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._js = js
+        self._directory = directory
+        self._settings = settings
+        self._signing_key = signing_key
+        self._digest_key = digest_key
+        self._clock = clock
+        self.stats = RouterStats()
+
+    async def ensure_consumer(self) -> None:
+        cfg = self._settings.router
+        config = ConsumerConfig(
+            durable_name=ROUTER_CONSUMER,
+            name=ROUTER_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=cfg.ack_wait,
+            max_deliver=cfg.max_deliver,
+            max_ack_pending=max(64, cfg.workers * cfg.batch * 4),
+            filter_subject="atlas.submit.*",
+        )
+        await self._js.add_consumer(SUBMISSIONS, config)
+
+    async def run(self) -> None:
+        await self.ensure_consumer()
+        async with asyncio.TaskGroup() as group:
+            for n in range(self._settings.router.workers):
+                group.create_task(self._worker(n), name=f"router-worker-{n}")
+
+    async def _worker(self, n: int) -> None:
+        sub = await self._js.pull_subscribe_bind(ROUTER_CONSUMER, stream=SUBMISSIONS)
+        backoff = 0.1
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(self._settings.router.batch, timeout=1.0, heartbeat=0.25)
+                except nats.errors.TimeoutError:
+                    backoff = 0.1
+                    continue  # idle
+                except (nats.errors.Error, OSError) as exc:
+                    log.warning(
+                        "router.fetch_failed", worker=n, error=str(exc) or type(exc).__name__
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                for msg in msgs:
+                    await self.handle(msg)
+        finally:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await sub.unsubscribe()
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one submission; ack, or nak for a transient failure."""
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self._process(msg)
+            await msg.ack_sync()
+        except _TRANSIENT as exc:
+            self.stats.retried += 1
+            delay = min(2 ** (msg.metadata.num_delivered or 1), 30)
+            log.warning(
+                "submission.retry",
+                subject=msg.subject,
+                delay=delay,
+                error=str(exc) or type(exc).__name__,
+            )
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=delay)
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        self.stats.processed += 1
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        interval = max(self._settings.router.ack_wait / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    async def _process(self, msg: Msg) -> None:
+        org = msg.subject.split(".", 2)[2]
+        token = msg.data
+        src_sha256 = hashlib.sha256(token).hexdigest()
+        resolved = self._directory.current
+        now = self._clock()
+        with structlog.contextvars.bound_contextvars(org=org, msg_seq=msg.metadata.sequence.stream):
+            try:
+                envelope = open_submission(
+                    token,
+                    subject_org=org,
+                    signing_keys=resolved.orgs[org].signing if org in resolved.orgs else None,
+                    now=int(now.timestamp()),
+                    max_age=int(self._settings.router.package_ttl),
+                    max_objects=self._settings.limits.max_objects,
+                )
+                await self._claim(org, envelope.sid, src_sha256, msg.metadata.sequence.stream)
+                await self._route(
+                    envelope.sid,
+                    org,
+                    envelope.to,
+                    envelope.feed,
+                    envelope.bundle,
+                    src_sha256,
+                    resolved,
+                    now,
+                )
+            except SubmissionRefused as exc:
+                await self._refuse(org, src_sha256, exc.reason, str(exc), now)
+            except BundleRejected as exc:
+                await self._refuse(org, src_sha256, "bundle-rejected", str(exc), now)
+
+    async def _claim(self, org: str, sid: str, src_sha256: str, seq: int) -> None:
+        """Dedupe per organisation: a sid is used once; a redelivery of the same message passes."""
+        kv = await self._js.key_value(SUBMITTED_BUCKET)
+        value = f"{seq}:{src_sha256}".encode()
+        try:
+            await kv.create(f"{org}.{sid}", value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            existing = (await kv.get(f"{org}.{sid}")).value or b""
+            if existing == value:
+                return  # our own earlier attempt: finish it idempotently
+            if existing.endswith(src_sha256.encode()):
+                raise SubmissionRefused(
+                    "replayed", f"submission {sid} was already received"
+                ) from None
+            raise SubmissionRefused(
+                "duplicate-id", f"submission id {sid} was already used by {org}"
+            ) from None
+
+    async def _refuse(
+        self, org: str, src_sha256: str, reason: str, detail: str, now: datetime
+    ) -> None:
+        self.stats.refused += 1
+        self.stats.refusals[reason] = self.stats.refusals.get(reason, 0) + 1
+        log.warning("submission.refused", reason=reason, detail=detail)
+        entry = {
+            "type": "submission",
+            "ts": timestamp(now),
+            "org": org,
+            "result": "refused",
+            "reason": reason,
+            "src_sha256": src_sha256,
+        }
+        await append_entries(self._js, log_subject("r" + src_sha256[:32]), [entry])
+
+    async def _route(
+        self,
+        sid: str,
+        org: str,
+        to: tuple[str, ...],
+        feed: str | None,
+        bundle: dict[str, Any],
+        src_sha256: str,
+        resolved: ResolvedDirectory,
+        now: datetime,
+    ) -> None:
+        directory = resolved.directory
+        named_orgs = frozenset(item[4:] for item in to if item.startswith("org:"))
+        named_groups = frozenset(item[6:] for item in to if item.startswith("group:"))
+        submission = policy.Submission(
+            originator=org,
+            submission_id=sid,
+            named=named_orgs,
+            named_groups=named_groups,
+            feed=feed,
+        )
+        recipients = policy.recipients(directory, submission)
+        views = policy.evaluate_all(
+            bundle,
+            directory=directory,
+            submission=submission,
+            recipients=recipients,
+            now=now,
+            digest_key=self._digest_key,
+        )
+        ts = timestamp(now)
+        src = {"org": org, "submission": sid, "sha256": src_sha256}
+        entries: list[dict[str, Any]] = [
+            {
+                "type": "submission",
+                "ts": ts,
+                "org": org,
+                "sub": sid,
+                "result": "accepted",
+                "src_sha256": src_sha256,
+                "objects": len(bundle.get("objects", [])),
+                "recipients": len(recipients),
+            }
+        ]
+        broker_kid = self._signing_key.public.thumbprint
+        for recipient in sorted(views):
+            view = views[recipient]
+            for decision in view.decisions:
+                if decision.action == "delivered":
+                    continue
+                self.stats.withheld += decision.action == "withheld"
+                entries.append(
+                    {
+                        "type": decision.action,
+                        "ts": ts,
+                        "rcpt": recipient,
+                        "src": src,
+                        "obj": decision.object_digest,
+                        "obj_type": decision.object_type,
+                        "reason": decision.reason,
+                        "tlp": str(decision.tlp) if decision.tlp is not None else None,
+                    }
+                )
+            if view.bundle is None:
+                continue
+            enc_key = resolved.orgs[recipient].encryption
+            if enc_key is None:
+                entries.append(
+                    {
+                        "type": "withheld",
+                        "ts": ts,
+                        "rcpt": recipient,
+                        "src": src,
+                        "reason": "no-encryption-key",
+                        "objects": view.delivered,
+                    }
+                )
+                log.warning("delivery.no_key", rcpt=recipient)
+                continue
+            view_bytes = orjson.dumps(view.bundle)
+            stored = await self._deliver(recipient, sid, view.bundle, view.tlp, src, enc_key, now)
+            self.stats.deliveries += stored.new
+            entries.append(
+                {
+                    "type": "delivery",
+                    "ts": ts,
+                    "pkg": stored.jti,
+                    "rcpt": recipient,
+                    "rcpt_kid": stored.rcpt_kid,
+                    "broker_kid": broker_kid,
+                    "src": src,
+                    "view_sha256": hashlib.sha256(view_bytes).hexdigest(),
+                    "jwe_sha256": stored.jwe_sha256,
+                    "objects": {
+                        "delivered": view.delivered,
+                        "withheld": view.withheld,
+                        "derived": view.derived,
+                    },
+                    "tlp": str(view.tlp) if view.tlp is not None else None,
+                }
+            )
+        await append_entries(self._js, log_subject(sid), entries)
+        self.stats.accepted += 1
+        log.info(
+            "submission.routed",
+            sub=sid,
+            recipients=len(recipients),
+            packages=sum(1 for e in entries if e["type"] == "delivery"),
+        )
+
+    async def _deliver(
+        self,
+        recipient: str,
+        sid: str,
+        view: dict[str, Any],
+        tlp: Tlp | None,
+        src: dict[str, str],
+        enc_key: Any,
+        now: datetime,
+    ) -> _Stored:
+        subject = deliver_subject(recipient, sid)
+        try:
+            sealed = seal(
+                stix=view,
+                iss=self._settings.broker.id,
+                aud=recipient,
+                src=src,
+                tlp=str(tlp) if tlp is not None else "clear",
+                signing_key=self._signing_key,
+                recipient_key=enc_key,
+                now=int(now.timestamp()),
+                ttl=self._settings.router.package_ttl,
+                dumps=orjson.dumps,
+            )
+        except KeyRegistryError as exc:
+            raise SubmissionRefused("seal-failed", f"cannot seal to {recipient}: {exc}") from exc
+        headers = {
+            **EXPECT_NEW_SUBJECT,
+            PKG_ID_HEADER: sealed.jti,
+            RCPT_KID_HEADER: sealed.rcpt_kid,
+        }
+        try:
+            await self._js.publish(subject, sealed.token.encode(), headers=headers)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            # Stored by an earlier attempt: log what is actually there.
+            existing = await self._js.get_last_msg(DELIVERIES_STREAM, subject)
+            hdrs = existing.headers or {}
+            return _Stored(
+                jti=hdrs.get(PKG_ID_HEADER, ""),
+                jwe_sha256=hashlib.sha256(existing.data or b"").hexdigest(),
+                rcpt_kid=hdrs.get(RCPT_KID_HEADER, ""),
+                new=False,
+            )
+        return _Stored(
+            jti=sealed.jti, jwe_sha256=sealed.jwe_sha256, rcpt_kid=sealed.rcpt_kid, new=True
+        )
+
+
+DELIVERIES_STREAM = "DELIVERIES"

@@ -1,0 +1,203 @@
+"""The long-running and one-shot jobs behind the CLI, as plain async functions.
+
+The CLI parses arguments and settings and calls these; the demo and the tests call them
+too, so every path a user runs is the path that is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import structlog
+from nats.js import JetStreamContext
+
+from adapters import Receiver, ReceiveStats
+from keys import BrokerKeyring, PrivateKey, PublicKey, load_private_key
+
+from ._bus import Streams, ensure_streams, nats_session, submit_subject
+from ._config import Settings
+from ._directory_store import DirectoryWatcher, fetch_directory
+from ._router import Router
+from ._submission import make_submission
+from .errors import ConfigError, SubmissionError
+
+__all__ = [
+    "load_digest_key",
+    "publish_bundle",
+    "receive",
+    "serve",
+    "streams_for",
+]
+
+log = structlog.get_logger()
+
+
+def streams_for(settings: Settings) -> Streams:
+    return Streams(
+        submissions_max_age=float(settings.router.package_ttl),
+        max_msg_size=settings.limits.max_bundle_bytes,
+    )
+
+
+def load_digest_key(settings: Settings) -> bytes:
+    """The key of the object digests in the log; created (0600) on first use."""
+    path = settings.broker.digest_key_file or settings.data_dir / "digest.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+        log.info("digest_key.created", path=str(path))
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"broker.digest_key_file {path} is readable by others: chmod 600 it")
+    data = path.read_bytes()
+    if len(data) < 32:
+        raise ConfigError(f"broker.digest_key_file {path} holds {len(data)} bytes; 32 are needed")
+    return data
+
+
+def broker_signing_key(settings: Settings) -> PrivateKey:
+    if settings.broker.signing_key is None:
+        raise ConfigError(
+            "broker.signing_key is not set: generate one with "
+            "`atlas-broker keys generate --org atlas-broker --out DIR` and set "
+            "[broker] signing_key in the configuration (or ATLAS_BROKER__SIGNING_KEY)"
+        )
+    passphrase = settings.broker.signing_key_passphrase
+    return load_private_key(
+        settings.broker.signing_key,
+        passphrase=passphrase.get_secret_value().encode() if passphrase else None,
+    )
+
+
+async def run_router(
+    js: JetStreamContext,
+    settings: Settings,
+    *,
+    signing_key: PrivateKey,
+    ready: asyncio.Event | None = None,
+) -> None:
+    await ensure_streams(js, streams_for(settings))
+    async with DirectoryWatcher(js) as watcher:
+        router = Router(
+            js,
+            watcher,
+            settings=settings,
+            signing_key=signing_key,
+            digest_key=load_digest_key(settings),
+        )
+        await router.ensure_consumer()
+        if ready is not None:
+            ready.set()
+        log.info("router.started", workers=settings.router.workers)
+        await router.run()
+
+
+async def serve(settings: Settings) -> None:
+    """``atlas-broker serve``: the router on the configured or embedded NATS, until stopped."""
+    signing_key = broker_signing_key(settings)
+    async with nats_session(settings, embedded_ok=True, name="atlas-broker-serve") as (_, js):
+        await run_router(js, settings, signing_key=signing_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    sid: str
+    stream_seq: int
+    size: int
+
+
+async def publish_bundle(
+    settings: Settings,
+    bundle_path: Path,
+    *,
+    org: str,
+    key_path: Path,
+    to: tuple[str, ...] = (),
+    feed: str | None = None,
+    passphrase: bytes | None = None,
+    js: JetStreamContext | None = None,
+) -> Published:
+    """Sign and submit a bundle; returns only after JetStream stored it."""
+    try:
+        raw = bundle_path.read_bytes()
+    except OSError as exc:
+        raise SubmissionError(f"{bundle_path}: cannot read: {exc.strerror or exc}") from exc
+    key = load_private_key(key_path, passphrase=passphrase)
+    signed = make_submission(
+        raw,
+        org=org,
+        key=key,
+        to=to,
+        feed=feed,
+        now=int(time.time()),
+        max_bytes=settings.limits.max_bundle_bytes,
+        max_objects=settings.limits.max_objects,
+        source=str(bundle_path),
+    )
+    if js is not None:
+        ack = await js.publish(submit_subject(org), signed.token, stream="SUBMISSIONS")
+    else:
+        async with nats_session(settings, embedded_ok=False, name="atlas-publish") as (_, js2):
+            ack = await js2.publish(submit_subject(org), signed.token, stream="SUBMISSIONS")
+    log.info("submission.stored", sub=signed.sid, seq=ack.seq, bytes=len(signed.token))
+    return Published(sid=signed.sid, stream_seq=int(ack.seq), size=len(signed.token))
+
+
+def read_jwks(path: Path) -> BrokerKeyring:
+    """A pinned broker key set: ``{"keys": [JWK, ...]}``."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        keys = [PublicKey.from_jwk(jwk) for jwk in data["keys"]]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--broker-jwks {path}: not a JWK set ({exc})") from exc
+    return BrokerKeyring.of(*keys)
+
+
+async def receive(
+    settings: Settings,
+    *,
+    org: str,
+    key_paths: list[Path],
+    out_dir: Path,
+    once: bool,
+    broker_jwks: Path | None = None,
+    passphrase: bytes | None = None,
+    js: JetStreamContext | None = None,
+    on_ready: Callable[[Receiver], None] | None = None,
+) -> ReceiveStats:
+    """``atlas-broker receive``: open this organisation's packages into ``out_dir``."""
+    keys = [load_private_key(p, passphrase=passphrase) for p in key_paths]
+    decryption = {k.public.thumbprint: k for k in keys}
+    pinned = read_jwks(broker_jwks) if broker_jwks else None
+
+    async def _run(js: JetStreamContext) -> ReceiveStats:
+        if pinned is not None:
+            ring = pinned
+        else:
+            ring = (await fetch_directory(js)).broker_keyring
+            log.warning(
+                "receive.broker_keys_from_bus", hint="pin the broker's keys with --broker-jwks"
+            )
+        receiver = Receiver(
+            js,
+            org=org,
+            decryption_keys=decryption,
+            broker_keys=lambda: ring,
+            out_dir=out_dir,
+        )
+        if on_ready is not None:
+            on_ready(receiver)
+        return await receiver.run(once=once)
+
+    if js is not None:
+        return await _run(js)
+    async with nats_session(settings, embedded_ok=False, name=f"atlas-receive-{org}") as (_, js2):
+        return await _run(js2)

@@ -1,0 +1,186 @@
+"""Signed submissions: what a member publishes on ``atlas.submit.<org>``.
+
+The message is a compact JWS (``typ: atlas-sub+jws``) by the member's signing key over an
+envelope that binds the bundle to its audience, so nobody on the way can widen who it is
+named to::
+
+    {"v": 1, "sid": "<32 hex>", "org": "<org id>", "iat": <epoch s>,
+     "to": ["org:ec3", "group:op-x"], "feed": null, "bundle": {...STIX 2.1 bundle...}}
+
+``sid`` is chosen by the member and is unique per organisation: the broker dedupes on
+``<org>.<sid>`` in its own bucket, never on a stream-wide message id.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from adapters import InvalidBundle, check_bundle, parse_bundle
+from keys import (
+    PrivateKey,
+    PublicKey,
+    SubmissionSignatureInvalid,
+    sign_submission,
+    verify_submission,
+)
+
+from .errors import SubmissionError
+
+__all__ = [
+    "Envelope",
+    "SignedSubmission",
+    "SubmissionRefused",
+    "make_submission",
+    "open_submission",
+]
+
+SID_RE = re.compile(r"^[0-9a-f]{32}$")
+_AUDIENCE_RE = re.compile(r"^(org|group):[a-z0-9][a-z0-9_-]{0,62}$")
+MAX_CLOCK_SKEW = 300
+
+
+class SubmissionRefused(SubmissionError):
+    """The router refuses a submission; ``reason`` is the code written to the log."""
+
+    def __init__(self, reason: str, msg: str) -> None:
+        super().__init__(msg)
+        self.reason = reason
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    v: int = Field(ge=1, le=1)
+    sid: str
+    org: str
+    iat: int
+    to: tuple[str, ...] = ()
+    feed: str | None = None
+    bundle: dict[str, Any]
+
+    @field_validator("sid")
+    @classmethod
+    def _sid(cls, value: str) -> str:
+        if not SID_RE.match(value):
+            raise ValueError("must be 32 lowercase hex characters")
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _audience(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _AUDIENCE_RE.match(item):
+                raise ValueError(f"{item!r} is not org:<id> or group:<id>")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSubmission:
+    sid: str
+    token: bytes
+
+
+def parse_audience(text: str | None) -> tuple[str, ...]:
+    """``"org:ec3,group:op-x"`` -> ``("org:ec3", "group:op-x")``; bare ids mean ``org:``."""
+    if not text:
+        return ()
+    out = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if ":" not in item:
+            item = f"org:{item}"
+        if not _AUDIENCE_RE.match(item):
+            raise SubmissionError(f"--to: {item!r} is not org:<id> or group:<id>")
+        out.append(item)
+    return tuple(out)
+
+
+def make_submission(
+    bundle_raw: bytes,
+    *,
+    org: str,
+    key: PrivateKey,
+    to: tuple[str, ...],
+    feed: str | None,
+    now: int,
+    max_bytes: int,
+    max_objects: int,
+    source: str = "bundle",
+) -> SignedSubmission:
+    """Check ``bundle_raw`` and sign it for ``org``; errors say what and where."""
+    try:
+        bundle = parse_bundle(
+            bundle_raw, source=source, max_bytes=max_bytes, max_objects=max_objects
+        )
+    except InvalidBundle as exc:
+        raise SubmissionError(str(exc)) from exc
+    sid = secrets.token_hex(16)
+    envelope = {
+        "v": 1,
+        "sid": sid,
+        "org": org,
+        "iat": now,
+        "to": list(to),
+        "feed": feed,
+        "bundle": bundle,
+    }
+    token = sign_submission(orjson.dumps(envelope), key, org=org, now=now).encode()
+    if len(token) > max_bytes:
+        raise SubmissionError(
+            f"{source}: the signed submission is {len(token):,} bytes, over the limit of "
+            f"{max_bytes:,} bytes"
+        )
+    return SignedSubmission(sid=sid, token=token)
+
+
+def open_submission(
+    token: bytes,
+    *,
+    subject_org: str,
+    signing_keys: dict[str, PublicKey] | None,
+    now: int,
+    max_age: int,
+    max_objects: int,
+) -> Envelope:
+    """Verify and parse a submission received on ``atlas.submit.<subject_org>``."""
+    if signing_keys is None:
+        raise SubmissionRefused("unknown-org", f"{subject_org!r} is not in the directory")
+    if not signing_keys:
+        raise SubmissionRefused("no-signing-key", f"{subject_org!r} has no valid signing key")
+    try:
+        header, payload = verify_submission(token.decode("ascii"), signing_keys)
+    except UnicodeDecodeError as exc:
+        raise SubmissionRefused("malformed", "submission is not a compact JWS") from exc
+    except SubmissionSignatureInvalid as exc:
+        raise SubmissionRefused("bad-signature", str(exc)) from exc
+    if header.get("org") != subject_org:
+        raise SubmissionRefused(
+            "org-mismatch", f"signed for {header.get('org')!r}, published as {subject_org!r}"
+        )
+    try:
+        envelope = Envelope.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise SubmissionRefused("malformed", f"envelope {loc}: {first['msg']}") from exc
+    if envelope.org != subject_org:
+        raise SubmissionRefused(
+            "org-mismatch", f"envelope names {envelope.org!r}, published as {subject_org!r}"
+        )
+    if envelope.iat > now + MAX_CLOCK_SKEW:
+        raise SubmissionRefused("stale", f"iat {envelope.iat} lies in the future")
+    if envelope.iat < now - max_age:
+        raise SubmissionRefused("stale", f"iat {envelope.iat} is older than {max_age} s")
+    try:
+        check_bundle(envelope.bundle, max_objects=max_objects)
+    except InvalidBundle as exc:
+        raise SubmissionRefused("invalid-bundle", str(exc)) from exc
+    return envelope

@@ -1,0 +1,351 @@
+"""``atlas-broker``: the command line. The only module that configures logging."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keys import generate_org_keys
+
+from ._config import Settings, load_settings
+from .errors import ATLAS_ERRORS
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="atlas-broker",
+    help="Atlas broker: share STIX 2.1 intelligence under TLP, sealed per recipient, logged "
+    "for audit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+directory_app = typer.Typer(help="Load and show the community directory.", no_args_is_help=True)
+keys_app = typer.Typer(help="Generate organisation and broker keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read the dissemination log.", no_args_is_help=True)
+app.add_typer(directory_app, name="directory")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
+
+out = Console()
+err = Console(stderr=True)
+
+_state: dict[str, Any] = {}
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    """Human-readable on a terminal, JSON lines otherwise; always to stderr."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def settings() -> Settings:
+    cached = _state.get("settings")
+    if cached is None:
+        overrides: dict[str, Any] = {}
+        if _state.get("data_dir") is not None:
+            overrides["data_dir"] = _state["data_dir"]
+        cached = load_settings(_state.get("config"), **overrides)
+        if _state.get("nats_url"):
+            cached = cached.model_copy(
+                update={"nats": cached.nats.model_copy(update={"url": _state["nats_url"]})}
+            )
+        _state["settings"] = cached
+    return cached  # type: ignore[no-any-return]
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a job; our errors become one clear line and exit code 1; Ctrl-C stops cleanly."""
+
+    async def _main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await coro
+
+    try:
+        return asyncio.run(_main())
+    except ATLAS_ERRORS as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    except asyncio.CancelledError:
+        err.print("stopped")
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _global(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML configuration file (or ATLAS_CONFIG)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (embedded NATS store, digest key).")
+    ] = None,
+    nats_url: Annotated[
+        str | None, typer.Option(help="NATS server URL; default: the embedded server.")
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(help="auto | console | json")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error")] = None,
+) -> None:
+    _state.clear()
+    _state.update(config=config, data_dir=data_dir, nats_url=nats_url)
+    try:
+        cfg = settings()
+    except ATLAS_ERRORS as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
+
+
+@app.command()
+def serve() -> None:
+    """Run the router on the configured NATS server, or on an embedded one."""
+    from ._service import serve as _serve
+
+    run(_serve(settings()))
+
+
+@app.command()
+def publish(
+    bundle: Annotated[Path, typer.Argument(help="STIX 2.1 bundle (JSON file).")],
+    org: Annotated[str, typer.Option(help="Your organisation id.")],
+    key: Annotated[Path, typer.Option(help="Your private signing key (PEM, mode 0600).")],
+    to: Annotated[
+        str | None, typer.Option(help="Named audience, e.g. org:ec3,group:op-tanglebot.")
+    ] = None,
+    feed: Annotated[str | None, typer.Option(help="Feed name subscribers may follow.")] = None,
+) -> None:
+    """Sign a bundle and submit it; prints the submission id once JetStream stored it."""
+    from ._service import publish_bundle
+    from ._submission import parse_audience
+
+    result = run(
+        publish_bundle(
+            settings(),
+            bundle,
+            org=org,
+            key_path=key,
+            to=_audience(parse_audience, to),
+            feed=feed,
+            passphrase=_passphrase(),
+        )
+    )
+    print(result.sid)
+
+
+def _audience(parse: Any, text: str | None) -> tuple[str, ...]:
+    try:
+        return parse(text)  # type: ignore[no-any-return]
+    except ATLAS_ERRORS as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _passphrase() -> bytes | None:
+    value = os.environ.get("ATLAS_KEY_PASSPHRASE")
+    return value.encode() if value else None
+
+
+@app.command()
+def receive(
+    org: Annotated[str, typer.Option(help="Your organisation id.")],
+    key: Annotated[
+        list[Path],
+        typer.Option(help="Your private encryption key(s) (PEM); repeat during rotation."),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder the STIX bundles are written to.")],
+    once: Annotated[bool, typer.Option("--once", help="Drain what is pending, then exit.")] = False,
+    broker_jwks: Annotated[
+        Path | None, typer.Option(help="Pinned broker public keys (JWK set); default: directory.")
+    ] = None,
+) -> None:
+    """Open this organisation's packages and write their bundles to a folder."""
+    from ._service import receive as _receive
+
+    stats = run(
+        _receive(
+            settings(),
+            org=org,
+            key_paths=key,
+            out_dir=out_dir,
+            once=once,
+            broker_jwks=broker_jwks,
+            passphrase=_passphrase(),
+        )
+    )
+    out.print(
+        f"received {stats.received} package(s), {stats.objects} object(s); "
+        f"{stats.duplicates} duplicate(s), {stats.quarantined} quarantined"
+    )
+
+
+@directory_app.command("load")
+def directory_load(
+    file: Annotated[Path, typer.Argument(help="Directory TOML file.")],
+) -> None:
+    """Validate a directory file and store it in the key-value bucket."""
+    from ._bus import ensure_streams, nats_session
+    from ._directory_store import read_directory_file, store_directory
+    from ._service import streams_for
+
+    async def _load() -> int:
+        directory = read_directory_file(file)
+        cfg = settings()
+        async with nats_session(cfg, embedded_ok=False, name="atlas-directory") as (_, js):
+            await ensure_streams(js, streams_for(cfg))
+            return await store_directory(js, directory)
+
+    revision = run(_load())
+    out.print(f"directory stored (revision {revision})")
+
+
+@directory_app.command("show")
+def directory_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stored JSON.")] = False,
+) -> None:
+    """Print the directory the workers use."""
+    from ._bus import nats_session
+    from ._directory_store import fetch_directory
+
+    async def _show() -> Any:
+        async with nats_session(settings(), embedded_ok=False, name="atlas-directory") as (_, js):
+            return await fetch_directory(js)
+
+    resolved = run(_show())
+    directory = resolved.directory
+    if as_json:
+        print(directory.model_dump_json(indent=2))
+        return
+    table = Table(title=f"{directory.community.name} (revision {resolved.revision})")
+    for column in ("id", "name", "kind", "community", "groups", "keys", "encrypts to"):
+        table.add_column(column)
+    for org in directory.organisations:
+        enc = resolved.orgs[org.id].encryption
+        table.add_row(
+            org.id,
+            org.name,
+            str(org.kind),
+            "yes" if org.in_community else "no",
+            ", ".join(sorted(directory.groups_of(org.id))),
+            str(len(org.keys)),
+            enc.thumbprint[:16] + "…" if enc else "-",
+        )
+    out.print(table)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    org: Annotated[str, typer.Option(help="Organisation id the keys belong to.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the private key files.")],
+    sign: Annotated[str, typer.Option(help="Ed25519 | ES256")] = "Ed25519",
+    enc: Annotated[str, typer.Option(help="X25519 | P-256")] = "X25519",
+) -> None:
+    """Write private keys (mode 0600, never overwritten); print the public JWKs."""
+    try:
+        generated = generate_org_keys(org, out_dir, sign=sign, enc=enc, passphrase=_passphrase())
+    except ATLAS_ERRORS as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    err.print(f"wrote {generated.sign_path} and {generated.enc_path} (mode 0600)")
+    print(orjson.dumps({"keys": [generated.sign_jwk, generated.enc_jwk]}, option=orjson.OPT_INDENT_2).decode())
+
+
+@audit_app.command("list")
+def audit_list(
+    org: Annotated[str | None, typer.Option(help="Only entries about this organisation.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only entries at or after this time (RFC 3339, UTC).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, exactly as logged.")] = False,
+) -> None:
+    """Print the dissemination log entries."""
+    from ._audit import matches, read_log
+    from ._bus import nats_session
+
+    async def _list() -> int:
+        count = 0
+        async with nats_session(settings(), embedded_ok=False, name="atlas-audit") as (_, js):
+            async for record in read_log(js):
+                if not matches(record.entry, org=org, since=since):
+                    continue
+                count += 1
+                if as_json:
+                    sys.stdout.write(record.raw.decode() + "\n")
+                else:
+                    out.print(_describe_entry(record.index, record.entry), highlight=False)
+        return count
+
+    count = run(_list())
+    err.print(f"{count} entr{'y' if count == 1 else 'ies'}")
+
+
+def _describe_entry(index: int, e: dict[str, Any]) -> str:
+    src = e.get("src") or {}
+    kind = e.get("type")
+    head = f"{index:>6}  {e.get('ts', '')}  {kind:<10}"
+    if kind == "submission":
+        return f"{head} {e.get('org')} {e.get('result')} {e.get('reason') or ''} {e.get('sub', '')}"
+    if kind == "delivery":
+        return (
+            f"{head} {src.get('org')} → {e.get('rcpt')}  tlp={e.get('tlp')} "
+            f"objects={e.get('objects')} pkg={e.get('pkg')}"
+        )
+    return (
+        f"{head} {src.get('org')} → {e.get('rcpt')}  {e.get('obj_type', '')} "
+        f"reason={e.get('reason')} tlp={e.get('tlp')}"
+    )
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        Path | None, typer.Option(help="Keep the demo's folder here instead of a temporary one.")
+    ] = None,
+) -> None:
+    """Run the whole path end to end on an embedded NATS and report what each partner got."""
+    from ._demo import run_demo
+
+    ok = run(run_demo(keep=keep, console=out))
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    with contextlib.suppress(BrokenPipeError):
+        app()
