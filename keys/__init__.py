@@ -1,0 +1,87 @@
+"""Keys, canonical JSON and sealed packages (pure: no I/O except the key-file helpers).
+
+JOSE is written on ``cryptography`` alone: compact JWS (EdDSA, ES256) and compact JWE
+(ECDH-ES+A256KW with A256GCM, X25519 or P-256).  A package is a broker-signed JWT nested
+in a JWE to one recipient key; see ``seal`` and ``open_package``.  Every ``kid`` is the
+RFC 7638 thumbprint of the key.
+"""
+
+from ._canonical import canonical_json
+from ._errors import (
+    CanonicalizationError,
+    DecryptionFailed,
+    InvalidKey,
+    KeyFileError,
+    KeyRegistryError,
+    MalformedPackage,
+    PackageError,
+    PackageExpired,
+    PackageReplayed,
+    RevokedSigningKey,
+    SignatureInvalid,
+    SubmissionSignatureInvalid,
+    UnknownSigningKey,
+    WrongAudience,
+    WrongIssuer,
+    WrongRecipientKey,
+)
+from ._files import GeneratedKeys, generate_org_keys, load_private_key, write_private_key
+from ._jwe import jwe_decrypt, jwe_encrypt
+from ._jwk import KeyKind, KeyUse, PrivateKey, PublicKey, jwk_thumbprint
+from ._jws import jws_sign, jws_verify
+from ._package import (
+    MAX_PACKAGE_SIZE,
+    PACKAGE_TYP,
+    BrokerKeyring,
+    OpenedPackage,
+    SealedPackage,
+    open_package,
+    seal,
+)
+from ._replay import MemoryReplayGuard, ReplayGuard
+from ._submission import SUBMISSION_TYP, sign_submission, verify_submission
+
+__all__ = [
+    "MAX_PACKAGE_SIZE",
+    "PACKAGE_TYP",
+    "SUBMISSION_TYP",
+    "BrokerKeyring",
+    "CanonicalizationError",
+    "DecryptionFailed",
+    "GeneratedKeys",
+    "InvalidKey",
+    "KeyFileError",
+    "KeyKind",
+    "KeyRegistryError",
+    "KeyUse",
+    "MalformedPackage",
+    "MemoryReplayGuard",
+    "OpenedPackage",
+    "PackageError",
+    "PackageExpired",
+    "PackageReplayed",
+    "PrivateKey",
+    "PublicKey",
+    "ReplayGuard",
+    "RevokedSigningKey",
+    "SealedPackage",
+    "SignatureInvalid",
+    "SubmissionSignatureInvalid",
+    "UnknownSigningKey",
+    "WrongAudience",
+    "WrongIssuer",
+    "WrongRecipientKey",
+    "canonical_json",
+    "generate_org_keys",
+    "jwe_decrypt",
+    "jwe_encrypt",
+    "jwk_thumbprint",
+    "jws_sign",
+    "jws_verify",
+    "load_private_key",
+    "open_package",
+    "seal",
+    "sign_submission",
+    "verify_submission",
+    "write_private_key",
+]
