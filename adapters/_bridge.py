@@ -11,7 +11,6 @@ not block the packages behind it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -204,7 +203,9 @@ class Receiver:
     def _store(self, sid: str, token: bytes, opened: OpenedPackage) -> None:
         src = opened.claims.get("src", {})
         if src.get("submission") != sid:
-            raise BridgeError(f"package for submission {src.get('submission')!r} arrived on {sid!r}")
+            raise BridgeError(
+                f"package for submission {src.get('submission')!r} arrived on {sid!r}"
+            )
         bundle_path = self._out / f"{sid}.json"
         atomic_write(bundle_path, orjson.dumps(opened.stix, option=orjson.OPT_INDENT_2))
         meta: dict[str, Any] = {
@@ -220,7 +221,7 @@ class Receiver:
         }
         atomic_write(self._state / "packages" / f"{sid}.json", orjson.dumps(meta), mode=0o600)
         atomic_write(self._state / "packages" / f"{sid}.jwe", token, mode=0o600)
-        objects = opened.stix.get("objects", []) if isinstance(opened.stix, dict) else []
+        objects = opened.stix.get("objects", [])
         self.stats.received += 1
         self.stats.objects += len(objects)
         self.stats.files.append(bundle_path)
@@ -239,9 +240,3 @@ class Receiver:
         )
         self.stats.quarantined += 1
         log.error("package.rejected", seq=seq, error=type(exc).__name__, detail=str(exc))
-
-
-async def wait_idle(receiver: Receiver, timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while await receiver.pending():
-            await asyncio.sleep(0.05)

@@ -199,11 +199,11 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
             error_cb=_on_error,
             disconnected_cb=_on_disconnect,
             reconnected_cb=_on_reconnect,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise NatsUnavailable(
-            f"cannot connect to NATS at {url}: {exc or type(exc).__name__}"
+            f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
         ) from exc
 
 

@@ -87,7 +87,6 @@ class LimitSettings(_Section):
 
 class RouterSettings(_Section):
     workers: int = Field(default=2, ge=1, le=64)
-    batch: int = Field(default=8, ge=1, le=256)
     ack_wait: float = Field(default=30.0, gt=0)
     max_deliver: int = Field(default=10, ge=1)
     package_ttl: int = Field(default=30 * 86400, ge=60)

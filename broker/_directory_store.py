@@ -74,7 +74,7 @@ class ResolvedDirectory:
 
 def _parse(entry: PublicKeyEntry, where: str) -> PublicKey:
     try:
-        key = PublicKey.from_jwk(entry.jwk)
+        key = PublicKey.from_jwk(entry.jwk, use=entry.use)
     except InvalidKey as exc:
         raise DirectoryError(f"{where}.jwk: {exc}") from exc
     if key.use != entry.use:
@@ -158,12 +158,11 @@ class DirectoryWatcher:
             )
         return self._current
 
-    async def wait_for(self, revision: int, timeout: float = 10.0) -> ResolvedDirectory:
-        """Wait until the watcher applies ``revision`` or a later one."""
-        async with asyncio.timeout(timeout):
-            while self._current is None or self._current.revision < revision:
-                self._changed.clear()
-                await self._changed.wait()
+    async def wait_for(self, revision: int) -> ResolvedDirectory:
+        """Wait until the watcher applies ``revision`` or a later one (bound it by the caller)."""
+        while self._current is None or self._current.revision < revision:
+            self._changed.clear()
+            await self._changed.wait()
         return self._current
 
     async def refresh(self) -> None:

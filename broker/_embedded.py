@@ -142,7 +142,10 @@ class EmbeddedNats:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            # Its own session: a Ctrl-C meant for the broker must not stop the server under
+            # it; the broker drains its connection first, then stops the server itself.
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         try:
             self.url = await self._wait_ready(ports_dir, log_file)
@@ -157,18 +160,20 @@ class EmbeddedNats:
         return self.url
 
     async def _wait_ready(self, ports_dir: Path, log_file: Path) -> str:
-        assert self._proc is not None
+        proc = self._proc
+        if proc is None:
+            raise NatsUnavailable("embedded nats-server was not started")
         deadline = time.monotonic() + self._ready_timeout
         url = ""
         while time.monotonic() < deadline:
-            if self._proc.returncode is not None:
+            if proc.returncode is not None:
                 err = b""
-                if self._proc.stderr is not None:
-                    err = await self._proc.stderr.read()
+                if proc.stderr is not None:
+                    err = await proc.stderr.read()
                 tail = _tail(log_file) or err.decode(errors="replace").strip()
                 raise NatsUnavailable(f"embedded nats-server exited at start: {tail}")
             if not url:
-                for ports_file in ports_dir.glob("*.ports"):
+                for ports_file in ports_dir.glob("*.ports"):  # noqa: ASYNC240 - tiny, local
                     with contextlib.suppress(ValueError, OSError):
                         urls = orjson.loads(ports_file.read_bytes()).get("nats") or []
                         url = urls[0] if urls else ""

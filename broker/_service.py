@@ -19,7 +19,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from adapters import Receiver, ReceiveStats
-from keys import BrokerKeyring, PrivateKey, PublicKey, load_private_key
+from keys import BrokerKeyring, KeyRegistryError, PrivateKey, PublicKey, load_private_key
 
 from ._bus import Streams, ensure_streams, nats_session, submit_subject
 from ._config import Settings
@@ -127,7 +127,7 @@ async def publish_bundle(
 ) -> Published:
     """Sign and submit a bundle; returns only after JetStream stored it."""
     try:
-        raw = bundle_path.read_bytes()
+        raw = await asyncio.to_thread(bundle_path.read_bytes)
     except OSError as exc:
         raise SubmissionError(f"{bundle_path}: cannot read: {exc.strerror or exc}") from exc
     key = load_private_key(key_path, passphrase=passphrase)
@@ -156,8 +156,8 @@ def read_jwks(path: Path) -> BrokerKeyring:
     try:
         data = orjson.loads(path.read_bytes())
         keys = [PublicKey.from_jwk(jwk) for jwk in data["keys"]]
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError(f"--broker-jwks {path}: not a JWK set ({exc})") from exc
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, KeyRegistryError) as exc:
+        raise ConfigError(f"--broker-jwks {path}: not a usable JWK set ({exc})") from exc
     return BrokerKeyring.of(*keys)
 
 

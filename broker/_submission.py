@@ -156,9 +156,7 @@ def open_submission(
     if not signing_keys:
         raise SubmissionRefused("no-signing-key", f"{subject_org!r} has no valid signing key")
     try:
-        header, payload = verify_submission(token.decode("ascii"), signing_keys)
-    except UnicodeDecodeError as exc:
-        raise SubmissionRefused("malformed", "submission is not a compact JWS") from exc
+        header, payload = verify_submission(token, signing_keys)
     except SubmissionSignatureInvalid as exc:
         raise SubmissionRefused("bad-signature", str(exc)) from exc
     if header.get("org") != subject_org:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -37,7 +38,9 @@ app = typer.Typer(
 )
 directory_app = typer.Typer(help="Load and show the community directory.", no_args_is_help=True)
 keys_app = typer.Typer(help="Generate organisation and broker keys.", no_args_is_help=True)
-audit_app = typer.Typer(help="Read the dissemination log.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="Read, verify, query, export and report on the dissemination log.", no_args_is_help=True
+)
 app.add_typer(directory_app, name="directory")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
@@ -84,7 +87,7 @@ def settings() -> Settings:
                 update={"nats": cached.nats.model_copy(update={"url": _state["nats_url"]})}
             )
         _state["settings"] = cached
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -93,9 +96,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     async def _main() -> T:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        assert task is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+        if task is not None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, task.cancel)
         return await coro
 
     try:
@@ -269,21 +272,44 @@ def directory_show(
     out.print(table)
 
 
+class SignKind(StrEnum):
+    ED25519 = "Ed25519"
+    ES256 = "ES256"
+
+
+class EncKind(StrEnum):
+    X25519 = "X25519"
+    P256 = "P-256"
+
+
 @keys_app.command("generate")
 def keys_generate(
     org: Annotated[str, typer.Option(help="Organisation id the keys belong to.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the private key files.")],
-    sign: Annotated[str, typer.Option(help="Ed25519 | ES256")] = "Ed25519",
-    enc: Annotated[str, typer.Option(help="X25519 | P-256")] = "X25519",
+    sign: Annotated[SignKind, typer.Option(help="Signing key type.")] = SignKind.ED25519,
+    enc: Annotated[EncKind, typer.Option(help="Encryption key type.")] = EncKind.X25519,
 ) -> None:
-    """Write private keys (mode 0600, never overwritten); print the public JWKs."""
+    """Write private keys (mode 0600, never overwritten); print the public JWKs.
+
+    Set ATLAS_KEY_PASSPHRASE to encrypt the key files with a passphrase.
+    """
     try:
-        generated = generate_org_keys(org, out_dir, sign=sign, enc=enc, passphrase=_passphrase())
+        generated = generate_org_keys(
+            org,
+            out_dir,
+            sign=sign.value,
+            enc=enc.value,
+            passphrase=_passphrase(),
+        )
     except ATLAS_ERRORS as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
     err.print(f"wrote {generated.sign_path} and {generated.enc_path} (mode 0600)")
-    print(orjson.dumps({"keys": [generated.sign_jwk, generated.enc_jwk]}, option=orjson.OPT_INDENT_2).decode())
+    print(
+        orjson.dumps(
+            {"keys": [generated.sign_jwk, generated.enc_jwk]}, option=orjson.OPT_INDENT_2
+        ).decode()
+    )
 
 
 @audit_app.command("list")
@@ -344,6 +370,16 @@ def demo(
     ok = run(run_demo(keep=keep, console=out))
     if not ok:
         raise typer.Exit(1)
+
+
+def _register_log_commands() -> None:
+    """``audit verify|query|export|report|vkey`` and ``witness`` live in broker._audit_cli."""
+    from ._audit_cli import register
+
+    register(audit_app, app, settings=settings, run=run, out=out, err=err)
+
+
+_register_log_commands()
 
 
 def main() -> None:

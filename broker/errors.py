@@ -10,7 +10,15 @@ the CLI and the workers catch exactly our errors (``ATLAS_ERRORS``) and nothing 
     ├── DirectoryUnavailable        no community directory in the key-value bucket yet
     ├── SubmissionError             a bundle cannot be submitted (not JSON, not STIX 2.1,
     │                               too large, ...); names what and where
-    └── DeliveryError               a package could not be stored
+    ├── DeliveryError               a package could not be stored
+    └── LogIntegrityError           the dissemination log or its checkpoints do not hold up
+        ├── ProofInvalid            an inclusion or consistency proof does not verify
+        ├── CheckpointInvalid       a signed note or checkpoint is malformed, or its
+        │                           signature does not verify against a known key
+        ├── LogTampered             audit: the log contradicts its checkpoints; names the
+        │                           first bad index
+        └── WitnessRefused          a witness will not cosign: not consistent with the last
+                                    checkpoint it cosigned
     PolicyError                     (policy)
     ├── DirectoryError              the directory file does not validate; names the key path
     └── BundleRejected              same id and modified with different content, ...
@@ -31,11 +39,16 @@ from policy import PolicyError
 __all__ = [
     "ATLAS_ERRORS",
     "BrokerError",
+    "CheckpointInvalid",
     "ConfigError",
     "DeliveryError",
     "DirectoryUnavailable",
+    "LogIntegrityError",
+    "LogTampered",
     "NatsUnavailable",
+    "ProofInvalid",
     "SubmissionError",
+    "WitnessRefused",
 ]
 
 
@@ -64,6 +77,30 @@ class SubmissionError(BrokerError):
 
 class DeliveryError(BrokerError):
     """A recipient's package could not be stored in DELIVERIES."""
+
+
+class LogIntegrityError(BrokerError):
+    """The dissemination log, a proof or a checkpoint does not hold up."""
+
+
+class ProofInvalid(LogIntegrityError):
+    """An RFC 9162 inclusion or consistency proof does not verify."""
+
+
+class CheckpointInvalid(LogIntegrityError):
+    """A signed note or checkpoint is malformed or not signed by a known key."""
+
+
+class LogTampered(LogIntegrityError):
+    """The log contradicts its signed checkpoints; ``index`` is the first bad entry."""
+
+    def __init__(self, msg: str, *, index: int | None) -> None:
+        super().__init__(msg)
+        self.index = index
+
+
+class WitnessRefused(LogIntegrityError):
+    """A witness refuses to cosign a checkpoint inconsistent with its last cosigned one."""
 
 
 ATLAS_ERRORS: tuple[type[Exception], ...] = (

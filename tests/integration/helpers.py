@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 import orjson
 from nats.js import JetStreamContext
 
@@ -22,8 +23,12 @@ T = "2026-11-02T09:30:00.000Z"
 
 def sdo(kind: str, tlp: str | None, **props: Any) -> dict[str, Any]:
     obj: dict[str, Any] = {
-        "type": kind, "spec_version": "2.1", "id": f"{kind}--{uuid.uuid4()}",
-        "created": T, "modified": T, **props,
+        "type": kind,
+        "spec_version": "2.1",
+        "id": f"{kind}--{uuid.uuid4()}",
+        "created": T,
+        "modified": T,
+        **props,
     }
     if tlp is not None:
         obj["object_marking_refs"] = [TLP2[tlp] if tlp in TLP2 else tlp]
@@ -31,37 +36,68 @@ def sdo(kind: str, tlp: str | None, **props: Any) -> dict[str, Any]:
 
 
 def indicator(tlp: str | None, name: str = "bad domain") -> dict[str, Any]:
-    return sdo("indicator", tlp, name=name, pattern="[domain-name:value = 'x.example']",
-               pattern_type="stix", valid_from=T)
+    return sdo(
+        "indicator",
+        tlp,
+        name=name,
+        pattern="[domain-name:value = 'x.example']",
+        pattern_type="stix",
+        valid_from=T,
+    )
 
 
 def bundle(*objects: dict[str, Any]) -> dict[str, Any]:
     return {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": list(objects)}
 
 
-async def publish(settings: Settings, js: JetStreamContext, community: Community, tmp: Path,
-                  org: str, data: dict[str, Any], to: tuple[str, ...] = ()) -> str:
+async def publish(
+    settings: Settings,
+    js: JetStreamContext,
+    community: Community,
+    tmp: Path,
+    org: str,
+    data: dict[str, Any],
+    to: tuple[str, ...] = (),
+) -> str:
     path = tmp / f"bundle-{uuid.uuid4().hex[:8]}.json"
     path.write_bytes(orjson.dumps(data))
-    result = await publish_bundle(settings, path, org=org, key_path=community.sign_key(org),
-                                  to=to, js=js)
+    result = await publish_bundle(
+        settings, path, org=org, key_path=community.sign_key(org), to=to, js=js
+    )
     return result.sid
 
 
-async def wait_routed(js: JetStreamContext, count: int, timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
+async def wait_routed(js: JetStreamContext, count: int) -> None:
+    async with asyncio.timeout(30):
         while True:
-            info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-            if (info.num_pending == 0 and info.num_ack_pending == 0
-                    and (info.ack_floor.stream_seq or 0) >= count):
+            try:
+                info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
+            except nats.js.errors.NotFoundError:  # the router has not started yet
+                await asyncio.sleep(0.05)
+                continue
+            if (
+                info.num_pending == 0
+                and info.num_ack_pending == 0
+                and (info.ack_floor.stream_seq or 0) >= count
+            ):
                 return
             await asyncio.sleep(0.05)
 
 
-async def receive_all(settings: Settings, js: JetStreamContext, community: Community,
-                      org: str, out: Path, key: Path | None = None) -> ReceiveStats:
+async def receive_all(
+    settings: Settings,
+    js: JetStreamContext,
+    community: Community,
+    org: str,
+    out: Path,
+    key: Path | None = None,
+) -> ReceiveStats:
     return await receive(
-        settings, org=org, key_paths=[key or community.enc_key(org)], out_dir=out, once=True,
+        settings,
+        org=org,
+        key_paths=[key or community.enc_key(org)],
+        out_dir=out,
+        once=True,
         js=js,
     )
 

@@ -26,23 +26,36 @@ SUBMISSION_COUNT = 150
 
 async def _serve(config: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker", "--config", str(config), "--log-format", "json", "serve",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "broker",
+        "--config",
+        str(config),
+        "--log-format",
+        "json",
+        "serve",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
 
 async def _router_done(js: JetStreamContext, count: int) -> bool:
     try:
         info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-    except Exception:  # noqa: BLE001 - consumer not created yet
+    except Exception:
         return False
-    return (info.num_pending == 0 and info.num_ack_pending == 0
-            and (info.ack_floor.stream_seq or 0) >= count)
+    return (
+        info.num_pending == 0
+        and info.num_ack_pending == 0
+        and (info.ack_floor.stream_seq or 0) >= count
+    )
 
 
 @pytest.mark.timeout(240)
 async def test_killed_broker_restarts_and_delivers_everything_exactly_once(
-    js: JetStreamContext, nats_server: EmbeddedNats, make_community: Callable[..., Any],
+    js: JetStreamContext,
+    nats_server: EmbeddedNats,
+    make_community: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
     community = make_community()
@@ -51,21 +64,27 @@ async def test_killed_broker_restarts_and_delivers_everything_exactly_once(
         f'data_dir = "{tmp_path / "data"}"\n'
         f'[nats]\nurl = "{nats_server.url}"\n'
         f'[broker]\nsigning_key = "{community.root / "atlas-broker" / "atlas-broker.sign.pem"}"\n'
-        "[router]\nworkers = 2\nbatch = 4\nack_wait = 5\n"
+        "[router]\nworkers = 2\nack_wait = 5\n"
     )
     settings = Settings(data_dir=tmp_path / "data", nats={"url": nats_server.url})  # type: ignore[arg-type]
     await ensure_streams(js)
     await store_directory(js, community.directory())
     sids = [
-        await publish(settings, js, community, tmp_path, "bank-a",
-                      bundle(*(indicator("clear", f"ind {n}-{i}") for i in range(10))))
+        await publish(
+            settings,
+            js,
+            community,
+            tmp_path,
+            "bank-a",
+            bundle(*(indicator("clear", f"ind {n}-{i}") for i in range(10))),
+        )
         for n in range(SUBMISSION_COUNT)
     ]
     total = SUBMISSION_COUNT * 2  # two partners subscribe
 
     proc = await _serve(config)
     async with asyncio.timeout(60):
-        while (await js.stream_info(DELIVERIES)).state.messages < 10:
+        while (await js.stream_info(DELIVERIES)).state.messages < 10:  # noqa: ASYNC110 - polls server state
             await asyncio.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
@@ -75,7 +94,7 @@ async def test_killed_broker_restarts_and_delivers_everything_exactly_once(
     proc = await _serve(config)
     try:
         async with asyncio.timeout(120):
-            while not await _router_done(js, SUBMISSION_COUNT):
+            while not await _router_done(js, SUBMISSION_COUNT):  # noqa: ASYNC110 - polls server state
                 await asyncio.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)

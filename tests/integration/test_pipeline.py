@@ -18,7 +18,6 @@ from tests.integration.helpers import (
     publish,
     receive_all,
     received_ids,
-    sdo,
     wait_routed,
 )
 
@@ -29,15 +28,19 @@ async def _log(js: JetStreamContext) -> list[dict[str, Any]]:
 
 class TestTlpRouting:
     async def test_red_reaches_only_the_named_recipient(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         community = make_community()
         settings = await running_router(community)
         red = indicator("red", "named only")
         clear = indicator("clear", "for everyone")
-        await publish(settings, js, community, tmp_path, "bank-a", bundle(red, clear),
-                      to=("org:lea-1",))
+        await publish(
+            settings, js, community, tmp_path, "bank-a", bundle(red, clear), to=("org:lea-1",)
+        )
         await wait_routed(js, 1)
         got1 = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
         got2 = await receive_all(settings, js, community, "lea-2", tmp_path / "lea-2")
@@ -48,7 +51,10 @@ class TestTlpRouting:
         assert [(e["rcpt"], e["tlp"]) for e in withheld] == [("lea-2", "red")]
 
     async def test_red_with_nobody_named_is_withheld_from_everyone(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         community = make_community()
@@ -61,7 +67,10 @@ class TestTlpRouting:
         assert {r for r, _ in reasons} == {"lea-1", "lea-2"}
 
     async def test_green_never_reaches_an_organisation_outside_the_community(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         community = make_community(outside=("ncu-x",))
@@ -76,21 +85,28 @@ class TestTlpRouting:
         assert received_ids(tmp_path / "in") == {green["id"], clear["id"]}
 
     async def test_unknown_marking_is_withheld(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         community = make_community()
         settings = await running_router(community)
         forged_def = {
-            "type": "marking-definition", "spec_version": "2.1",
+            "type": "marking-definition",
+            "spec_version": "2.1",
             "id": "marking-definition--11111111-2222-4333-8444-555555555555",
-            "created": "2026-01-01T00:00:00.000Z", "name": "TLP:CLEAR",
-            "definition_type": "tlp", "definition": {"tlp": "clear"},
+            "created": "2026-01-01T00:00:00.000Z",
+            "name": "TLP:CLEAR",
+            "definition_type": "tlp",
+            "definition": {"tlp": "clear"},
         }
         forged = indicator(forged_def["id"], "forged clear")
         clear = indicator("clear")
-        await publish(settings, js, community, tmp_path, "bank-a",
-                      bundle(forged_def, forged, clear))
+        await publish(
+            settings, js, community, tmp_path, "bank-a", bundle(forged_def, forged, clear)
+        )
         await wait_routed(js, 1)
         await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
         got = received_ids(tmp_path / "lea-1")
@@ -100,19 +116,30 @@ class TestTlpRouting:
 
 class TestRefusals:
     async def test_forged_submission_is_refused_and_logged(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         community = make_community()
         await running_router(community)
         intruder = PrivateKey.generate("Ed25519")
-        envelope = {"v": 1, "sid": "a" * 32, "org": "bank-a", "iat": 1_900_000_000, "to": [],
-                    "feed": None, "bundle": bundle(indicator("clear"))}
+        envelope = {
+            "v": 1,
+            "sid": "a" * 32,
+            "org": "bank-a",
+            "iat": 1_900_000_000,
+            "to": [],
+            "feed": None,
+            "bundle": bundle(indicator("clear")),
+        }
         import time
 
         envelope["iat"] = int(time.time())
-        token = sign_submission(orjson.dumps(envelope), intruder, org="bank-a",
-                                now=int(time.time()))
+        token = sign_submission(
+            orjson.dumps(envelope), intruder, org="bank-a", now=int(time.time())
+        )
         await js.publish(submit_subject("bank-a"), token.encode())
         await wait_routed(js, 1)
         entries = await _log(js)
@@ -122,17 +149,28 @@ class TestRefusals:
         assert (await js.stream_info(DELIVERIES)).state.messages == 0
 
     async def test_submission_on_another_members_subject_is_refused(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         community = make_community()
         settings = await running_router(community)
-        from keys import load_private_key
         import time
 
+        from keys import load_private_key
+
         key = load_private_key(community.sign_key("bank-a"))
-        envelope = {"v": 1, "sid": "b" * 32, "org": "bank-a", "iat": int(time.time()),
-                    "to": [], "feed": None, "bundle": bundle(indicator("clear"))}
+        envelope = {
+            "v": 1,
+            "sid": "b" * 32,
+            "org": "bank-a",
+            "iat": int(time.time()),
+            "to": [],
+            "feed": None,
+            "bundle": bundle(indicator("clear")),
+        }
         token = sign_submission(orjson.dumps(envelope), key, org="bank-a", now=int(time.time()))
         await js.publish(submit_subject("bank-b"), token.encode())
         await wait_routed(js, 1)
@@ -144,22 +182,29 @@ class TestRefusals:
 
 class TestPackages:
     async def test_package_opened_with_the_wrong_key_is_quarantined(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         community = make_community()
         settings = await running_router(community)
         await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
         await wait_routed(js, 1)
-        stats = await receive_all(settings, js, community, "lea-1", tmp_path / "wrong",
-                                  key=community.enc_key("lea-2"))
+        stats = await receive_all(
+            settings, js, community, "lea-1", tmp_path / "wrong", key=community.enc_key("lea-2")
+        )
         assert stats.received == 0 and stats.quarantined == 1
         reasons = list((tmp_path / "wrong" / ".atlas" / "quarantine").glob("*.reason.json"))
         assert orjson.loads(reasons[0].read_bytes())["error"] == "WrongRecipientKey"
         assert not list((tmp_path / "wrong").glob("*.json"))
 
     async def test_jwcrypto_opens_a_delivered_package(
-        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
         tmp_path: Path,
     ) -> None:
         from jwcrypto import jwe, jwk, jws

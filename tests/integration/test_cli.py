@@ -1,0 +1,149 @@
+"""The atlas-broker command line against a real nats-server, as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import tomli_w
+from nats.js import JetStreamContext
+
+from broker._bus import SUBMISSIONS
+from broker._embedded import EmbeddedNats
+from tests.integration.helpers import bundle, indicator, wait_routed
+
+
+def cli(*args: str, url: str | None = None, cwd: Path | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    prefix = ["--nats-url", url] if url else []
+    return subprocess.run(
+        [sys.executable, "-m", "broker", "--log-format", "json", *prefix, *args],
+        capture_output=True, text=True, timeout=60, cwd=cwd,
+        env={**os.environ, **(env or {})}, check=False,
+    )
+
+
+class TestKeysGenerate:
+    def test_writes_0600_keys_and_prints_public_jwks(self, tmp_path: Path) -> None:
+        result = cli("keys", "generate", "--org", "bank-a", "--out", str(tmp_path / "k"))
+        assert result.returncode == 0, result.stderr
+        jwks = orjson.loads(result.stdout)["keys"]
+        assert {k["use"] for k in jwks} == {"sig", "enc"}
+        assert all("d" not in k for k in jwks)
+        for name in ("bank-a.sign.pem", "bank-a.enc.pem"):
+            assert stat.S_IMODE((tmp_path / "k" / name).stat().st_mode) == 0o600
+
+    def test_refuses_to_overwrite_existing_keys(self, tmp_path: Path) -> None:
+        assert cli("keys", "generate", "--org", "bank-a", "--out", str(tmp_path)).returncode == 0
+        before = (tmp_path / "bank-a.sign.pem").read_bytes()
+        result = cli("keys", "generate", "--org", "bank-a", "--out", str(tmp_path))
+        assert result.returncode == 1
+        assert "already exists" in result.stderr
+        assert (tmp_path / "bank-a.sign.pem").read_bytes() == before
+
+
+class TestConfiguration:
+    def test_serve_stops_with_a_message_naming_the_missing_key(self, tmp_path: Path) -> None:
+        result = cli("--data-dir", str(tmp_path), "serve")
+        assert result.returncode == 1
+        assert "broker.signing_key is not set" in result.stderr
+
+    def test_invalid_setting_stops_startup_naming_it(self, tmp_path: Path) -> None:
+        result = cli("serve", env={"ATLAS_ROUTER__WORKERS": "zero"})
+        assert result.returncode == 2
+        assert "router.workers" in result.stderr
+
+    def test_publish_without_a_server_says_how_to_get_one(self, tmp_path: Path) -> None:
+        data = tmp_path / "b.json"
+        data.write_bytes(orjson.dumps(bundle(indicator("clear"))))
+        cli("keys", "generate", "--org", "bank-a", "--out", str(tmp_path))
+        result = cli("--data-dir", str(tmp_path / "none"), "publish", str(data), "--org", "bank-a",
+                     "--key", str(tmp_path / "bank-a.sign.pem"))
+        assert result.returncode == 1
+        assert "no NATS URL configured and no embedded server running" in result.stderr
+
+
+class TestDirectoryAndPublish:
+    async def test_directory_load_names_the_offending_key_path(
+        self, nats_server: EmbeddedNats, make_community: Callable[..., Any], tmp_path: Path
+    ) -> None:
+        community = make_community()
+        community.doc["subscriptions"].append({"recipient": "nobody", "originators": ["*"]})
+        path = tmp_path / "dir.toml"
+        path.write_text(tomli_w.dumps(community.doc))
+        result = await asyncio.to_thread(cli, "directory", "load", str(path), url=nats_server.url)
+        assert result.returncode == 1
+        assert "subscriptions[2].recipient: unknown organisation 'nobody'" in result.stderr
+
+    async def test_full_path_through_the_cli(
+        self, js: JetStreamContext, nats_server: EmbeddedNats,
+        make_community: Callable[..., Any], tmp_path: Path,
+    ) -> None:
+        community = make_community()
+        url = nats_server.url
+        path = tmp_path / "dir.toml"
+        path.write_text(tomli_w.dumps(community.doc))
+        loaded = await asyncio.to_thread(cli, "directory", "load", str(path), url=url)
+        assert loaded.returncode == 0, loaded.stderr
+        shown = await asyncio.to_thread(cli, "directory", "show", "--json", url=url)
+        assert orjson.loads(shown.stdout)["community"]["id"] == "test"
+
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"type": "bundle", "objects": [')
+        refused = await asyncio.to_thread(cli, "publish", str(bad), "--org", "bank-a", "--key",
+                                          str(community.sign_key("bank-a")), url=url)
+        assert refused.returncode == 1
+        assert f"{bad}: not JSON" in refused.stderr
+        assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
+
+        good = tmp_path / "good.json"
+        ind = indicator("amber")
+        good.write_bytes(orjson.dumps(bundle(ind)))
+        published = await asyncio.to_thread(
+            cli, "publish", str(good), "--org", "bank-a", "--key",
+            str(community.sign_key("bank-a")), "--to", "org:lea-1", url=url)
+        assert published.returncode == 0, published.stderr
+        sid = published.stdout.strip()
+        assert re.fullmatch(r"[0-9a-f]{32}", sid)
+        assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+
+        config = tmp_path / "atlas.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\n[nats]\nurl = "{url}"\n'
+            f'[broker]\nsigning_key = "{community.root / "atlas-broker" / "atlas-broker.sign.pem"}"\n'
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "broker", "--config", str(config), "serve",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await wait_routed(js, 1)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, stderr = await proc.communicate()
+        assert proc.returncode == 130, stderr.decode()
+
+        out = tmp_path / "received"
+        received = await asyncio.to_thread(
+            cli, "receive", "--org", "lea-1", "--key", str(community.enc_key("lea-1")),
+            "--out", str(out), "--once", url=url)
+        assert received.returncode == 0, received.stderr
+        assert "received 1 package(s), 1 object(s)" in received.stdout
+        got = orjson.loads((out / f"{sid}.json").read_bytes())
+        assert [o["id"] for o in got["objects"]] == [ind["id"]]
+
+        listed = await asyncio.to_thread(cli, "audit", "list", "--json", "--org", "lea-2",
+                                         url=url)
+        entries = [orjson.loads(line) for line in listed.stdout.splitlines()]
+        assert [(e["type"], e["rcpt"], e["tlp"]) for e in entries] == [
+            ("withheld", "lea-2", "amber")
+        ]

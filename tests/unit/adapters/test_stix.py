@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from adapters import InvalidBundle, check_bundle
+
+OBJ = {
+    "type": "indicator",
+    "spec_version": "2.1",
+    "id": "indicator--8a1f0c55-7e0c-4b47-b8b8-0b4dd9b3e2a1",
+}
+
+
+def _bundle(*objects: object) -> dict[str, object]:
+    return {"type": "bundle", "id": "bundle--3a2f6a1e-8c55-4c0c-9a57-1f0e1c9d4a11",
+            "objects": list(objects)}
+
+
+class TestCheckBundle:
+    def test_accepts_a_stix_21_bundle(self) -> None:
+        check_bundle(_bundle(OBJ), max_objects=10)
+
+    @pytest.mark.parametrize(
+        ("data", "message"),
+        [
+            ([], "top level is a list"),
+            ({"type": "bundle", "id": "nope"}, "not a bundle id"),
+            ({**_bundle(), "spec_version": "2.0"}, "STIX 2.0"),
+            ({**_bundle(), "objects": {}}, "'objects' is a object"),
+            (_bundle(1), r"objects\[0\] is a number"),
+            (_bundle({**OBJ, "type": ""}), "missing 'type'"),
+            (_bundle({**OBJ, "id": "indicator--x"}), "not a STIX identifier"),
+            (_bundle({**OBJ, "type": "malware"}), "does not match type"),
+            (_bundle({k: v for k, v in OBJ.items() if k != "spec_version"}), "'spec_version'"),
+        ],
+    )
+    def test_refuses_naming_the_problem(self, data: object, message: str) -> None:
+        with pytest.raises(InvalidBundle, match=message):
+            check_bundle(data, max_objects=10)
+
+    def test_refuses_deep_nesting(self) -> None:
+        deep: dict[str, object] = {}
+        node = deep
+        for _ in range(40):
+            node["x"] = {}
+            node = node["x"]  # type: ignore[assignment]
+        with pytest.raises(InvalidBundle, match="nested deeper"):
+            check_bundle(_bundle({**OBJ, "extra": deep}), max_objects=10)
