@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -88,7 +96,17 @@ class LimitSettings(_Section):
 class RouterSettings(_Section):
     workers: int = Field(default=2, ge=1, le=64)
     ack_wait: float = Field(default=30.0, gt=0)
-    max_deliver: int = Field(default=10, ge=1)
+    max_deliver: int = Field(default=-1, ge=-1)
+    """Deliveries of one submission before the consumer gives up; -1 (default): never, so a
+    transient fault (server, directory, broker key) can delay a submission but not drop it."""
+
+    @field_validator("max_deliver")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (unlimited) or at least 1")
+        return value
+
     package_ttl: int = Field(default=30 * 86400, ge=60)
     """Seconds a sealed package stays valid (its ``exp``)."""
 

@@ -56,10 +56,18 @@ def read_directory_file(path: Path) -> Directory:
 
 @dataclass(frozen=True, slots=True)
 class OrgKeys:
-    signing: dict[str, PublicKey]
-    """kid -> key, for verifying the organisation's submissions (revoked ones excluded)."""
+    signing_until: dict[str, tuple[PublicKey, int | None]]
+    """kid -> (key, end of its rotation overlap or None); revoked keys are left out."""
     encryption: PublicKey | None
     """The current encryption key new packages are sealed to."""
+
+    def signing(self, now: int) -> dict[str, PublicKey]:
+        """The keys that verify this organisation's submissions at ``now``."""
+        return {
+            kid: key
+            for kid, (key, until) in self.signing_until.items()
+            if until is None or until > now
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,17 +101,17 @@ def _epoch(moment: datetime | None) -> int | None:
 def resolve(directory: Directory, revision: int = 0) -> ResolvedDirectory:
     orgs: dict[str, OrgKeys] = {}
     for i, org in enumerate(directory.organisations):
-        signing: dict[str, PublicKey] = {}
+        signing: dict[str, tuple[PublicKey, int | None]] = {}
         encryption: PublicKey | None = None
         for j, entry in enumerate(org.keys):
             key = _parse(entry, f"organisations[{i}].keys[{j}]")
             if entry.revoked_at is not None:
                 continue
             if entry.use == "sig":
-                signing[key.thumbprint] = key
+                signing[key.thumbprint] = (key, _epoch(entry.not_after))
             elif entry.current:
                 encryption = key
-        orgs[org.id] = OrgKeys(signing=signing, encryption=encryption)
+        orgs[org.id] = OrgKeys(signing_until=signing, encryption=encryption)
     ring: dict[str, tuple[PublicKey, int | None]] = {}
     for j, entry in enumerate(directory.broker.keys):
         key = _parse(entry, f"broker.keys[{j}]")

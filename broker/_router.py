@@ -175,7 +175,11 @@ class Router:
                 envelope = open_submission(
                     token,
                     subject_org=org,
-                    signing_keys=resolved.orgs[org].signing if org in resolved.orgs else None,
+                    signing_keys=(
+                        resolved.orgs[org].signing(int(now.timestamp()))
+                        if org in resolved.orgs
+                        else None
+                    ),
                     now=int(now.timestamp()),
                     max_age=int(self._settings.router.package_ttl),
                     max_objects=self._settings.limits.max_objects,
@@ -241,6 +245,7 @@ class Router:
         resolved: ResolvedDirectory,
         now: datetime,
     ) -> None:
+        self._check_own_key(resolved, now)
         directory = resolved.directory
         named_orgs = frozenset(item[4:] for item in to if item.startswith("org:"))
         named_groups = frozenset(item[6:] for item in to if item.startswith("group:"))
@@ -347,6 +352,20 @@ class Router:
         await append_entries(self._js, log_subject(sid), entries)
         self.stats.accepted += 1
         log.info("submission.routed", sub=sid, recipients=len(recipients), packages=len(sealed))
+
+    def _check_own_key(self, resolved: ResolvedDirectory, now: datetime) -> None:
+        """Never sign with a key the directory does not publish, or has revoked."""
+        kid = self._signing_key.public.thumbprint
+        entry = resolved.broker_keyring.get(kid)
+        if entry is None:
+            raise DirectoryUnavailable(
+                f"the broker's signing key {kid} is not in the directory's [broker] keys"
+            )
+        revoked_at = entry[1]
+        if revoked_at is not None and revoked_at <= int(now.timestamp()):
+            raise DirectoryUnavailable(
+                f"the broker's signing key {kid} is revoked: configure a new broker.signing_key"
+            )
 
     def _seal(
         self,

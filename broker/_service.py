@@ -14,19 +14,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats.errors
 import orjson
 import structlog
 from nats.js import JetStreamContext
 
 from adapters import Receiver, ReceiveStats
 from keys import BrokerKeyring, KeyRegistryError, PrivateKey, PublicKey, load_private_key
+from policy import PolicyError
 
 from ._bus import Streams, ensure_streams, nats_session, submit_subject
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
 from ._router import Router
 from ._submission import make_submission
-from .errors import ConfigError, SubmissionError
+from .errors import BrokerError, ConfigError, DirectoryUnavailable, SubmissionError
 
 __all__ = [
     "load_digest_key",
@@ -161,6 +163,49 @@ def read_jwks(path: Path) -> BrokerKeyring:
     return BrokerKeyring.of(*keys)
 
 
+class BrokerRing:
+    """The broker keys a receiver trusts, kept current while it runs.
+
+    With pinned keys (``--broker-jwks``) the trust anchors never come from the bus, but
+    revocations do: a revocation can only make the receiver stricter. Without pinned keys
+    the directory's ``[broker]`` keys are used as they are.
+    """
+
+    def __init__(self, js: JetStreamContext, pinned: BrokerKeyring | None, interval: float = 2.0):
+        self._js = js
+        self._pinned = pinned
+        self._interval = interval
+        self._ring = pinned or BrokerKeyring({})
+
+    def current(self) -> BrokerKeyring:
+        return self._ring
+
+    async def refresh(self) -> None:
+        try:
+            published = (await fetch_directory(self._js)).broker_keyring
+        except DirectoryUnavailable:
+            if self._pinned is None:
+                raise
+            return
+        if self._pinned is None:
+            self._ring = published
+            return
+        self._ring = BrokerKeyring(
+            {
+                kid: (key, published[kid][1] if kid in published else None)
+                for kid, (key, _) in self._pinned.items()
+            }
+        )
+
+    async def follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.refresh()
+            except (nats.errors.Error, OSError, BrokerError, PolicyError) as exc:
+                log.warning("receive.key_refresh_failed", error=str(exc))
+
+
 async def receive(
     settings: Settings,
     *,
@@ -179,10 +224,9 @@ async def receive(
     pinned = read_jwks(broker_jwks) if broker_jwks else None
 
     async def _run(js: JetStreamContext) -> ReceiveStats:
-        if pinned is not None:
-            ring = pinned
-        else:
-            ring = (await fetch_directory(js)).broker_keyring
+        ring = BrokerRing(js, pinned)
+        await ring.refresh()
+        if pinned is None:
             log.warning(
                 "receive.broker_keys_from_bus", hint="pin the broker's keys with --broker-jwks"
             )
@@ -190,12 +234,17 @@ async def receive(
             js,
             org=org,
             decryption_keys=decryption,
-            broker_keys=lambda: ring,
+            broker_keys=ring.current,
             out_dir=out_dir,
         )
         if on_ready is not None:
             on_ready(receiver)
-        return await receiver.run(once=once)
+        async with asyncio.TaskGroup() as group:
+            refresher = group.create_task(ring.follow())
+            try:
+                return await receiver.run(once=once)
+            finally:
+                refresher.cancel()
 
     if js is not None:
         return await _run(js)

@@ -312,6 +312,92 @@ def keys_generate(
     )
 
 
+@keys_app.command("list")
+def keys_list(
+    org: Annotated[str | None, typer.Option(help="Only this organisation's keys.")] = None,
+) -> None:
+    """List the keys the directory publishes, with their state."""
+    from ._bus import nats_session
+    from ._directory_store import fetch_directory
+    from ._keyops import key_rows
+
+    async def _list() -> list[dict[str, str]]:
+        async with nats_session(settings(), embedded_ok=False, name="atlas-keys") as (_, js):
+            return key_rows((await fetch_directory(js)).directory, org)
+
+    rows = run(_list())
+    table = Table(title="keys")
+    for column in ("org", "use", "kty", "kid", "state", "not_after", "revoked_at"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(row[c] for c in ("org", "use", "kty", "kid", "state", "not_after", "revoked_at"))
+        )
+    out.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    org: Annotated[str, typer.Option(help="Organisation id (or atlas-broker).")],
+    jwk: Annotated[
+        Path,
+        typer.Option(
+            help="File with the new public JWK (or a JWK set: the key of the same use is taken)."
+        ),
+    ],
+    use: Annotated[str, typer.Option(help="sig | enc: which key of a JWK set to take.")] = "enc",
+    overlap_hours: Annotated[
+        float, typer.Option(help="Hours the previous key stays valid for opening/verifying.")
+    ] = 168.0,
+) -> None:
+    """Make a new key current; the previous one stays valid for the overlap. Logged."""
+    from datetime import timedelta
+
+    from ._bus import nats_session
+    from ._keyops import rotate_key
+
+    data = _read_json(jwk)
+    candidates = data.get("keys", [data]) if isinstance(data, dict) else []
+    chosen = next((k for k in candidates if isinstance(k, dict) and k.get("use") == use), None)
+    if chosen is None:
+        err.print(f"[bold red]error:[/] {jwk}: no JWK with use {use!r}", highlight=False)
+        raise typer.Exit(1)
+
+    async def _rotate() -> Any:
+        async with nats_session(settings(), embedded_ok=False, name="atlas-keys") as (_, js):
+            return await rotate_key(js, org=org, jwk=chosen, overlap=timedelta(hours=overlap_hours))
+
+    event = run(_rotate())
+    out.print(
+        f"{org}: {event.use} key {event.kid} is current (directory revision {event.revision})"
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    org: Annotated[str, typer.Option(help="Organisation id (or atlas-broker).")],
+    kid: Annotated[str, typer.Option(help="Key id (RFC 7638 thumbprint) to revoke.")],
+) -> None:
+    """Revoke a key now: nothing more is sealed to it or accepted from it. Logged."""
+    from ._bus import nats_session
+    from ._keyops import revoke_key
+
+    async def _revoke() -> Any:
+        async with nats_session(settings(), embedded_ok=False, name="atlas-keys") as (_, js):
+            return await revoke_key(js, org=org, kid=kid)
+
+    event = run(_revoke())
+    out.print(f"{org}: {event.use} key {event.kid} revoked (directory revision {event.revision})")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        err.print(f"[bold red]error:[/] {path}: {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
 @audit_app.command("list")
 def audit_list(
     org: Annotated[str | None, typer.Option(help="Only entries about this organisation.")] = None,
@@ -367,7 +453,8 @@ def demo(
     """Run the whole path end to end on an embedded NATS and report what each partner got."""
     from ._demo import run_demo
 
-    ok = run(run_demo(keep=keep, console=out))
+    console = out if out.is_terminal else Console(width=120)
+    ok = run(run_demo(keep=keep, console=console))
     if not ok:
         raise typer.Exit(1)
 

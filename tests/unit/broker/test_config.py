@@ -8,7 +8,9 @@ from broker import ConfigError, load_settings
 
 
 class TestLoadSettings:
-    def test_defaults_are_safe_when_nothing_is_configured(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_defaults_are_safe_when_nothing_is_configured(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.delenv("ATLAS_CONFIG", raising=False)
         settings = load_settings()
         assert settings.nats.url is None

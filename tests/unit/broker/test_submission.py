@@ -35,8 +35,9 @@ def key() -> PrivateKey:
 
 
 def _make(key: PrivateKey, raw: bytes = orjson.dumps(BUNDLE), **kw: object) -> bytes:
-    args: dict[str, object] = dict(org="bank-a", key=key, to=(), feed=None, now=NOW,
-                                   max_bytes=100_000, max_objects=100)
+    args: dict[str, object] = dict(
+        org="bank-a", key=key, to=(), feed=None, now=NOW, max_bytes=100_000, max_objects=100
+    )
     args.update(kw)
     return make_submission(raw, **args).token  # type: ignore[arg-type]
 
@@ -67,9 +68,14 @@ class TestMakeSubmission:
 class TestOpenSubmission:
     def test_round_trip_when_signed_by_a_directory_key(self, key: PrivateKey) -> None:
         token = _make(key, to=("org:lea-1", "group:op"))
-        env = open_submission(token, subject_org="bank-a",
-                              signing_keys={key.public.thumbprint: key.public},
-                              now=NOW, max_age=3600, max_objects=100)
+        env = open_submission(
+            token,
+            subject_org="bank-a",
+            signing_keys={key.public.thumbprint: key.public},
+            now=NOW,
+            max_age=3600,
+            max_objects=100,
+        )
         assert env.to == ("org:lea-1", "group:op")
         assert env.bundle == BUNDLE
 
@@ -96,8 +102,14 @@ class TestOpenSubmission:
             "empty": {},
         }[keys_for]
         with pytest.raises(SubmissionRefused) as info:
-            open_submission(token, subject_org=subject, signing_keys=signing, now=now,
-                            max_age=3600, max_objects=100)
+            open_submission(
+                token,
+                subject_org=subject,
+                signing_keys=signing,
+                now=now,
+                max_age=3600,
+                max_objects=100,
+            )
         assert info.value.reason == reason
 
 

@@ -1,0 +1,82 @@
+"""Key rotation and revocation through the real pipeline (real nats-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from broker._audit import read_log
+from broker._keyops import revoke_key, rotate_key
+from broker._service import receive
+from keys import generate_org_keys
+from tests.integration.helpers import bundle, indicator, publish, wait_routed
+
+
+def _ts(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+async def test_no_package_is_lost_or_unreadable_during_a_rotation(
+    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    new = generate_org_keys("lea-1", tmp_path / "new-keys")
+    sids = []
+    for n in range(30):
+        if n == 10:
+            event = await rotate_key(js, org="lea-1", jwk=new.enc_jwk, overlap=timedelta(days=1))
+            assert event.kid == new.enc_jwk["kid"]
+        sids.append(await publish(settings, js, community, tmp_path, "bank-a",
+                                  bundle(indicator("clear", f"n{n}"))))
+        await asyncio.sleep(0.1)
+    await wait_routed(js, 30)
+    stats = await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-1"), new.enc_path],
+        out_dir=tmp_path / "out", once=True, js=js,
+    )
+    assert stats.received == 30 and stats.quarantined == 0
+    assert sorted(p.stem for p in (tmp_path / "out").glob("*.json")) == sorted(sids)
+    entries = [r.entry async for r in read_log(js)]
+    kids = [e["rcpt_kid"] for e in entries if e["type"] == "delivery" and e["rcpt"] == "lea-1"]
+    assert kids[-1] == new.enc_jwk["kid"], "packages after the rotation use the new key"
+    assert any(e["type"] == "key" and e["event"] == "rotate" for e in entries)
+
+
+async def test_nothing_is_sealed_to_a_revoked_key_within_a_bounded_time(
+    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    kid = community.org("lea-1")["keys"][1]["jwk"]["kid"]
+    revoked_at = 0.0
+    count = 0
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        if not revoked_at and time.monotonic() > deadline - 4.5:
+            await revoke_key(js, org="lea-1", kid=kid)
+            revoked_at = time.time()
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+        count += 1
+        await asyncio.sleep(0.05)
+    await wait_routed(js, count)
+    entries = [r.entry async for r in read_log(js)]
+    sealed = [_ts(e["ts"]) for e in entries
+              if e["type"] == "delivery" and e["rcpt"] == "lea-1" and e["rcpt_kid"] == kid]
+    refused = [e for e in entries if e["type"] == "withheld" and e["rcpt"] == "lea-1"
+               and e["reason"] == "no-encryption-key"]
+    lag = max(sealed) - revoked_at
+    print(f"last package sealed to the revoked key {lag:.2f} s after the revocation")
+    assert sealed and refused, "both sides of the revocation were exercised"
+    assert lag < 2.5, f"a package was sealed to the revoked key {lag:.2f} s after revocation"
+    assert any(e["type"] == "key" and e["event"] == "revoke" and e["kid"] == kid for e in entries)
+    lea2 = [e for e in entries if e["type"] == "delivery" and e["rcpt"] == "lea-2"]
+    assert len(lea2) == count, "other recipients are unaffected"
