@@ -60,6 +60,7 @@ DELIVERIES = "DELIVERIES"
 LOG = "LOG"
 DIRECTORY_BUCKET = "atlas_directory"
 SUBMITTED_BUCKET = "atlas_submitted"
+OBJECTS_BUCKET = "atlas_objects"
 CHECKPOINT_SUBJECT = "atlas.log.checkpoints"
 
 _DAY = 86400.0
@@ -128,6 +129,9 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
         await _ensure_stream(js, config)
     await js.create_key_value(
         KeyValueConfig(bucket=DIRECTORY_BUCKET, history=16, replicas=streams.replicas)
+    )
+    await js.create_key_value(
+        KeyValueConfig(bucket=OBJECTS_BUCKET, history=1, replicas=streams.replicas)
     )
     await js.create_key_value(
         KeyValueConfig(

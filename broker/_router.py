@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from policy import BundleRejected, View
 from ._bus import DELIVERIES, SUBMISSIONS, SUBMITTED_BUCKET, deliver_subject, log_subject
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, ResolvedDirectory
+from ._ledger import Ledger
 from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, timestamp
 from ._submission import SubmissionRefused, open_submission
 from .errors import DirectoryUnavailable
@@ -86,6 +88,7 @@ class Router:
         self._signing_key = signing_key
         self._digest_key = digest_key
         self._clock = clock
+        self._ledger = Ledger(js, digest_key)
         self.stats = RouterStats()
 
     async def ensure_consumer(self) -> None:
@@ -256,6 +259,14 @@ class Router:
             named_groups=named_groups,
             feed=feed,
         )
+        versions = policy.version_digests(bundle)
+        records, conflicts = await self._ledger.claim(versions)
+        if conflicts:
+            raise SubmissionRefused(
+                "version-conflict",
+                f"{len(conflicts)} object(s) reuse an id and modified of an earlier submission "
+                "with different content",
+            )
         recipients = policy.recipients(directory, submission)
         views = policy.evaluate_all(
             bundle,
@@ -264,6 +275,7 @@ class Router:
             recipients=recipients,
             now=now,
             digest_key=self._digest_key,
+            received_before=Ledger.received_before(records),
         )
         ts = timestamp(now)
         src = {"org": org, "submission": sid, "sha256": src_sha256}
@@ -349,6 +361,11 @@ class Router:
                     "tlp": str(view.tlp) if view.tlp is not None else None,
                 }
             )
+        digest_of = {
+            hmac.new(self._digest_key, f"{i}|{m}".encode(), hashlib.sha256).hexdigest(): i
+            for i, m in versions
+        }
+        await self._ledger.record(versions, views, digest_of)
         await append_entries(self._js, log_subject(sid), entries)
         self.stats.accepted += 1
         log.info("submission.routed", sub=sid, recipients=len(recipients), packages=len(sealed))

@@ -228,3 +228,49 @@ class TestPackages:
         assert claims["aud"] == "lea-1"
         assert claims["src"]["submission"] == sid
         assert [o["id"] for o in claims["stix"]["objects"]] == [ind["id"]]
+
+
+class TestVersions:
+    async def test_same_id_and_modified_with_other_content_is_refused(
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        community = make_community()
+        settings = await running_router(community)
+        first = indicator("clear", "original")
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(first))
+        await wait_routed(js, 1)
+        changed = {**first, "name": "silently changed"}
+        await publish(settings, js, community, tmp_path, "bank-b", bundle(changed))
+        await wait_routed(js, 2)
+        results = [
+            (e["result"], e.get("reason")) for e in await _log(js) if e["type"] == "submission"
+        ]
+        assert results == [("accepted", None), ("refused", "version-conflict")]
+        assert (await js.stream_info(DELIVERIES)).state.messages == 2
+
+    async def test_revocation_reaches_those_who_received_the_earlier_version(
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        community = make_community()
+        settings = await running_router(community)
+        original = indicator("amber", "to be revoked")
+        await publish(
+            settings, js, community, tmp_path, "bank-a", bundle(original), to=("org:lea-1",)
+        )
+        await wait_routed(js, 1)  # a revocation is judged on what was delivered before it
+        revoked = {**original, "modified": "2026-11-03T09:30:00.000Z", "revoked": True}
+        sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(revoked))
+        await wait_routed(js, 2)
+        await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
+        await receive_all(settings, js, community, "lea-2", tmp_path / "lea-2")
+        got = orjson.loads((tmp_path / "lea-1" / f"{sid}.json").read_bytes())
+        assert [(o["id"], o.get("revoked")) for o in got["objects"]] == [(original["id"], True)]
+        assert received_ids(tmp_path / "lea-2") == set()
