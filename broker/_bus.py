@@ -44,6 +44,7 @@ __all__ = [
     "LOG",
     "SUBMISSIONS",
     "SUBMITTED_BUCKET",
+    "VIEWS",
     "Streams",
     "connect",
     "deliver_subject",
@@ -51,12 +52,14 @@ __all__ = [
     "log_subject",
     "nats_session",
     "submit_subject",
+    "view_subject",
 ]
 
 log = structlog.get_logger()
 
 SUBMISSIONS = "SUBMISSIONS"
 DELIVERIES = "DELIVERIES"
+VIEWS = "VIEWS"
 LOG = "LOG"
 DIRECTORY_BUCKET = "atlas_directory"
 SUBMITTED_BUCKET = "atlas_submitted"
@@ -72,6 +75,10 @@ def submit_subject(org: str) -> str:
 
 def deliver_subject(recipient: str, submission: str) -> str:
     return f"atlas.deliver.{recipient}.{submission}"
+
+
+def view_subject(recipient: str, submission: str) -> str:
+    return f"atlas.view.{recipient}.{submission}"
 
 
 def log_subject(submission: str) -> str:
@@ -106,6 +113,19 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
         StreamConfig(
             name=DELIVERIES,
             subjects=["atlas.deliver.*.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=streams.deliveries_max_age,
+            max_bytes=streams.deliveries_max_bytes,
+            discard=DiscardPolicy.NEW,
+            num_replicas=streams.replicas,
+            duplicate_window=0.1,
+        ),
+        StreamConfig(
+            # Plaintext views of recipients that read over TAXII (directory: taxii_read);
+            # the TAXII server pages them by stream sequence.
+            name=VIEWS,
+            subjects=["atlas.view.*.*"],
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
             max_age=streams.deliveries_max_age,

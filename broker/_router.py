@@ -32,10 +32,17 @@ import policy
 from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, seal
 from policy import BundleRejected, View
 
-from ._bus import DELIVERIES, SUBMISSIONS, SUBMITTED_BUCKET, deliver_subject, log_subject
+from ._bus import (
+    DELIVERIES,
+    SUBMISSIONS,
+    SUBMITTED_BUCKET,
+    deliver_subject,
+    log_subject,
+    view_subject,
+)
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, ResolvedDirectory
-from ._ledger import Ledger
+from ._ledger import Ledger, ObjectRecord
 from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, timestamp
 from ._submission import SubmissionRefused, open_submission
 from .errors import DirectoryUnavailable
@@ -186,9 +193,11 @@ class Router:
                     now=int(now.timestamp()),
                     max_age=int(self._settings.router.package_ttl),
                     max_objects=self._settings.limits.max_objects,
+                    broker_keys=_live_broker_keys(resolved, int(now.timestamp())),
                 )
                 await self._claim(org, envelope.sid, src_sha256, msg.metadata.sequence.stream)
                 await self._route(
+                    envelope.via,
                     envelope.sid,
                     org,
                     envelope.to,
@@ -239,6 +248,7 @@ class Router:
 
     async def _route(
         self,
+        via: str | None,
         sid: str,
         org: str,
         to: tuple[str, ...],
@@ -267,7 +277,9 @@ class Router:
                 f"{len(conflicts)} object(s) reuse an id and modified of an earlier submission "
                 "with different content",
             )
-        recipients = policy.recipients(directory, submission)
+        recipients = policy.recipients(directory, submission) | _earlier_receivers(
+            bundle, records, directory, org
+        )
         views = policy.evaluate_all(
             bundle,
             directory=directory,
@@ -289,6 +301,7 @@ class Router:
                 "src_sha256": src_sha256,
                 "objects": len(bundle.get("objects", [])),
                 "recipients": len(recipients),
+                **({"via": via} if via else {}),
             }
         ]
         broker_kid = self._signing_key.public.thumbprint
@@ -336,6 +349,10 @@ class Router:
                     group.create_task(self._store(recipient, sid, package))
                     for recipient, _, package in sealed
                 ]
+                for recipient, view, _ in sealed:
+                    found = directory.organisation(recipient)
+                    if found is not None and found.taxii_read:
+                        group.create_task(self._store_view(recipient, sid, view))
         except ExceptionGroup as group_error:
             # Surface the first failure as itself so that transient NATS errors are retried.
             raise group_error.exceptions[0] from group_error
@@ -409,6 +426,18 @@ class Router:
         except KeyRegistryError as exc:
             raise SubmissionRefused("seal-failed", f"cannot seal to {recipient}: {exc}") from exc
 
+    async def _store_view(self, recipient: str, sid: str, view: View) -> None:
+        """Keep the view readable over TAXII (only for recipients that chose it)."""
+        try:
+            await self._js.publish(
+                view_subject(recipient, sid),
+                orjson.dumps(view.bundle),
+                headers={**EXPECT_NEW_SUBJECT, "Atlas-Submission": sid},
+            )
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+
     async def _store(self, recipient: str, sid: str, sealed: SealedPackage) -> _Stored:
         """Publish a package once; if an earlier attempt stored it, report that one."""
         subject = deliver_subject(recipient, sid)
@@ -433,3 +462,29 @@ class Router:
         return _Stored(
             jti=sealed.jti, jwe_sha256=sealed.jwe_sha256, rcpt_kid=sealed.rcpt_kid, new=True
         )
+
+
+def _live_broker_keys(resolved: ResolvedDirectory, now: int) -> dict[str, PublicKey]:
+    """Broker keys that may vouch for a submission made on a member's behalf."""
+    return {
+        kid: key
+        for kid, (key, revoked_at) in resolved.broker_keyring.items()
+        if revoked_at is None or revoked_at > now
+    }
+
+
+def _earlier_receivers(
+    bundle: dict[str, Any], records: dict[str, ObjectRecord], directory: Any, originator: str
+) -> frozenset[str]:
+    """Those who received an earlier version of a revoked object, followers or not."""
+    out: set[str] = set()
+    for obj in bundle.get("objects", []):
+        if isinstance(obj, dict) and obj.get("revoked") is True and obj.get("id") in records:
+            out.update(records[obj["id"]].received)
+    return frozenset(
+        org
+        for org in out
+        if org != originator
+        and (found := directory.organisation(org)) is not None
+        and found.kind != "auditor"
+    )

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -62,6 +63,8 @@ class Envelope(BaseModel):
     iat: int
     to: tuple[str, ...] = ()
     feed: str | None = None
+    via: Literal["taxii", "taxii-pull"] | None = None
+    """Submitted on the member's behalf by a broker edge (signed with a broker key)."""
     bundle: dict[str, Any]
 
     @field_validator("sid")
@@ -114,8 +117,13 @@ def make_submission(
     max_bytes: int,
     max_objects: int,
     source: str = "bundle",
+    via: Literal["taxii", "taxii-pull"] | None = None,
 ) -> SignedSubmission:
-    """Check ``bundle_raw`` and sign it for ``org``; errors say what and where."""
+    """Check ``bundle_raw`` and sign it for ``org``; errors say what and where.
+
+    With ``via`` the submission is made on the member's behalf by a broker edge (the TAXII
+    server or poller) and ``key`` is a broker signing key listed in the directory.
+    """
     try:
         bundle = parse_bundle(
             bundle_raw, source=source, max_bytes=max_bytes, max_objects=max_objects
@@ -123,7 +131,7 @@ def make_submission(
     except InvalidBundle as exc:
         raise SubmissionError(str(exc)) from exc
     sid = secrets.token_hex(16)
-    envelope = {
+    envelope: dict[str, Any] = {
         "v": 1,
         "sid": sid,
         "org": org,
@@ -132,6 +140,8 @@ def make_submission(
         "feed": feed,
         "bundle": bundle,
     }
+    if via is not None:
+        envelope["via"] = via
     token = sign_submission(orjson.dumps(envelope), key, org=org, now=now).encode()
     if len(token) > max_bytes:
         raise SubmissionError(
@@ -149,14 +159,20 @@ def open_submission(
     now: int,
     max_age: int,
     max_objects: int,
+    broker_keys: Mapping[str, PublicKey] | None = None,
 ) -> Envelope:
-    """Verify and parse a submission received on ``atlas.submit.<subject_org>``."""
+    """Verify and parse a submission received on ``atlas.submit.<subject_org>``.
+
+    A member signs its own submissions. A broker edge (TAXII) signs on a member's behalf with
+    a broker key and must say so in ``via``; a member's key can never claim ``via``.
+    """
     if signing_keys is None:
         raise SubmissionRefused("unknown-org", f"{subject_org!r} is not in the directory")
-    if not signing_keys:
+    edge_keys = {k: v for k, v in (broker_keys or {}).items() if k not in signing_keys}
+    if not signing_keys and not edge_keys:
         raise SubmissionRefused("no-signing-key", f"{subject_org!r} has no valid signing key")
     try:
-        header, payload = verify_submission(token, signing_keys)
+        header, payload = verify_submission(token, {**signing_keys, **edge_keys})
     except SubmissionSignatureInvalid as exc:
         raise SubmissionRefused("bad-signature", str(exc)) from exc
     if header.get("org") != subject_org:
@@ -173,6 +189,11 @@ def open_submission(
         raise SubmissionRefused(
             "org-mismatch", f"envelope names {envelope.org!r}, published as {subject_org!r}"
         )
+    by_edge = header.get("kid") in edge_keys
+    if by_edge and envelope.via is None:
+        raise SubmissionRefused("bad-signature", "signed by a broker key without saying via")
+    if not by_edge and envelope.via is not None:
+        raise SubmissionRefused("bad-signature", f"'via: {envelope.via}' needs a broker key")
     if envelope.iat > now + MAX_CLOCK_SKEW:
         raise SubmissionRefused("stale", f"iat {envelope.iat} lies in the future")
     if envelope.iat < now - max_age:

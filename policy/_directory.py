@@ -101,6 +101,9 @@ class Organisation(_Frozen):
     derived_copies: bool = False
     """Originator opts in to broker-issued derived copies instead of withholding whole."""
     stix_identity: str | None = None
+    taxii_read: bool = False
+    """The broker keeps this recipient's views readable over its TAXII server (in plaintext
+    at rest in the VIEWS stream); otherwise packages are only ever stored sealed."""
     keys: tuple[PublicKeyEntry, ...] = ()
 
     @field_validator("stix_identity")

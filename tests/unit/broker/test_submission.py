@@ -120,3 +120,44 @@ class TestParseAudience:
     def test_refused_when_an_item_is_not_an_id(self) -> None:
         with pytest.raises(SubmissionError, match="not org:<id> or group:<id>"):
             parse_audience("org:EC3.x")
+
+
+class TestOnBehalfSubmissions:
+    def test_accepted_when_a_broker_key_signs_and_says_via(self, key: PrivateKey) -> None:
+        broker = PrivateKey.generate("Ed25519")
+        token = _make(broker, via="taxii")
+        env = open_submission(
+            token,
+            subject_org="bank-a",
+            signing_keys={key.public.thumbprint: key.public},
+            now=NOW,
+            max_age=3600,
+            max_objects=100,
+            broker_keys={broker.public.thumbprint: broker.public},
+        )
+        assert env.via == "taxii"
+
+    def test_refused_when_a_broker_key_signs_without_via(self, key: PrivateKey) -> None:
+        broker = PrivateKey.generate("Ed25519")
+        with pytest.raises(SubmissionRefused, match="without saying via"):
+            open_submission(
+                _make(broker),
+                subject_org="bank-a",
+                signing_keys={},
+                now=NOW,
+                max_age=3600,
+                max_objects=100,
+                broker_keys={broker.public.thumbprint: broker.public},
+            )
+
+    def test_refused_when_a_member_key_claims_via(self, key: PrivateKey) -> None:
+        with pytest.raises(SubmissionRefused, match="needs a broker key"):
+            open_submission(
+                _make(key, via="taxii"),
+                subject_org="bank-a",
+                signing_keys={key.public.thumbprint: key.public},
+                now=NOW,
+                max_age=3600,
+                max_objects=100,
+                broker_keys={},
+            )
