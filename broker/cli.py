@@ -459,16 +459,6 @@ def demo(
         raise typer.Exit(1)
 
 
-def _register_log_commands() -> None:
-    """``audit verify|query|export|report|vkey`` and ``witness`` live in broker._audit_cli."""
-    from ._audit_cli import register
-
-    register(audit_app, app, settings=settings, run=run, out=out, err=err)
-
-
-_register_log_commands()
-
-
 def main() -> None:
     with contextlib.suppress(BrokenPipeError):
         app()
