@@ -14,6 +14,7 @@ them and is redelivered the submission cannot write them twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
@@ -212,20 +213,28 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
     tls = _tls_context(settings)
     if tls is not None:
         kwargs["tls"] = tls
+    # nats-py retries the first connection as often as later reconnections (forever with
+    # -1), so a wrong URL or password would hang; bound the first attempt ourselves.
     try:
-        return await nats.connect(
-            servers=[url],
-            name=name,
-            connect_timeout=int(max(1, cfg.connect_timeout)),
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            allow_reconnect=True,
-            error_cb=_on_error,
-            disconnected_cb=_on_disconnect,
-            reconnected_cb=_on_reconnect,
-            **kwargs,
-        )
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
+            return await nats.connect(
+                servers=[url],
+                name=name,
+                connect_timeout=int(max(1, cfg.connect_timeout)),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                allow_reconnect=True,
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnect,
+                reconnected_cb=_on_reconnect,
+                **kwargs,
+            )
+    except TimeoutError as exc:
+        raise NatsUnavailable(
+            f"cannot connect to NATS at {url}: no successful login within "
+            f"{cfg.connect_timeout * 2 + 1:.0f} s (is the server up, are the credentials right?)"
+        ) from exc
+    except (OSError, nats.errors.Error) as exc:
         raise NatsUnavailable(
             f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
         ) from exc

@@ -86,6 +86,7 @@ class EmbeddedNats:
         max_payload: int = 1024 * 1024,
         ready_timeout: float = 15.0,
         publish_url: bool = True,
+        extra_config: str = "",
     ) -> None:
         self._dir = data_dir / "nats"
         self._host = host
@@ -94,6 +95,7 @@ class EmbeddedNats:
         self._max_payload = max_payload
         self._ready_timeout = ready_timeout
         self._publish_url = publish_url
+        self._extra_config = extra_config
         self._proc: asyncio.subprocess.Process | None = None
         self.url = ""
 
@@ -123,6 +125,7 @@ class EmbeddedNats:
                 sync_always=self._sync_always,
                 max_payload=self._max_payload,
             )
+            + self._extra_config
         )
         ports_dir = self._dir / "ports"
         ports_dir.mkdir(exist_ok=True)

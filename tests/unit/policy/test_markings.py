@@ -20,7 +20,8 @@ from policy._markings import (
 
 from ._support import NO_LE, PAP_GREEN, TLP1, TLP2
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared"
+# Copies of the community's published marking definitions (TLP 1.0/2.0, PAP).
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 class TestTables:
@@ -30,17 +31,13 @@ class TestTables:
         assert {TLP_IDS[v] for v in TLP2.values()} == set(Tlp)
         assert len(TLP_IDS) == 9
 
-    def test_canonical_definitions_match_shared_table_when_present(self) -> None:
-        source = SHARED / "tlp_markings.json"
-        if not source.exists():
-            pytest.skip("shared/tlp_markings.json is not beside the repository")
+    def test_canonical_definitions_match_published_table(self) -> None:
+        source = DATA / "tlp_markings.json"
         expected = {d["id"]: d for d in json.loads(source.read_text())}
         assert {k: dict(v) for k, v in CANONICAL_TLP_DEFINITIONS.items()} == expected
 
-    def test_pap_table_matches_shared_table_when_present(self) -> None:
-        source = SHARED / "pap_markings.json"
-        if not source.exists():
-            pytest.skip("shared/pap_markings.json is not beside the repository")
+    def test_pap_table_matches_published_table(self) -> None:
+        source = DATA / "pap_markings.json"
         table = json.loads(source.read_text())
         assert {v for k, v in table.items() if not k.startswith("_")} == PAP_IDS
 
