@@ -53,9 +53,11 @@ async def _demo(root: Path, console: Console, started: float) -> bool:
     console.rule("[bold]Atlas broker demo")
     keydir = root / "keys"
     public: dict[str, list[dict[str, Any]]] = {}
+    enc_paths: dict[str, Path] = {}
     for org in [*MEMBERS, *PARTNERS, *AUDITORS, "atlas-broker"]:
         generated = generate_org_keys(org, keydir / org)
         public[org] = [generated.sign_jwk, generated.enc_jwk]
+        enc_paths[org] = generated.enc_path
     broker_jwks = [k for k in public.pop("atlas-broker") if k["use"] == "sig"]
     doc = demo_directory(public, broker_jwks)
     Directory.from_mapping(doc)
@@ -93,7 +95,7 @@ async def _demo(root: Path, console: Console, started: float) -> bool:
                 results[org] = await receive(
                     settings,
                     org=org,
-                    key_paths=[keydir / org / f"{org}.enc.pem"],
+                    key_paths=[enc_paths[org]],
                     out_dir=out_dir,
                     once=True,
                     broker_jwks=root / "broker.jwks.json",

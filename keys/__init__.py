@@ -1,9 +1,11 @@
 """Keys, canonical JSON and sealed packages (pure: no I/O except the key-file helpers).
 
 JOSE is written on ``cryptography`` alone: compact JWS (EdDSA, ES256) and compact JWE
-(ECDH-ES+A256KW with A256GCM, X25519 or P-256).  A package is a broker-signed JWT nested
+with A256GCM, key management ECDH-ES+A256KW (X25519 or P-256 recipients) or, for
+post-quantum recipients, HPKE-9-KE (X-Wing = ML-KEM-768 + X25519, draft-ietf-jose-hpke-
+encrypt-20 with draft-ietf-jose-hpke-pq-pqt-01).  A package is a broker-signed JWT nested
 in a JWE to one recipient key; see ``seal`` and ``open_package``.  Every ``kid`` is the
-RFC 7638 thumbprint of the key.
+RFC 7638 thumbprint of the key.  The wire format is written out in docs/package-format.md.
 """
 
 from ._canonical import canonical_json

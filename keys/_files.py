@@ -1,4 +1,9 @@
-"""Private key files: PKCS#8 PEM, created 0600 and never overwritten, loaded only if private."""
+"""Private key files, created 0600 and never overwritten, loaded only if private.
+
+Ed25519, ES256, X25519 and P-256 keys are PKCS#8 PEM (passphrase: cryptography's
+``BestAvailableEncryption``); X-Wing keys are a private AKP JWK, or with a passphrase the
+PBES2 JWE of it (see ``_jwkfile``).  The loader tells them apart by content.
+"""
 
 from __future__ import annotations
 
@@ -14,28 +19,45 @@ from cryptography.hazmat.primitives import serialization
 
 from ._errors import InvalidKey, KeyFileError
 from ._jwk import KeyUse, PrivateKey
+from ._jwkfile import dump_jwk_file, is_jwk_file, load_jwk_file
+from ._xwing import XWingPrivateKey
 
 __all__ = ["GeneratedKeys", "generate_org_keys", "load_private_key", "write_private_key"]
 
 _MAX_KEY_FILE: Final = 64 * 1024
 _ORG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _SUFFIX_USE: Final[dict[str, KeyUse]] = {".sign.pem": "sig", ".enc.pem": "enc"}
+_ENC_SUFFIX: Final[dict[str, str]] = {
+    "X25519": ".enc.pem",
+    "P-256": ".enc.pem",
+    "X-Wing": ".enc.jwk",
+}
 
 
-def write_private_key(
-    path: str | os.PathLike[str], key: PrivateKey, *, passphrase: bytes | None = None
-) -> None:
-    """Write ``key`` as PKCS#8 PEM to a new file of mode 0600 (never overwrites)."""
-    if passphrase is not None and not passphrase:
-        raise KeyFileError(f"empty passphrase for {os.fspath(path)}; pass None or a real one")
+def _serialize(key: PrivateKey, passphrase: bytes | None) -> bytes:
+    raw = key._key
+    if isinstance(raw, XWingPrivateKey):
+        return dump_jwk_file(key, passphrase)
     encryption: serialization.KeySerializationEncryption = (
         serialization.NoEncryption()
         if passphrase is None
         else serialization.BestAvailableEncryption(passphrase)
     )
-    pem = key._key.private_bytes(
+    return raw.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
+
+
+def write_private_key(
+    path: str | os.PathLike[str], key: PrivateKey, *, passphrase: bytes | None = None
+) -> None:
+    """Write ``key`` to a new file of mode 0600 (never overwrites).
+
+    PKCS#8 PEM, except X-Wing keys: their private JWK (a PBES2 JWE of it with a passphrase).
+    """
+    if passphrase is not None and not passphrase:
+        raise KeyFileError(f"empty passphrase for {os.fspath(path)}; pass None or a real one")
+    pem = _serialize(key, passphrase)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(path, flags, 0o600)
@@ -74,10 +96,11 @@ def load_private_key(
     passphrase: bytes | None = None,
     use: KeyUse | None = None,
 ) -> PrivateKey:
-    """Load a PKCS#8 PEM private key, refusing files readable or writable by group/others.
+    """Load a private key file, refusing files readable or writable by group/others.
 
-    P-256 keys serve signing (ES256) or encryption: ``use`` says which; without it the
-    file name decides (``*.sign.pem`` -> sig, ``*.enc.pem`` -> enc).
+    PKCS#8 PEM, or an X-Wing JWK file (JSON, or a PBES2 JWE when encrypted).  P-256 keys
+    serve signing (ES256) or encryption: ``use`` says which; without it the file name
+    decides (``*.sign.pem`` -> sig, ``*.enc.pem`` -> enc).
     """
     name = os.fspath(path)
     try:
@@ -94,6 +117,11 @@ def load_private_key(
         data = handle.read(_MAX_KEY_FILE + 1)
     if len(data) > _MAX_KEY_FILE:
         raise KeyFileError(f"key file {name} is larger than {_MAX_KEY_FILE} bytes")
+    if is_jwk_file(data):
+        key = load_jwk_file(data, name, passphrase)
+        if use not in (None, "enc"):
+            raise KeyFileError(f"key file {name} holds an X-Wing encryption key, not {use!r}")
+        return key
     try:
         raw = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError as exc:
@@ -127,18 +155,18 @@ def generate_org_keys(
     out_dir: str | os.PathLike[str],
     *,
     sign: Literal["Ed25519", "ES256"] = "Ed25519",
-    enc: Literal["X25519", "P-256"] = "X25519",
+    enc: Literal["X25519", "P-256", "X-Wing"] = "X25519",
     passphrase: bytes | None = None,
 ) -> GeneratedKeys:
     """Generate a signing and an encryption key for ``org_id`` into ``out_dir``.
 
-    Writes ``<org_id>.sign.pem`` and ``<org_id>.enc.pem`` (0600; ``out_dir`` is created
-    0700 if missing) and returns the public JWKs with ``kid`` = RFC 7638 thumbprint.
-    Nothing is written if either file already exists.
+    Writes ``<org_id>.sign.pem`` and ``<org_id>.enc.pem`` (``<org_id>.enc.jwk`` for an
+    X-Wing key; 0600; ``out_dir`` is created 0700 if missing) and returns the public JWKs
+    with ``kid`` = RFC 7638 thumbprint.  Nothing is written if either file already exists.
     """
     if not _ORG_ID.fullmatch(org_id):
         raise KeyFileError(f"org id {org_id!r} is not usable in a file name")
-    if sign not in ("Ed25519", "ES256") or enc not in ("X25519", "P-256"):
+    if sign not in ("Ed25519", "ES256") or enc not in _ENC_SUFFIX:
         raise InvalidKey(f"unsupported key kinds sign={sign!r} enc={enc!r}")
     directory = Path(out_dir)
     try:
@@ -146,7 +174,7 @@ def generate_org_keys(
     except OSError as exc:
         raise KeyFileError(f"cannot create key directory {directory}: {exc.strerror}") from exc
     sign_path = directory / f"{org_id}.sign.pem"
-    enc_path = directory / f"{org_id}.enc.pem"
+    enc_path = directory / f"{org_id}{_ENC_SUFFIX[enc]}"
     for existing in (sign_path, enc_path):
         if existing.exists() or existing.is_symlink():
             raise KeyFileError(f"key file {existing} already exists; refusing to overwrite")

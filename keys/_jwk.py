@@ -1,6 +1,6 @@
 """Public and private keys, their JWK form and RFC 7638 thumbprints.
 
-Four kinds of key are supported:
+Five kinds of key are supported:
 
 ========  ========  =====  ==================
 kind      JWK       use    alg
@@ -9,7 +9,11 @@ Ed25519   OKP       sig    EdDSA
 ES256     EC P-256  sig    ES256
 X25519    OKP       enc    ECDH-ES+A256KW
 P-256     EC P-256  enc    ECDH-ES+A256KW
+X-Wing    AKP       enc    HPKE-9-KE
 ========  ========  =====  ==================
+
+X-Wing is the post-quantum hybrid ML-KEM-768 + X25519 (see ``_xwing``); its JWK is the
+RFC 9964 "AKP" form with ``pub`` and its thumbprint hashes ``alg``, ``kty`` and ``pub``.
 """
 
 from __future__ import annotations
@@ -25,24 +29,35 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from ._b64json import b64d, b64e
 from ._canonical import canonical_json
 from ._errors import InvalidKey, MalformedPackage
+from ._xwing import (
+    HPKE_ALG,
+    HPKE_KEM_NAME,
+    XWingPrivateKey,
+    XWingPublicKey,
+    xwing_public_from_jwk,
+)
 
 __all__ = ["KeyKind", "KeyUse", "PrivateKey", "PublicKey", "jwk_thumbprint"]
 
-KeyKind: TypeAlias = Literal["Ed25519", "ES256", "X25519", "P-256"]
+KeyKind: TypeAlias = Literal["Ed25519", "ES256", "X25519", "P-256", "X-Wing"]
 KeyUse: TypeAlias = Literal["sig", "enc"]
 _PublicCrypto: TypeAlias = (
-    ed25519.Ed25519PublicKey | x25519.X25519PublicKey | ec.EllipticCurvePublicKey
+    ed25519.Ed25519PublicKey | x25519.X25519PublicKey | ec.EllipticCurvePublicKey | XWingPublicKey
 )
 _PrivateCrypto: TypeAlias = (
-    ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey | ec.EllipticCurvePrivateKey
+    ed25519.Ed25519PrivateKey
+    | x25519.X25519PrivateKey
+    | ec.EllipticCurvePrivateKey
+    | XWingPrivateKey
 )
 
-# kind -> (kty, crv, use, alg)
+# kind -> (kty, crv (the HPKE KEM name for AKP), use, alg)
 _KINDS: Final[dict[str, tuple[str, str, KeyUse, str]]] = {
     "Ed25519": ("OKP", "Ed25519", "sig", "EdDSA"),
     "ES256": ("EC", "P-256", "sig", "ES256"),
     "X25519": ("OKP", "X25519", "enc", "ECDH-ES+A256KW"),
     "P-256": ("EC", "P-256", "enc", "ECDH-ES+A256KW"),
+    "X-Wing": ("AKP", HPKE_KEM_NAME, "enc", HPKE_ALG),
 }
 _ALG_USE: Final[dict[str, KeyUse]] = {
     "EdDSA": "sig",
@@ -50,6 +65,7 @@ _ALG_USE: Final[dict[str, KeyUse]] = {
     "ES256": "sig",
     "ECDH-ES+A256KW": "enc",
     "ECDH-ES": "enc",
+    HPKE_ALG: "enc",
 }
 # "alg" values a published JWK may carry for each kind (RFC 9864 "Ed25519" included).
 _JWK_ALGS: Final[dict[str, frozenset[str]]] = {
@@ -57,21 +73,23 @@ _JWK_ALGS: Final[dict[str, frozenset[str]]] = {
     "ES256": frozenset({"ES256"}),
     "X25519": frozenset({"ECDH-ES+A256KW", "ECDH-ES"}),
     "P-256": frozenset({"ECDH-ES+A256KW", "ECDH-ES"}),
+    "X-Wing": frozenset({HPKE_ALG}),
 }
 _THUMBPRINT_MEMBERS: Final[dict[str, tuple[str, ...]]] = {
+    "AKP": ("alg", "kty", "pub"),
     "EC": ("crv", "kty", "x", "y"),
     "OKP": ("crv", "kty", "x"),
     "RSA": ("e", "kty", "n"),
     "oct": ("k", "kty"),
 }
-_PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+_PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth", "k", "priv")
 
 
 def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 JWK thumbprint (SHA-256, base64url) of any EC, OKP, RSA or oct JWK."""
+    """RFC 7638 JWK thumbprint (SHA-256, base64url) of any AKP, EC, OKP, RSA or oct JWK."""
     kty = jwk.get("kty")
     if not isinstance(kty, str) or kty not in _THUMBPRINT_MEMBERS:
-        raise InvalidKey(f"JWK kty {kty!r} is not one of EC, OKP, RSA, oct")
+        raise InvalidKey(f"JWK kty {kty!r} is not one of AKP, EC, OKP, RSA, oct")
     required = {}
     for name in _THUMBPRINT_MEMBERS[kty]:
         value = jwk.get(name)
@@ -134,6 +152,8 @@ def _kind_of_crypto(key: _PublicCrypto, use: KeyUse | None) -> KeyKind:
         kind: KeyKind = "Ed25519"
     elif isinstance(key, x25519.X25519PublicKey):
         kind = "X25519"
+    elif isinstance(key, XWingPublicKey):
+        kind = "X-Wing"
     elif isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
             raise InvalidKey(f"unsupported curve {key.curve.name}; only P-256 is supported")
@@ -164,9 +184,11 @@ class PublicKey:
             fits = False
         if not fits:
             raise InvalidKey(f"a {type(key).__name__} is not a {kind!r} key")
-        kty, crv, _, _ = _KINDS[kind]
+        kty, crv, _, alg = _KINDS[kind]
         jwk = {"kty": kty, "crv": crv}
-        if isinstance(key, ec.EllipticCurvePublicKey):
+        if isinstance(key, XWingPublicKey):
+            jwk = {"kty": kty, "alg": alg, "pub": b64e(key.raw)}
+        elif isinstance(key, ec.EllipticCurvePublicKey):
             point = key.public_bytes(
                 serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
             )
@@ -187,13 +209,15 @@ class PublicKey:
 
     @classmethod
     def from_jwk(cls, jwk: Mapping[str, Any], *, use: KeyUse | None = None) -> PublicKey:
-        """Validate a public JWK (kty/crv/x/y, on-curve point, no private members)."""
+        """Validate a public JWK (kty/crv/x/y or AKP pub, valid point, no private members)."""
         if not isinstance(jwk, Mapping):
             raise InvalidKey("JWK is not a JSON object")
         private = [name for name in _PRIVATE_MEMBERS if name in jwk]
         if private:
             raise InvalidKey(f"public JWK contains private member(s) {', '.join(private)}")
         kty, crv = jwk.get("kty"), jwk.get("crv")
+        if kty == "AKP":
+            return cls(xwing_public_from_jwk(jwk, use), "X-Wing")
         if (kty, crv) not in {("OKP", "Ed25519"), ("OKP", "X25519"), ("EC", "P-256")}:
             raise InvalidKey(f"unsupported JWK kty/crv {kty!r}/{crv!r}")
         crv = str(crv)
@@ -234,6 +258,7 @@ class PublicKey:
 
     @property
     def crv(self) -> str:
+        """The curve; for X-Wing the HPKE KEM name ``MLKEM768-X25519``."""
         return _KINDS[self._kind][1]
 
     @property
@@ -276,17 +301,24 @@ class PrivateKey:
 
     @classmethod
     def generate(cls, kind: KeyKind) -> PrivateKey:
-        """A fresh key: Ed25519/ES256 for signing, X25519/P-256 for encryption."""
+        """A fresh key: Ed25519/ES256 for signing, X25519/P-256/X-Wing for encryption."""
         key: _PrivateCrypto
         if kind == "Ed25519":
             key = ed25519.Ed25519PrivateKey.generate()
         elif kind == "X25519":
             key = x25519.X25519PrivateKey.generate()
+        elif kind == "X-Wing":
+            key = XWingPrivateKey.generate()
         elif kind in ("ES256", "P-256"):
             key = ec.generate_private_key(ec.SECP256R1())
         else:
             raise InvalidKey(f"unknown key kind {kind!r}; use one of {', '.join(_KINDS)}")
         return cls(key, kind)
+
+    @classmethod
+    def from_xwing_seed(cls, seed: bytes) -> PrivateKey:
+        """The X-Wing key whose private key is the 32-byte ``seed`` (its JWK ``priv``)."""
+        return cls(XWingPrivateKey(seed), "X-Wing")
 
     @classmethod
     def from_cryptography(cls, key: PrivateKeyTypes, *, use: KeyUse | None = None) -> PrivateKey:

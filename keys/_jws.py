@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ._b64json import b64d, b64e, dumps_compact, protected_header, split_compact
+from ._b64json import b64d, b64e_bytes, dumps_compact, protected_header, split_compact
 from ._errors import (
     InvalidKey,
     KeyRegistryError,
@@ -23,33 +24,51 @@ from ._errors import (
 )
 from ._jwk import PrivateKey, PublicKey
 
-__all__ = ["jws_sign", "jws_verify"]
+__all__ = ["jws_compact", "jws_sign", "jws_verify"]
 
 _RESERVED: Final = frozenset({"alg", "kid", "crit", "b64"})
 _SIG_LEN: Final = 64
 _COORD_LEN: Final = 32
+_ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
 
 
-def jws_sign(payload: bytes, key: PrivateKey, header_extra: Mapping[str, Any] | None = None) -> str:
-    """Sign ``payload`` as a compact JWS; the header is ``alg``, ``kid`` then the extras."""
+@functools.lru_cache(maxsize=256)
+def _encoded_header(alg: str, kid: str, typ: str) -> bytes:
+    """The encoded ``{"alg", "kid", "typ"}`` header, the same for every package of a key."""
+    return b64e_bytes(dumps_compact({"alg": alg, "kid": kid, "typ": typ}))
+
+
+def jws_compact(
+    payload: bytes, key: PrivateKey, header_extra: Mapping[str, Any] | None = None
+) -> bytes:
+    """:func:`jws_sign` as ASCII bytes (no str round trip on the sealing path)."""
     if key.use != "sig":
         raise InvalidKey(f"{key.kind} key {key.thumbprint} is not a signing key")
     extra = dict(header_extra or {})
     clash = sorted(_RESERVED.intersection(extra))
     if clash:
         raise KeyRegistryError(f"header_extra may not set {', '.join(clash)}")
-    header = {"alg": key.alg, "kid": key.thumbprint, **extra}
-    signing_input = b64e(dumps_compact(header)) + "." + b64e(payload)
-    signature = _sign(key, signing_input.encode("ascii"))
-    return signing_input + "." + b64e(signature)
+    typ = extra.get("typ")
+    if extra.keys() == {"typ"} and isinstance(typ, str):
+        encoded = _encoded_header(key.alg, key.thumbprint, typ)
+    else:
+        encoded = b64e_bytes(dumps_compact({"alg": key.alg, "kid": key.thumbprint, **extra}))
+    signing_input = b".".join((encoded, b64e_bytes(payload)))
+    return b".".join((signing_input, b64e_bytes(_sign(key, signing_input))))
+
+
+def jws_sign(payload: bytes, key: PrivateKey, header_extra: Mapping[str, Any] | None = None) -> str:
+    """Sign ``payload`` as a compact JWS; the header is ``alg``, ``kid`` then the extras."""
+    return jws_compact(payload, key, header_extra).decode("ascii")
 
 
 def _sign(key: PrivateKey, data: bytes) -> bytes:
-    raw = key._key
-    if isinstance(raw, ed25519.Ed25519PrivateKey):
-        return raw.sign(data)
-    if isinstance(raw, ec.EllipticCurvePrivateKey):
-        r, s = decode_dss_signature(raw.sign(data, ec.ECDSA(hashes.SHA256())))
+    # Dispatch on the kind string: isinstance against cryptography's ABCs costs more.
+    if key.kind == "Ed25519":
+        return cast(ed25519.Ed25519PrivateKey, key._key).sign(data)
+    if key.kind == "ES256":
+        der = cast(ec.EllipticCurvePrivateKey, key._key).sign(data, _ECDSA_SHA256)
+        r, s = decode_dss_signature(der)
         return r.to_bytes(_COORD_LEN, "big") + s.to_bytes(_COORD_LEN, "big")
     raise InvalidKey(f"{key.kind} key cannot sign")
 
@@ -61,7 +80,7 @@ def jws_verify(token: str | bytes, keys: Mapping[str, PublicKey]) -> tuple[dict[
     (for Ed25519 keys also the fully-specified ``Ed25519`` of RFC 9864).
     ``alg: none``, ``crit`` and ``b64`` (RFC 7797) are refused.
     """
-    text, (h_part, p_part, s_part) = split_compact(token, 3, "JWS")
+    raw, (h_part, p_part, s_part) = split_compact(token, 3, "JWS")
     header = protected_header(h_part, "JWS protected header")
     alg = header.get("alg")
     if not isinstance(alg, str):
@@ -83,7 +102,7 @@ def jws_verify(token: str | bytes, keys: Mapping[str, PublicKey]) -> tuple[dict[
     signature = b64d(s_part, "JWS signature")
     if len(signature) != _SIG_LEN:
         raise SignatureInvalid(f"JWS signature is {len(signature)} bytes, expected {_SIG_LEN}")
-    signing_input = text[: len(h_part) + 1 + len(p_part)].encode("ascii")
+    signing_input = raw[: len(h_part) + 1 + len(p_part)]
     _verify(key, signature, signing_input)
     return header, b64d(p_part, "JWS payload")
 

@@ -2,7 +2,11 @@
 
 Inner JWS header ``{"alg", "kid": <broker key thumbprint>, "typ": "atlas-pkg+jwt"}``; claims
 ``iss, aud, rcpt_kid, jti, iat, exp, src, tlp, stix``.  Outer compact JWE
-``{"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "kid": <recipient key>, "cty": "JWT", "epk"}``.
+``{"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "kid": <recipient key>, "cty": "JWT", "epk"}``
+to an X25519/P-256 key, or ``{"alg": "HPKE-9-KE", "enc", "kid", "cty", "ek"}`` to an X-Wing
+(post-quantum) key.  Each package goes to exactly one key: a recipient whose current key is
+X-Wing gets only the HPKE form (the router picks the key).  docs/package-format.md is the
+full specification.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._b64json import loads_object
+from ._b64json import ascii_bytes, loads_object
 from ._errors import (
     InvalidKey,
     KeyRegistryError,
@@ -27,9 +31,9 @@ from ._errors import (
     WrongIssuer,
     WrongRecipientKey,
 )
-from ._jwe import jwe_decrypt, jwe_encrypt
+from ._jwe import jwe_compact, jwe_decrypt
 from ._jwk import PrivateKey, PublicKey
-from ._jws import jws_sign, jws_verify
+from ._jws import jws_compact, jws_verify
 from ._replay import ReplayGuard
 
 __all__ = [
@@ -175,6 +179,9 @@ def seal(
 ) -> SealedPackage:
     """Sign the recipient's view as a JWT with the broker key and encrypt it to the recipient.
 
+    ``recipient_key`` is the one key this copy is for: X25519/P-256 (ECDH-ES+A256KW) or
+    X-Wing (HPKE-9-KE); the signed ``rcpt_kid`` names it.
+
     ``dumps`` serializes the claims (``orjson.dumps`` is a drop-in); the receiver verifies
     the bytes as sent, so the serializer never needs to be canonical.
     """
@@ -202,12 +209,12 @@ def seal(
         payload = dumps(claims)
     except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise KeyRegistryError(f"cannot seal package: claims are not JSON ({exc})") from exc
-    inner = jws_sign(payload, signing_key, {"typ": PACKAGE_TYP})
-    token = jwe_encrypt(inner.encode("ascii"), recipient_key, {"cty": "JWT"})
+    inner = jws_compact(payload, signing_key, {"typ": PACKAGE_TYP})
+    token = jwe_compact(inner, recipient_key, {"cty": "JWT"})
     return SealedPackage(
-        token=token,
+        token=token.decode("ascii"),
         jti=claims["jti"],
-        jwe_sha256=hashlib.sha256(token.encode("ascii")).hexdigest(),
+        jwe_sha256=hashlib.sha256(token).hexdigest(),
         rcpt_kid=recipient_key.thumbprint,
         signing_kid=signing_key.thumbprint,
         iat=now,
@@ -246,7 +253,8 @@ def open_package(
     """
     if len(token) > max_size:
         raise MalformedPackage(f"package is {len(token)} bytes, more than {max_size}")
-    jwe_header, inner = jwe_decrypt(token, decryption_keys)
+    raw = ascii_bytes(token, "JWE")
+    jwe_header, inner = jwe_decrypt(raw, decryption_keys)
     if jwe_header.get("cty") != "JWT":
         raise MalformedPackage(f"JWE cty {jwe_header.get('cty')!r} is not 'JWT'")
     jws_header, payload = jws_verify(inner, broker_keys.public_keys)
@@ -282,7 +290,6 @@ def open_package(
             raise PackageReplayed(f"package {jti!r} was already opened")
         if mark_seen:
             replay.add(jti, claims["exp"])
-    raw = token.encode("ascii") if isinstance(token, str) else bytes(token)
     return OpenedPackage(
         claims=claims,
         stix=claims["stix"],

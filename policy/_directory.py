@@ -84,8 +84,11 @@ class PublicKeyEntry(_Frozen):
     @field_validator("jwk")
     @classmethod
     def _public_only(cls, jwk: dict[str, str]) -> dict[str, str]:
-        if "d" in jwk:
-            raise ValueError("contains a private key member 'd': publish only the public JWK")
+        for private in ("d", "priv"):
+            if private in jwk:
+                raise ValueError(
+                    f"contains a private key member {private!r}: publish only the public JWK"
+                )
         if "kty" not in jwk:
             raise ValueError("has no 'kty' member")
         return jwk

@@ -83,7 +83,8 @@ class Community:
         return self.root / org / f"{org}.sign.pem"
 
     def enc_key(self, org: str) -> Path:
-        return self.root / org / f"{org}.enc.pem"
+        pem = self.root / org / f"{org}.enc.pem"
+        return pem if pem.exists() else self.root / org / f"{org}.enc.jwk"
 
     def org(self, org_id: str) -> dict[str, Any]:
         return next(o for o in self.doc["organisations"] if o["id"] == org_id)

@@ -274,3 +274,31 @@ class TestVersions:
         got = orjson.loads((tmp_path / "lea-1" / f"{sid}.json").read_bytes())
         assert [(o["id"], o.get("revoked")) for o in got["objects"]] == [(original["id"], True)]
         assert received_ids(tmp_path / "lea-2") == set()
+
+
+class TestPostQuantum:
+    async def test_x_wing_recipient_opens_its_package_and_gets_no_classical_copy(
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        community = make_community(enc="X-Wing")
+        settings = await running_router(community)
+        ind = indicator("clear")
+        sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(ind))
+        await wait_routed(js, 1)
+        msg = await js.get_last_msg(DELIVERIES, deliver_subject("lea-1", sid))
+        header = orjson.loads(_b64(msg.data.split(b".")[0]))
+        assert header["alg"] == "HPKE-9-KE" and "ek" in header
+        assert (await js.stream_info(DELIVERIES)).state.messages == 2  # one per partner
+        stats = await receive_all(settings, js, community, "lea-1", tmp_path / "pq")
+        assert stats.received == 1 and stats.quarantined == 0
+        assert received_ids(tmp_path / "pq") == {ind["id"]}
+
+
+def _b64(part: bytes) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))

@@ -11,12 +11,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from keys import BrokerKeyring, KeyKind, PrivateKey, SealedPackage, seal
+from keys._xwing import XWingPrivateKey
 
 NOW = 1_750_000_000
 
 
 def _private_pem(key: PrivateKey) -> bytes:
     """PKCS#8 PEM of a key, for handing it to jwcrypto/joserfc in tests."""
+    assert not isinstance(key._key, XWingPrivateKey), "X-Wing keys have no PKCS#8 form"
     return key._key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
