@@ -26,10 +26,13 @@ from keys import generate_org_keys, load_private_key
 from policy import Directory
 
 from ._audit import read_log
+from ._audit_jobs import log_verifiers, verify_log
 from ._bus import SUBMISSIONS, ensure_streams, nats_session
+from ._checkpoint import log_origin
 from ._config import Settings
 from ._demo_data import AUDITORS, MEMBERS, PARTNERS, TLP2, demo_bundles, demo_directory
 from ._directory_store import store_directory
+from ._logcopy import LiveLog
 from ._router import ROUTER_CONSUMER
 from ._service import publish_bundle, receive, run_router, streams_for
 
@@ -102,8 +105,9 @@ async def _demo(root: Path, console: Console, started: float) -> bool:
                     js=js,
                 )
             entries = [record.entry async for record in read_log(js)]
+            verified = await _verify(js, root, len(entries), console)
             router.cancel()
-    ok = _report(console, root, results, entries, sids)
+    ok = _report(console, root, results, entries, sids) and verified
     console.print(
         f"finished in {time.monotonic() - started:.1f} s — "
         + ("[bold green]OK" if ok else "[bold red]FAILED")
@@ -145,6 +149,20 @@ async def _wait_routed(js: Any, count: int) -> None:
             ):
                 return
             await asyncio.sleep(0.05)
+
+
+async def _verify(js: Any, root: Path, count: int, console: Console) -> bool:
+    """Wait for a signed checkpoint covering the whole log, then audit it as an outsider."""
+    async with asyncio.timeout(30):
+        while True:
+            snap = await LiveLog(js).snapshot()
+            if snap.expected_entries >= count:
+                break
+            await asyncio.sleep(0.2)
+    keys = log_verifiers([], root / "broker.jwks.json", log_origin("atlas-broker"))
+    result = await verify_log(LiveLog(js), log_keys=keys, deliveries=js)
+    console.print(f"audit verify (broker public key only): {result.summary()}")
+    return result.ok
 
 
 def _levels(obj: dict[str, Any]) -> str:

@@ -24,6 +24,8 @@ from keys import BrokerKeyring, KeyRegistryError, PrivateKey, PublicKey, load_pr
 from policy import PolicyError
 
 from ._bus import Streams, ensure_streams, nats_session, submit_subject
+from ._checkpoint import log_origin
+from ._checkpointer import run_checkpointer
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
 from ._router import Router
@@ -99,7 +101,16 @@ async def run_router(
         if ready is not None:
             ready.set()
         log.info("router.started", workers=settings.router.workers)
-        await router.run()
+        async with asyncio.TaskGroup() as group:
+            # Exactly one checkpointer is active across broker processes (a lease in KV);
+            # the others stand by and take over when it stops.
+            group.create_task(
+                run_checkpointer(
+                    js, signing_key=signing_key, origin=log_origin(settings.broker.id)
+                ),
+                name="checkpointer",
+            )
+            await router.run()
 
 
 async def serve(settings: Settings) -> None:

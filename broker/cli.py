@@ -127,7 +127,13 @@ def _global(
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error")] = None,
 ) -> None:
     _state.clear()
-    _state.update(config=config, data_dir=data_dir, nats_url=nats_url)
+    _state.update(
+        config=config,
+        data_dir=data_dir,
+        nats_url=nats_url,
+        log_format=log_format,
+        log_level=log_level,
+    )
     try:
         cfg = settings()
     except ATLAS_ERRORS as exc:
@@ -280,6 +286,7 @@ class SignKind(StrEnum):
 class EncKind(StrEnum):
     X25519 = "X25519"
     P256 = "P-256"
+    X_WING = "X-Wing"
 
 
 @keys_app.command("generate")
@@ -453,10 +460,22 @@ def demo(
     """Run the whole path end to end on an embedded NATS and report what each partner got."""
     from ._demo import run_demo
 
+    if _state.get("log_level") is None:  # keep the demo's report readable
+        configure_logging(_state.get("log_format") or settings().log_format, "warning")
     console = out if out.is_terminal else Console(width=120)
     ok = run(run_demo(keep=keep, console=console))
     if not ok:
         raise typer.Exit(1)
+
+
+def _register_log_commands() -> None:
+    """``audit verify|query|export|report|vkey`` and ``witness`` live in broker._audit_cli."""
+    from ._audit_cli import register
+
+    register(audit_app, app, settings=settings, run=run, out=out, err=err)
+
+
+_register_log_commands()
 
 
 def main() -> None:

@@ -349,6 +349,12 @@ class PrivateKey:
     def thumbprint(self) -> str:
         return self._public.thumbprint
 
+    def sign_raw(self, data: bytes) -> bytes:
+        """A bare Ed25519 signature of ``data`` (for formats outside JOSE: signed notes)."""
+        if not isinstance(self._key, ed25519.Ed25519PrivateKey):
+            raise InvalidKey(f"sign_raw needs an Ed25519 key, not {self.kind}")
+        return self._key.sign(data)
+
     def __repr__(self) -> str:
         return f"PrivateKey(kind={self.kind!r}, kid={self.thumbprint!r})"
 

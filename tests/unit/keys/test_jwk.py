@@ -255,3 +255,21 @@ class TestKeyObjects:
     def test_raises_when_private_key_type_is_unsupported(self) -> None:
         with pytest.raises(InvalidKey, match="RSAPrivateKey"):
             PrivateKey.from_cryptography(rsa.generate_private_key(65537, 2048))
+
+
+class TestSignRaw:
+    def test_signature_verifies_when_key_is_ed25519(self) -> None:
+        from keys import PrivateKey
+
+        key = PrivateKey.generate("Ed25519")
+        signature = key.sign_raw(b"note text")
+        public = key._key.public_key()  # the cryptography key, to verify independently
+        public.verify(signature, b"note text")
+
+    def test_refused_when_key_is_not_ed25519(self) -> None:
+        import pytest
+
+        from keys import InvalidKey, PrivateKey
+
+        with pytest.raises(InvalidKey, match="needs an Ed25519 key"):
+            PrivateKey.generate("ES256").sign_raw(b"x")
