@@ -6,6 +6,7 @@ context, a submit function, key material).
 
 from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
 from ._errors import AdapterError, BridgeError, TaxiiProtocolError
+from ._receipts import ReceiptKeeper, ReceiptStats
 from ._stix import InvalidBundle, check_bundle, parse_bundle
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "BridgeError",
     "DiskReplayGuard",
     "InvalidBundle",
+    "ReceiptKeeper",
+    "ReceiptStats",
     "ReceiveStats",
     "Receiver",
     "TaxiiProtocolError",

@@ -103,6 +103,7 @@ class ReceiveStats:
     duplicates: int = 0
     quarantined: int = 0
     objects: int = 0
+    receipts: int = 0
     by_tlp: dict[str, int] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 

@@ -43,6 +43,7 @@ __all__ = [
     "DELIVERIES",
     "DIRECTORY_BUCKET",
     "LOG",
+    "RECEIPTS",
     "SUBMISSIONS",
     "SUBMITTED_BUCKET",
     "VIEWS",
@@ -52,6 +53,7 @@ __all__ = [
     "ensure_streams",
     "log_subject",
     "nats_session",
+    "receipt_subject",
     "submit_subject",
     "view_subject",
 ]
@@ -61,6 +63,7 @@ log = structlog.get_logger()
 SUBMISSIONS = "SUBMISSIONS"
 DELIVERIES = "DELIVERIES"
 VIEWS = "VIEWS"
+RECEIPTS = "RECEIPTS"
 LOG = "LOG"
 DIRECTORY_BUCKET = "atlas_directory"
 SUBMITTED_BUCKET = "atlas_submitted"
@@ -80,6 +83,10 @@ def deliver_subject(recipient: str, submission: str) -> str:
 
 def view_subject(recipient: str, submission: str) -> str:
     return f"atlas.view.{recipient}.{submission}"
+
+
+def receipt_subject(recipient: str, submission: str) -> str:
+    return f"atlas.receipt.{recipient}.{submission}"
 
 
 def log_subject(submission: str) -> str:
@@ -132,6 +139,17 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             max_age=streams.deliveries_max_age,
             max_bytes=streams.deliveries_max_bytes,
             discard=DiscardPolicy.NEW,
+            num_replicas=streams.replicas,
+            duplicate_window=0.1,
+        ),
+        StreamConfig(
+            # Receipts to recipients (one per delivered package) and their signed
+            # acknowledgements back (atlas.ack.<org>), which become log entries.
+            name=RECEIPTS,
+            subjects=["atlas.receipt.*.*", "atlas.ack.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=streams.deliveries_max_age,
             num_replicas=streams.replicas,
             duplicate_window=0.1,
         ),

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats.errors
 import orjson
 import structlog
 from nats.js import JetStreamContext
 
-from adapters import Receiver, ReceiveStats
+from adapters import ReceiptKeeper, Receiver, ReceiveStats
 from keys import BrokerKeyring, KeyRegistryError, PrivateKey, PublicKey, load_private_key
 from policy import PolicyError
 
@@ -28,6 +29,8 @@ from ._checkpoint import log_origin
 from ._checkpointer import run_checkpointer
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
+from ._note import NoteVerifier
+from ._receipts import AckRecorder, ReceiptPublisher, receipt_checker
 from ._router import Router
 from ._submission import make_submission
 from .errors import BrokerError, ConfigError, DirectoryUnavailable, SubmissionError
@@ -110,6 +113,8 @@ async def run_router(
                 ),
                 name="checkpointer",
             )
+            group.create_task(ReceiptPublisher(js).run(), name="receipts")
+            group.create_task(AckRecorder(js, watcher).run(), name="acks")
             await router.run()
 
 
@@ -217,6 +222,20 @@ class BrokerRing:
                 log.warning("receive.key_refresh_failed", error=str(exc))
 
 
+def _receipt_check(ring: BrokerRing, settings: Settings) -> Any:
+    """Receipts are checked against the log key: the broker's Ed25519 signing keys."""
+
+    def _check(data: bytes, jti: str, aud: str, jwe_sha256: str) -> dict[str, Any]:
+        keys = [
+            NoteVerifier.from_public_key(log_origin(settings.broker.id), key)
+            for key, revoked_at in ring.current().values()
+            if key.kind == "Ed25519" and revoked_at is None
+        ]
+        return receipt_checker(keys)(data, jti, aud, jwe_sha256)
+
+    return _check
+
+
 async def receive(
     settings: Settings,
     *,
@@ -228,8 +247,13 @@ async def receive(
     passphrase: bytes | None = None,
     js: JetStreamContext | None = None,
     on_ready: Callable[[Receiver], None] | None = None,
+    sign_key_path: Path | None = None,
 ) -> ReceiveStats:
-    """``atlas-broker receive``: open this organisation's packages into ``out_dir``."""
+    """``atlas-broker receive``: open this organisation's packages into ``out_dir``.
+
+    Receipts for packages already stored are verified and kept beside them; with
+    ``sign_key_path`` each is acknowledged with a signature that the broker logs.
+    """
     keys = [load_private_key(p, passphrase=passphrase) for p in key_paths]
     decryption = {k.public.thumbprint: k for k in keys}
     pinned = read_jwks(broker_jwks) if broker_jwks else None
@@ -248,14 +272,30 @@ async def receive(
             broker_keys=ring.current,
             out_dir=out_dir,
         )
+        keeper = ReceiptKeeper(
+            js,
+            org=org,
+            out_dir=out_dir,
+            check=_receipt_check(ring, settings),
+            signing_key=load_private_key(sign_key_path, passphrase=passphrase)
+            if sign_key_path
+            else None,
+        )
         if on_ready is not None:
             on_ready(receiver)
         async with asyncio.TaskGroup() as group:
             refresher = group.create_task(ring.follow())
+            keeping = None if once else group.create_task(keeper.run())
             try:
-                return await receiver.run(once=once)
+                stats = await receiver.run(once=once)
+                if once:
+                    await keeper.drain()
+                stats.receipts = keeper.stats.kept
+                return stats
             finally:
                 refresher.cancel()
+                if keeping is not None:
+                    keeping.cancel()
 
     if js is not None:
         return await _run(js)

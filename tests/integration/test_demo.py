@@ -18,6 +18,8 @@ async def test_demo_succeeds_and_reports_every_partner(tmp_path: Path) -> None:
     assert ok, text
     assert "interpol (partner)" in text and "ec3 (partner)" in text
     assert "red-not-named" in text and "unknown-marking" in text
+    assert "receipts: 7 of 7 packages" in text
+    assert "audit verify (broker public key only): OK" in text
     red = "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1"
     for org, expect_red in (("interpol", True), ("ec3", False)):
         objects = [

@@ -1,0 +1,151 @@
+"""The receive bridge's side of receipts: verify, keep, acknowledge.
+
+For each receipt on ``atlas.receipt.<org>.*`` the keeper checks it against the package the
+bridge opened for that submission (``jti``, ``aud``, ``jwe_sha256`` and the inclusion proof
+up to a checkpoint signed by the broker's log key — the check itself is handed in by the
+broker, so adapters stay free of it), stores it as ``.atlas/receipts/<submission>.json``
+beside the bundle, and, with a signing key, sends back a signed acknowledgement on
+``atlas.ack.<org>`` that the broker writes to the log. A receipt for a package not yet
+stored waits (nak with delay); one that does not verify is quarantined, never kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from keys import PrivateKey, jws_sign
+
+from ._bridge import atomic_write
+from ._errors import BridgeError
+
+__all__ = ["ReceiptKeeper", "ReceiptStats"]
+
+log = structlog.get_logger()
+
+RECEIPTS = "RECEIPTS"
+ACK_TYP = "atlas-ack+jws"
+Checker = Callable[[bytes, str, str, str], dict[str, Any]]
+"""(receipt bytes, jti, aud, jwe_sha256) -> the logged entry; raises BridgeError."""
+
+
+@dataclass
+class ReceiptStats:
+    kept: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    waiting: int = 0
+
+
+class ReceiptKeeper:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        org: str,
+        out_dir: Path,
+        check: Checker,
+        signing_key: PrivateKey | None = None,
+    ) -> None:
+        self._js = js
+        self._org = org
+        self._state = out_dir / ".atlas"
+        self._check = check
+        self._key = signing_key
+        (self._state / "receipts").mkdir(parents=True, exist_ok=True)
+        self.stats = ReceiptStats()
+
+    @property
+    def consumer(self) -> str:
+        return f"rct-{self._org}"
+
+    async def _subscription(self) -> JetStreamContext.PullSubscription:
+        try:
+            await self._js.consumer_info(RECEIPTS, self.consumer)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_consumer(
+                RECEIPTS,
+                ConsumerConfig(
+                    durable_name=self.consumer,
+                    name=self.consumer,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=60,
+                    filter_subject=f"atlas.receipt.{self._org}.*",
+                ),
+            )
+        return await self._js.pull_subscribe_bind(self.consumer, stream=RECEIPTS)
+
+    async def drain(self) -> ReceiptStats:
+        """Handle every receipt that is there now (``receive --once``)."""
+        sub = await self._subscription()
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(16, timeout=0.5)
+                except nats.errors.TimeoutError:
+                    return self.stats
+                for msg in msgs:
+                    await self.handle(msg)
+        finally:
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await sub.unsubscribe()
+
+    async def run(self) -> None:
+        while True:
+            await self.drain()
+
+    async def handle(self, msg: Msg) -> None:
+        sid = msg.subject.rsplit(".", 1)[-1]
+        meta_path = self._state / "packages" / f"{sid}.json"
+        if not meta_path.exists():
+            self.stats.waiting += 1
+            await msg.nak(delay=5)  # the package itself has not been stored yet
+            return
+        meta = orjson.loads(meta_path.read_bytes())
+        try:
+            entry = self._check(msg.data, meta["jti"], meta["aud"], meta["jwe_sha256"])
+        except BridgeError as exc:
+            self.stats.rejected += 1
+            atomic_write(
+                self._state / "quarantine" / f"receipt-{sid}.json",
+                orjson.dumps(
+                    {"subject": msg.subject, "error": type(exc).__name__, "detail": str(exc)}
+                ),
+            )
+            log.error("receipt.rejected", sub=sid, error=type(exc).__name__, detail=str(exc))
+            await msg.ack_sync()
+            return
+        atomic_write(self._state / "receipts" / f"{sid}.json", msg.data, mode=0o600)
+        self.stats.kept += 1
+        if self._key is not None:
+            receipt = orjson.loads(msg.data)
+            ack = {
+                "v": 1,
+                "pkg": entry["pkg"],
+                "index": receipt["index"],
+                "size": _size_of(receipt["checkpoint"]),
+                "jwe_sha256": meta["jwe_sha256"],
+            }
+            token = jws_sign(orjson.dumps(ack), self._key, {"typ": ACK_TYP, "org": self._org})
+            await self._js.publish(f"atlas.ack.{self._org}", token.encode())
+            self.stats.acknowledged += 1
+        log.info("receipt.kept", sub=sid, index=entry.get("pkg"))
+        await msg.ack_sync()
+
+
+def _size_of(checkpoint: str) -> int:
+    """The tree size line of a checkpoint note (its second line)."""
+    lines = checkpoint.split("\n")
+    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0

@@ -1,0 +1,220 @@
+"""Receipts out, acknowledgements in: proof of delivery and proof of receipt.
+
+- :class:`ReceiptPublisher` follows the signed checkpoints; for every delivery entry a new
+  checkpoint covers, it publishes the recipient's receipt (index, entry, inclusion proof,
+  checkpoint) on ``atlas.receipt.<recipient>.<submission>``, once per subject. It works
+  from the checkpoint messages and LOG alone, so any broker process can run it and a
+  restart resumes where its durable consumer stopped.
+- The receive bridge verifies a receipt against the package it opened, keeps it beside the
+  bundle, and answers with an acknowledgement signed by its own key on ``atlas.ack.<org>``.
+- :class:`AckRecorder` verifies each acknowledgement against the directory and writes a
+  ``receipt`` entry to the log: proof, in the log itself, that the recipient got it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from adapters import BridgeError
+from keys import PackageError, jws_verify
+
+from ._bus import LOG, RECEIPTS, log_subject, receipt_subject
+from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, CheckpointMessage, read_stream
+from ._directory_store import DirectoryWatcher
+from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, decode_chunk, timestamp
+from ._merkle import Frontier
+from ._note import NoteVerifier
+from ._receipt import receipts_for, verify_receipt
+from .errors import LogIntegrityError
+
+__all__ = ["ACK_TYP", "AckRecorder", "ReceiptPublisher", "receipt_checker"]
+
+log = structlog.get_logger()
+
+ACK_TYP = "atlas-ack+jws"
+_TRANSIENT = (nats.errors.Error, OSError, TimeoutError)
+
+
+async def _durable(js: JetStreamContext, stream: str, name: str, subject: str) -> Any:
+    config = ConsumerConfig(
+        durable_name=name,
+        name=name,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=60,
+        filter_subject=subject,
+    )
+    try:
+        await js.consumer_info(stream, name)
+    except nats.js.errors.NotFoundError:
+        await js.add_consumer(stream, config)
+    return await js.pull_subscribe_bind(name, stream=stream)
+
+
+async def _follow(
+    js: JetStreamContext, stream: str, name: str, subject: str, handle: Callable[[Msg], Any]
+) -> None:
+    """A durable fetch loop: idle on timeouts, back off on errors, nak on transient faults."""
+    sub = await _durable(js, stream, name, subject)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except _TRANSIENT as exc:
+                log.warning("receipts.fetch_failed", consumer=name, error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                try:
+                    await handle(msg)
+                    await msg.ack_sync()
+                except _TRANSIENT as exc:
+                    log.warning("receipts.retry", consumer=name, error=str(exc))
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.nak(delay=2)
+    finally:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await sub.unsubscribe()
+
+
+class ReceiptPublisher:
+    """Publishes a receipt for every delivery a new checkpoint covers."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._previous: dict[int, tuple[Frontier, int]] = {0: (Frontier(), 0)}
+        self.published = 0
+
+    async def run(self) -> None:
+        await _follow(self._js, LOG, "receipts", CHECKPOINT_SUBJECT, self.handle)
+
+    async def _before(self, cp: CheckpointMessage) -> tuple[Frontier, int] | None:
+        if cp.prev_size in self._previous:
+            return self._previous[cp.prev_size]
+        async for msg in read_stream(self._js, CHECKPOINT_SUBJECT, stop_seq=cp.seq - 1):
+            try:
+                earlier = CheckpointMessage.decode(msg.data, seq=msg.metadata.sequence.stream)
+            except LogIntegrityError:
+                continue
+            if earlier.size == cp.prev_size:
+                self._previous[earlier.size] = (
+                    Frontier(earlier.size, earlier.frontier),
+                    earlier.log_seq,
+                )
+        return self._previous.get(cp.prev_size)
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            cp = CheckpointMessage.decode(msg.data, seq=msg.metadata.sequence.stream)
+        except LogIntegrityError as exc:
+            log.error("receipts.bad_checkpoint", seq=msg.metadata.sequence.stream, error=str(exc))
+            return
+        before = await self._before(cp)
+        if before is None:
+            log.error("receipts.no_previous_checkpoint", size=cp.prev_size)
+            return
+        frontier, log_seq = before
+        entries: list[bytes] = []
+        async for chunk in read_stream(
+            self._js, ENTRIES_FILTER, start_seq=log_seq + 1, stop_seq=cp.log_seq
+        ):
+            entries.extend(decode_chunk(chunk.data))
+        if len(entries) != cp.size - cp.prev_size:
+            log.error(
+                "receipts.range_mismatch", expected=cp.size - cp.prev_size, found=len(entries)
+            )
+            return
+        for rcpt, _pkg, receipt in receipts_for(cp.note, frontier, entries):
+            sid = orjson.loads(receipt.entry).get("src", {}).get("submission", "")
+            try:
+                await self._js.publish(
+                    receipt_subject(rcpt, sid), receipt.encode(), headers=dict(EXPECT_NEW_SUBJECT)
+                )
+                self.published += 1
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+        self._previous = {cp.size: (Frontier(cp.size, cp.frontier), cp.log_seq)}
+        log.info("receipts.published", size=cp.size)
+
+
+class AckRecorder:
+    """Turns recipients' signed acknowledgements into ``receipt`` log entries."""
+
+    def __init__(self, js: JetStreamContext, directory: DirectoryWatcher) -> None:
+        self._js = js
+        self._directory = directory
+        self.recorded = 0
+
+    async def run(self) -> None:
+        await _follow(self._js, RECEIPTS, "acks", "atlas.ack.*", self.handle)
+
+    async def handle(self, msg: Msg) -> None:
+        org = msg.subject.rsplit(".", 1)[-1]
+        resolved = self._directory.current
+        keys = resolved.orgs[org].signing(int(_now().timestamp())) if org in resolved.orgs else {}
+        digest = hashlib.sha256(msg.data).hexdigest()
+        try:
+            header, payload = jws_verify(msg.data, keys)
+            if header.get("typ") != ACK_TYP or header.get("org") != org:
+                raise PackageError(f"not an acknowledgement by {org}")
+            ack = orjson.loads(payload)
+            entry = {
+                "type": "receipt",
+                "ts": timestamp(_now()),
+                "rcpt": org,
+                "pkg": str(ack["pkg"]),
+                "index": int(ack["index"]),
+                "size": int(ack["size"]),
+                "ack_sha256": digest,
+            }
+        except (
+            PackageError,
+            orjson.JSONDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            log.warning("receipt.ack_refused", org=org, error=str(exc))
+            entry = {
+                "type": "receipt",
+                "ts": timestamp(_now()),
+                "rcpt": org,
+                "result": "refused",
+                "ack_sha256": digest,
+            }
+        await append_entries(self._js, log_subject("a" + digest[:32]), [entry])
+        self.recorded += 1
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def receipt_checker(
+    log_keys: list[NoteVerifier],
+) -> Callable[[bytes, str, str, str], dict[str, Any]]:
+    """What the broker hands the receive bridge to check receipts (adapters stay pure)."""
+
+    def _check(data: bytes, jti: str, aud: str, jwe_sha256: str) -> dict[str, Any]:
+        try:
+            return verify_receipt(data, log_keys, jti=jti, aud=aud, jwe_sha256=jwe_sha256)
+        except LogIntegrityError as exc:
+            raise BridgeError(f"receipt does not verify: {exc}") from exc
+
+    return _check

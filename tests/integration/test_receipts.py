@@ -1,0 +1,119 @@
+"""Receipts end to end: proof of delivery out, signed proof of receipt back into the log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from nats.js import JetStreamContext
+
+from broker._audit import read_log
+from broker._audit_jobs import verify_log
+from broker._bus import RECEIPTS
+from broker._checkpoint import log_origin
+from broker._logcopy import LiveLog
+from broker._note import NoteVerifier
+from broker._receipt import verify_receipt
+from broker._service import receive
+from tests.integration.helpers import bundle, indicator, publish, wait_routed
+
+
+async def _until(predicate: Callable[[], Any]) -> None:
+    async with asyncio.timeout(20):
+        while not await predicate():  # noqa: ASYNC110 - polls server state
+            await asyncio.sleep(0.2)
+
+
+async def test_every_delivered_package_gets_a_verified_receipt_and_a_logged_ack(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    sids = [
+        await publish(
+            settings, js, community, tmp_path, "bank-a", bundle(indicator("clear", f"n{n}"))
+        )
+        for n in range(3)
+    ]
+    await wait_routed(js, 3)
+    out = tmp_path / "lea-1"
+
+    async def _receive() -> Any:
+        return await receive(
+            settings,
+            org="lea-1",
+            key_paths=[community.enc_key("lea-1")],
+            out_dir=out,
+            once=True,
+            js=js,
+            sign_key_path=community.sign_key("lea-1"),
+        )
+
+    first = await _receive()
+    assert first.received == 3
+
+    async def _receipts_out() -> bool:
+        return (await js.stream_info(RECEIPTS)).state.messages >= 6  # 3 packages x 2 partners
+
+    await _until(_receipts_out)
+    second = await _receive()
+    assert second.receipts == 3
+    key = community.public["atlas-broker"][0]
+    from keys import PublicKey
+
+    verifier = NoteVerifier.from_public_key(log_origin("atlas-broker"), PublicKey.from_jwk(key))
+    for sid in sids:
+        meta = orjson.loads((out / ".atlas" / "packages" / f"{sid}.json").read_bytes())
+        receipt = (out / ".atlas" / "receipts" / f"{sid}.json").read_bytes()
+        entry = verify_receipt(
+            receipt, [verifier], jti=meta["jti"], aud="lea-1", jwe_sha256=meta["jwe_sha256"]
+        )
+        assert entry["src"]["submission"] == sid
+
+    async def _acks_logged() -> bool:
+        return len([r async for r in read_log(js) if r.entry["type"] == "receipt"]) >= 3
+
+    await _until(_acks_logged)
+    acks = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
+    assert {a["rcpt"] for a in acks} == {"lea-1"} and "result" not in acks[0]
+    result = await verify_log(LiveLog(js), log_keys=[verifier], deliveries=js)
+    assert result.ok, result.summary()
+
+
+async def test_a_tampered_receipt_is_rejected_and_not_kept(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+    out = tmp_path / "lea-1"
+    await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
+    )
+
+    async def _receipt_out() -> bool:
+        return (await js.stream_info(RECEIPTS)).state.messages >= 2
+
+    await _until(_receipt_out)
+    # A forged receipt for the same package, published ahead of the genuine one's retry.
+    genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{sid}")
+    forged = orjson.loads(genuine.data)
+    forged["index"] += 1
+    await js.purge_stream(RECEIPTS)
+    await js.publish(f"atlas.receipt.lea-1.{sid}", orjson.dumps(forged))
+    stats = await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
+    )
+    assert stats.receipts == 0
+    assert not (out / ".atlas" / "receipts" / f"{sid}.json").exists()
+    assert (out / ".atlas" / "quarantine" / f"receipt-{sid}.json").exists()
