@@ -203,8 +203,16 @@ def receive(
     broker_jwks: Annotated[
         Path | None, typer.Option(help="Pinned broker public keys (JWK set); default: directory.")
     ] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(help="Your signing key: acknowledge each verified receipt (logged)."),
+    ] = None,
 ) -> None:
-    """Open this organisation's packages and write their bundles to a folder."""
+    """Open this organisation's packages and write their bundles to a folder.
+
+    Receipts (inclusion proofs of each delivery in the signed log) are verified and kept
+    in DIR/.atlas/receipts/; with --sign-key each is acknowledged back to the broker.
+    """
     from ._service import receive as _receive
 
     stats = run(
@@ -216,11 +224,13 @@ def receive(
             once=once,
             broker_jwks=broker_jwks,
             passphrase=_passphrase(),
+            sign_key_path=sign_key,
         )
     )
     out.print(
         f"received {stats.received} package(s), {stats.objects} object(s); "
-        f"{stats.duplicates} duplicate(s), {stats.quarantined} quarantined"
+        f"{stats.duplicates} duplicate(s), {stats.quarantined} quarantined, "
+        f"{stats.receipts} receipt(s) kept"
     )
 
 
