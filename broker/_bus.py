@@ -228,6 +228,8 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
         kwargs["nkeys_seed"] = str(cfg.nkey_seed_file)
     if cfg.creds_file is not None:
         kwargs["user_credentials"] = str(cfg.creds_file)
+    if cfg.inbox_prefix is not None:
+        kwargs["inbox_prefix"] = cfg.inbox_prefix
     tls = _tls_context(settings)
     if tls is not None:
         kwargs["tls"] = tls

@@ -36,6 +36,7 @@ __all__ = [
     "NatsSettings",
     "RouterSettings",
     "Settings",
+    "TaxiiSettings",
     "load_settings",
 ]
 
@@ -65,6 +66,8 @@ class NatsSettings(_Section):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     connect_timeout: float = Field(default=5.0, gt=0)
+    inbox_prefix: str | None = Field(default=None, pattern=r"^_INBOX\.[a-z0-9][a-z0-9_-]{0,62}$")
+    """Reply subjects prefix; with generated permissions: ``_INBOX.<your org id>``."""
 
     @model_validator(mode="after")
     def _one_credential(self) -> NatsSettings:
@@ -120,6 +123,36 @@ class BrokerKeySettings(_Section):
     """32+ random bytes keying the digests of object ids in the log (created if missing)."""
 
 
+class TaxiiSettings(_Section):
+    """The TAXII 2.1 server (``atlas-broker taxii serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9443, ge=0, le=65535)
+    cert_file: Path | None = None
+    """PEM certificate chain for HTTPS; without it the server only listens on loopback."""
+    key_file: Path | None = None
+    credentials_file: Path | None = None
+    """Hashed organisation secrets (``taxii passwd``).
+
+    Default: ``data_dir/taxii-credentials.toml``."""
+    cursor_key_file: Path | None = None
+    """32 random bytes keying the ``next`` tokens; share it between server instances behind a
+    load balancer. Default ``data_dir/taxii-cursor.key`` (created on first use)."""
+    api_root: str = Field(default="atlas", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+    @model_validator(mode="after")
+    def _tls_or_loopback(self) -> TaxiiSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("taxii.cert_file and taxii.key_file go together")
+        loopback = self.host in ("127.0.0.1", "::1", "localhost")
+        if self.cert_file is None and not loopback:
+            raise ValueError(
+                f"taxii.host {self.host!r} is not loopback: set taxii.cert_file and "
+                "taxii.key_file (plain HTTP is for loopback only)"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ATLAS_",
@@ -135,6 +168,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     router: RouterSettings = RouterSettings()
     broker: BrokerKeySettings = BrokerKeySettings()
+    taxii: TaxiiSettings = TaxiiSettings()
 
     @model_validator(mode="after")
     def _bundle_fits_payload(self) -> Settings:

@@ -44,6 +44,8 @@ audit_app = typer.Typer(
 app.add_typer(directory_app, name="directory")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+deploy_app = typer.Typer(help="Generate deployment files from the directory.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
 
 out = Console()
 err = Console(stderr=True)
@@ -478,6 +480,57 @@ def demo(
         raise typer.Exit(1)
 
 
+@deploy_app.command("nats-config")
+def deploy_nats_config(
+    directory: Annotated[Path, typer.Option(help="Directory TOML file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for configs and nkey seeds.")],
+    cluster: Annotated[bool, typer.Option(help="Three cluster nodes instead of one.")] = False,
+    store: Annotated[Path, typer.Option(help="JetStream store folder on the server.")] = Path(
+        "/var/lib/nats"
+    ),
+) -> None:
+    """nats-server configs with one nkey user per organisation and per-subject permissions.
+
+    Every file is checked with `nats-server -t`. Seeds are written 0600 and reused when
+    present; hand each organisation its own seed only.
+    """
+    import subprocess
+
+    from ._deploy import render_cluster, render_single, write_users
+    from ._directory_store import read_directory_file
+    from ._embedded import find_nats_server
+
+    try:
+        parsed = read_directory_file(directory)
+        users = write_users(parsed, out_dir / "nkeys")
+    except ATLAS_ERRORS as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    files: list[Path] = []
+    if cluster:
+        for node in range(3):
+            path = out_dir / f"nats-node{node + 1}.conf"
+            path.write_text(render_cluster(parsed, users, node=node, store_dir=store / f"n{node}"))
+            files.append(path)
+    else:
+        path = out_dir / "nats.conf"
+        path.write_text(render_single(parsed, users, store_dir=store))
+        files.append(path)
+    binary = str(find_nats_server())
+    for path in files:
+        check = subprocess.run(  # noqa: S603 - our own binary and file
+            [binary, "-t", "-c", str(path)], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            err.print(f"[bold red]error:[/] {path}: {check.stderr.strip() or check.stdout}")
+            raise typer.Exit(1)
+        out.print(f"{path}: valid")
+    out.print(
+        f"{len(users)} nkey users; seeds in {out_dir / 'nkeys'} (0600). Clients use "
+        'nats.nkey_seed_file and nats.inbox_prefix = "_INBOX.<org>".'
+    )
+
+
 def _register_log_commands() -> None:
     """``audit verify|query|export|report|vkey`` and ``witness`` live in broker._audit_cli."""
     from ._audit_cli import register
@@ -486,6 +539,16 @@ def _register_log_commands() -> None:
 
 
 _register_log_commands()
+
+
+def _register_taxii_commands() -> None:
+    """``taxii serve|passwd|pull`` live in broker._taxii_cli."""
+    from ._taxii_cli import register
+
+    register(app, settings=settings, run=run, out=out, err=err)
+
+
+_register_taxii_commands()
 
 
 def main() -> None:
