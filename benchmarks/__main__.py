@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import platform
 import sys
 import time
 from pathlib import Path
+
+import structlog
 
 NAMES = ["pipeline", "policy", "seal", "log"]
 
@@ -23,6 +26,11 @@ def main() -> int:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: {', '.join(NAMES)})")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args()
+    # Figures go to stdout as JSON; logs (warnings and worse) to stderr.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
     results: dict[str, object] = {
         "machine": {
             "python": platform.python_version(),
