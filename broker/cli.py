@@ -541,16 +541,6 @@ def _register_log_commands() -> None:
 _register_log_commands()
 
 
-def _register_taxii_commands() -> None:
-    """``taxii serve|passwd|pull`` live in broker._taxii_cli."""
-    from ._taxii_cli import register
-
-    register(app, settings=settings, run=run, out=out, err=err)
-
-
-_register_taxii_commands()
-
-
 def main() -> None:
     with contextlib.suppress(BrokenPipeError):
         app()
