@@ -143,10 +143,11 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             duplicate_window=0.1,
         ),
         StreamConfig(
-            # Receipts to recipients (one per delivered package) and their signed
-            # acknowledgements back (atlas.ack.<org>), which become log entries.
+            # Receipts to recipients (one per delivered package), their signed
+            # acknowledgements back (atlas.ack.<org>), which become log entries, and
+            # notices to originators (atlas.notice.<org>: RED to nobody named, ...).
             name=RECEIPTS,
-            subjects=["atlas.receipt.*.*", "atlas.ack.*"],
+            subjects=["atlas.receipt.*.*", "atlas.ack.*", "atlas.notice.*"],
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
             max_age=streams.deliveries_max_age,

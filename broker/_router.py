@@ -383,7 +383,13 @@ class Router:
             for i, m in versions
         }
         await self._ledger.record(versions, views, digest_of)
+        notice = _notice(views, recipients, bundle, org=org, sid=sid, ts=ts)
+        if notice is not None:
+            entries.append(notice)
         await append_entries(self._js, log_subject(sid), entries)
+        if notice is not None:
+            # Kept in RECEIPTS for the originator to read; the log entry is the record.
+            await self._js.publish(f"atlas.notice.{org}", orjson.dumps(notice))
         self.stats.accepted += 1
         log.info("submission.routed", sub=sid, recipients=len(recipients), packages=len(sealed))
 
@@ -488,3 +494,28 @@ def _earlier_receivers(
         and (found := directory.organisation(org)) is not None
         and found.kind != "auditor"
     )
+
+
+def _notice(
+    views: dict[str, View],
+    recipients: frozenset[str],
+    bundle: dict[str, Any],
+    *,
+    org: str,
+    sid: str,
+    ts: str,
+) -> dict[str, Any] | None:
+    """Tell the originator when RED went to nobody named, or the submission to nobody."""
+    red = {
+        d.object_digest
+        for view in views.values()
+        for d in view.decisions
+        if d.reason == "red-not-named"
+    }
+    if red:
+        reason, count = "red-not-named", len(red)
+    elif not recipients:
+        reason, count = "no-recipients", len(bundle.get("objects", []))
+    else:
+        return None
+    return {"type": "notice", "ts": ts, "org": org, "sub": sid, "reason": reason, "objects": count}

@@ -63,8 +63,15 @@ class TestTlpRouting:
         await wait_routed(js, 1)
         info = await js.stream_info(DELIVERIES)
         assert info.state.messages == 0
-        reasons = {(e["rcpt"], e["reason"]) for e in await _log(js) if e["type"] == "withheld"}
-        assert {r for r, _ in reasons} == {"lea-1", "lea-2"}
+        entries = await _log(js)
+        reasons = {(e["rcpt"], e["reason"]) for e in entries if e["type"] == "withheld"}
+        assert reasons == {("lea-1", "red-not-named"), ("lea-2", "red-not-named")}
+        notices = [e for e in entries if e["type"] == "notice"]
+        assert [(n["org"], n["reason"], n["objects"]) for n in notices] == [
+            ("bank-a", "red-not-named", 1)
+        ]
+        told = await js.get_last_msg("RECEIPTS", "atlas.notice.bank-a")
+        assert orjson.loads(told.data)["reason"] == "red-not-named"
 
     async def test_green_never_reaches_an_organisation_outside_the_community(
         self,
