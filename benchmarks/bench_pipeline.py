@@ -190,11 +190,14 @@ async def _pipeline(root: Path, objects: int, count: int) -> dict[str, Any]:
         ready = asyncio.Event()
         t0 = time.perf_counter()
         task = asyncio.create_task(run_router(js, settings, signing_key=key, ready=ready))
-        while True:
-            info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER) if ready.is_set() else None
-            if info and info.num_pending == 0 and info.num_ack_pending == 0:
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(300):
+            while True:
+                info = (
+                    await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER) if ready.is_set() else None
+                )
+                if info and info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - t0
         delivered = (await js.stream_info(DELIVERIES)).state.messages
         # Latency: one submission at a time, submit ack -> last recipient's package stored.
