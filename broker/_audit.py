@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 import orjson
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ._bus import LOG
+from ._checkpoint import ENTRIES_FILTER, read_stream
 from ._log import decode_chunk
 
 __all__ = ["LogRecord", "read_log"]
@@ -28,34 +26,13 @@ class LogRecord:
     entry: dict[str, Any]
 
 
-async def read_log(js: JetStreamContext, *, batch: int = 256) -> AsyncIterator[LogRecord]:
-    """Every entry in stream order, through an ephemeral consumer removed afterwards."""
-    info = await js.stream_info(LOG)
-    if not info.state.messages:
-        return
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE,
-        deliver_policy=DeliverPolicy.ALL,
-        filter_subject="atlas.log.entries.>",
-        inactive_threshold=30.0,
-        mem_storage=True,
-    )
-    sub = await js.pull_subscribe("atlas.log.entries.>", stream=LOG, config=config)
+async def read_log(js: JetStreamContext) -> AsyncIterator[LogRecord]:
+    """Every entry in stream order (an ephemeral consumer that stops at the current end)."""
     index = 0
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(batch, timeout=1.0)
-            except nats.errors.TimeoutError:
-                return
-            for msg in msgs:
-                for raw in decode_chunk(msg.data):
-                    yield LogRecord(index, msg.metadata.sequence.stream, raw, orjson.loads(raw))
-                    index += 1
-                if msg.metadata.num_pending == 0:
-                    return
-    finally:
-        await sub.unsubscribe()
+    async for msg in read_stream(js, ENTRIES_FILTER):
+        for raw in decode_chunk(msg.data):
+            yield LogRecord(index, msg.metadata.sequence.stream, raw, orjson.loads(raw))
+            index += 1
 
 
 def matches(entry: dict[str, Any], *, org: str | None, since: str | None) -> bool:

@@ -20,6 +20,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -102,67 +103,53 @@ class Streams:
     replicas: int = 1
 
 
+def _file_stream(name: str, subjects: list[str], replicas: int, **limits: Any) -> StreamConfig:
+    """A file-backed stream with limits retention. Dedupe windows are kept minimal: the
+    broker never trusts a client-chosen Nats-Msg-Id (dedupe is stream-wide, so one member
+    could make another's message vanish); it dedupes per organisation and per subject."""
+    return StreamConfig(
+        name=name,
+        subjects=subjects,
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        num_replicas=replicas,
+        duplicate_window=0.1,
+        **limits,
+    )
+
+
 async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> None:
     """Create the streams and buckets, or bring their configuration up to date."""
+    kept = {
+        "max_age": streams.deliveries_max_age,
+        "max_bytes": streams.deliveries_max_bytes,
+        "discard": DiscardPolicy.NEW,  # never drop an undelivered package silently
+    }
     configs = [
-        StreamConfig(
-            name=SUBMISSIONS,
-            subjects=["atlas.submit.*"],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
+        _file_stream(
+            SUBMISSIONS,
+            ["atlas.submit.*"],
+            streams.replicas,
             max_age=streams.submissions_max_age,
             max_msg_size=streams.max_msg_size,
-            num_replicas=streams.replicas,
-            # Member-chosen Nats-Msg-Id headers are not trusted (dedupe is stream-wide, so
-            # one member could make another's submission vanish): keep the window minimal
-            # and dedupe in the broker per organisation.
-            duplicate_window=0.1,
         ),
-        StreamConfig(
-            name=DELIVERIES,
-            subjects=["atlas.deliver.*.*"],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
+        _file_stream(DELIVERIES, ["atlas.deliver.*.*"], streams.replicas, **kept),
+        # Plaintext views of recipients that read over TAXII (directory: taxii_read).
+        _file_stream(VIEWS, ["atlas.view.*.*"], streams.replicas, **kept),
+        # Receipts to recipients (one per delivered package), their signed
+        # acknowledgements back (atlas.ack.<org>, logged), and notices to originators.
+        _file_stream(
+            RECEIPTS,
+            ["atlas.receipt.*.*", "atlas.ack.*", "atlas.notice.*"],
+            streams.replicas,
             max_age=streams.deliveries_max_age,
-            max_bytes=streams.deliveries_max_bytes,
-            discard=DiscardPolicy.NEW,
-            num_replicas=streams.replicas,
-            duplicate_window=0.1,
         ),
-        StreamConfig(
-            # Plaintext views of recipients that read over TAXII (directory: taxii_read);
-            # the TAXII server pages them by stream sequence.
-            name=VIEWS,
-            subjects=["atlas.view.*.*"],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=streams.deliveries_max_age,
-            max_bytes=streams.deliveries_max_bytes,
-            discard=DiscardPolicy.NEW,
-            num_replicas=streams.replicas,
-            duplicate_window=0.1,
-        ),
-        StreamConfig(
-            # Receipts to recipients (one per delivered package), their signed
-            # acknowledgements back (atlas.ack.<org>), which become log entries, and
-            # notices to originators (atlas.notice.<org>: RED to nobody named, ...).
-            name=RECEIPTS,
-            subjects=["atlas.receipt.*.*", "atlas.ack.*", "atlas.notice.*"],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            max_age=streams.deliveries_max_age,
-            num_replicas=streams.replicas,
-            duplicate_window=0.1,
-        ),
-        StreamConfig(
-            name=LOG,
-            subjects=["atlas.log.entries.>", CHECKPOINT_SUBJECT],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
+        _file_stream(
+            LOG,
+            ["atlas.log.entries.>", CHECKPOINT_SUBJECT],
+            streams.replicas,
             deny_delete=True,
             deny_purge=True,
-            num_replicas=streams.replicas,
-            duplicate_window=0.1,
         ),
     ]
     for config in configs:

@@ -22,13 +22,18 @@ from broker._embedded import EmbeddedNats
 from tests.integration.helpers import bundle, indicator, wait_routed
 
 
-def cli(*args: str, url: str | None = None, cwd: Path | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, url: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     prefix = ["--nats-url", url] if url else []
     return subprocess.run(
         [sys.executable, "-m", "broker", "--log-format", "json", *prefix, *args],
-        capture_output=True, text=True, timeout=60, cwd=cwd,
-        env={**os.environ, **(env or {})}, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        check=False,
     )
 
 
@@ -66,8 +71,16 @@ class TestConfiguration:
         data = tmp_path / "b.json"
         data.write_bytes(orjson.dumps(bundle(indicator("clear"))))
         cli("keys", "generate", "--org", "bank-a", "--out", str(tmp_path))
-        result = cli("--data-dir", str(tmp_path / "none"), "publish", str(data), "--org", "bank-a",
-                     "--key", str(tmp_path / "bank-a.sign.pem"))
+        result = cli(
+            "--data-dir",
+            str(tmp_path / "none"),
+            "publish",
+            str(data),
+            "--org",
+            "bank-a",
+            "--key",
+            str(tmp_path / "bank-a.sign.pem"),
+        )
         assert result.returncode == 1
         assert "no NATS URL configured and no embedded server running" in result.stderr
 
@@ -85,8 +98,11 @@ class TestDirectoryAndPublish:
         assert "subscriptions[2].recipient: unknown organisation 'nobody'" in result.stderr
 
     async def test_full_path_through_the_cli(
-        self, js: JetStreamContext, nats_server: EmbeddedNats,
-        make_community: Callable[..., Any], tmp_path: Path,
+        self,
+        js: JetStreamContext,
+        nats_server: EmbeddedNats,
+        make_community: Callable[..., Any],
+        tmp_path: Path,
     ) -> None:
         community = make_community()
         url = nats_server.url
@@ -99,8 +115,16 @@ class TestDirectoryAndPublish:
 
         bad = tmp_path / "bad.json"
         bad.write_text('{"type": "bundle", "objects": [')
-        refused = await asyncio.to_thread(cli, "publish", str(bad), "--org", "bank-a", "--key",
-                                          str(community.sign_key("bank-a")), url=url)
+        refused = await asyncio.to_thread(
+            cli,
+            "publish",
+            str(bad),
+            "--org",
+            "bank-a",
+            "--key",
+            str(community.sign_key("bank-a")),
+            url=url,
+        )
         assert refused.returncode == 1
         assert f"{bad}: not JSON" in refused.stderr
         assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
@@ -109,21 +133,37 @@ class TestDirectoryAndPublish:
         ind = indicator("amber")
         good.write_bytes(orjson.dumps(bundle(ind)))
         published = await asyncio.to_thread(
-            cli, "publish", str(good), "--org", "bank-a", "--key",
-            str(community.sign_key("bank-a")), "--to", "org:lea-1", url=url)
+            cli,
+            "publish",
+            str(good),
+            "--org",
+            "bank-a",
+            "--key",
+            str(community.sign_key("bank-a")),
+            "--to",
+            "org:lea-1",
+            url=url,
+        )
         assert published.returncode == 0, published.stderr
         sid = published.stdout.strip()
         assert re.fullmatch(r"[0-9a-f]{32}", sid)
         assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
 
         config = tmp_path / "atlas.toml"
+        broker_key = community.root / "atlas-broker" / "atlas-broker.sign.pem"
         config.write_text(
             f'data_dir = "{tmp_path / "data"}"\n[nats]\nurl = "{url}"\n'
-            f'[broker]\nsigning_key = "{community.root / "atlas-broker" / "atlas-broker.sign.pem"}"\n'
+            f'[broker]\nsigning_key = "{broker_key}"\n'
         )
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "broker", "--config", str(config), "serve",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "broker",
+            "--config",
+            str(config),
+            "serve",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
             await wait_routed(js, 1)
@@ -134,15 +174,23 @@ class TestDirectoryAndPublish:
 
         out = tmp_path / "received"
         received = await asyncio.to_thread(
-            cli, "receive", "--org", "lea-1", "--key", str(community.enc_key("lea-1")),
-            "--out", str(out), "--once", url=url)
+            cli,
+            "receive",
+            "--org",
+            "lea-1",
+            "--key",
+            str(community.enc_key("lea-1")),
+            "--out",
+            str(out),
+            "--once",
+            url=url,
+        )
         assert received.returncode == 0, received.stderr
         assert "received 1 package(s), 1 object(s)" in received.stdout
         got = orjson.loads((out / f"{sid}.json").read_bytes())
         assert [o["id"] for o in got["objects"]] == [ind["id"]]
 
-        listed = await asyncio.to_thread(cli, "audit", "list", "--json", "--org", "lea-2",
-                                         url=url)
+        listed = await asyncio.to_thread(cli, "audit", "list", "--json", "--org", "lea-2", url=url)
         entries = [orjson.loads(line) for line in listed.stdout.splitlines()]
         assert [(e["type"], e["rcpt"], e["tlp"]) for e in entries] == [
             ("withheld", "lea-2", "amber")

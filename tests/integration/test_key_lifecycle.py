@@ -23,7 +23,9 @@ def _ts(text: str) -> float:
 
 
 async def test_no_package_is_lost_or_unreadable_during_a_rotation(
-    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
     tmp_path: Path,
 ) -> None:
     community = make_community()
@@ -34,13 +36,20 @@ async def test_no_package_is_lost_or_unreadable_during_a_rotation(
         if n == 10:
             event = await rotate_key(js, org="lea-1", jwk=new.enc_jwk, overlap=timedelta(days=1))
             assert event.kid == new.enc_jwk["kid"]
-        sids.append(await publish(settings, js, community, tmp_path, "bank-a",
-                                  bundle(indicator("clear", f"n{n}"))))
+        sids.append(
+            await publish(
+                settings, js, community, tmp_path, "bank-a", bundle(indicator("clear", f"n{n}"))
+            )
+        )
         await asyncio.sleep(0.1)
     await wait_routed(js, 30)
     stats = await receive(
-        settings, org="lea-1", key_paths=[community.enc_key("lea-1"), new.enc_path],
-        out_dir=tmp_path / "out", once=True, js=js,
+        settings,
+        org="lea-1",
+        key_paths=[community.enc_key("lea-1"), new.enc_path],
+        out_dir=tmp_path / "out",
+        once=True,
+        js=js,
     )
     assert stats.received == 30 and stats.quarantined == 0
     assert sorted(p.stem for p in (tmp_path / "out").glob("*.json")) == sorted(sids)
@@ -51,7 +60,9 @@ async def test_no_package_is_lost_or_unreadable_during_a_rotation(
 
 
 async def test_nothing_is_sealed_to_a_revoked_key_within_a_bounded_time(
-    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any,
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
     tmp_path: Path,
 ) -> None:
     community = make_community()
@@ -69,10 +80,16 @@ async def test_nothing_is_sealed_to_a_revoked_key_within_a_bounded_time(
         await asyncio.sleep(0.05)
     await wait_routed(js, count)
     entries = [r.entry async for r in read_log(js)]
-    sealed = [_ts(e["ts"]) for e in entries
-              if e["type"] == "delivery" and e["rcpt"] == "lea-1" and e["rcpt_kid"] == kid]
-    refused = [e for e in entries if e["type"] == "withheld" and e["rcpt"] == "lea-1"
-               and e["reason"] == "no-encryption-key"]
+    sealed = [
+        _ts(e["ts"])
+        for e in entries
+        if e["type"] == "delivery" and e["rcpt"] == "lea-1" and e["rcpt_kid"] == kid
+    ]
+    refused = [
+        e
+        for e in entries
+        if e["type"] == "withheld" and e["rcpt"] == "lea-1" and e["reason"] == "no-encryption-key"
+    ]
     lag = max(sealed) - revoked_at
     print(f"last package sealed to the revoked key {lag:.2f} s after the revocation")
     assert sealed and refused, "both sides of the revocation were exercised"

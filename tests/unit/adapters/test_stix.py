@@ -12,8 +12,11 @@ OBJ = {
 
 
 def _bundle(*objects: object) -> dict[str, object]:
-    return {"type": "bundle", "id": "bundle--3a2f6a1e-8c55-4c0c-9a57-1f0e1c9d4a11",
-            "objects": list(objects)}
+    return {
+        "type": "bundle",
+        "id": "bundle--3a2f6a1e-8c55-4c0c-9a57-1f0e1c9d4a11",
+        "objects": list(objects),
+    }
 
 
 class TestCheckBundle:

@@ -58,7 +58,7 @@ class TestLoadSettings:
     def test_error_when_bundle_limit_exceeds_payload(self, tmp_path: Path) -> None:
         path = tmp_path / "atlas.toml"
         path.write_text("[limits]\nmax_bundle_bytes = 2000000\n")
-        with pytest.raises(ConfigError, match="exceeds nats.max_payload"):
+        with pytest.raises(ConfigError, match=r"exceeds nats\.max_payload"):
             load_settings(path)
 
     def test_sample_configuration_loads(self) -> None:
