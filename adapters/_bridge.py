@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class Receiver:
         out_dir: Path,
         clock: Callable[[], float] = time.time,
         batch: int = 16,
+        push: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         self._js = js
         self._org = org
@@ -129,6 +130,8 @@ class Receiver:
         self._out = out_dir
         self._clock = clock
         self._batch = batch
+        self._push = push
+        """After a bundle is stored, hand it on (``--push``); the ack waits for it."""
         self._state = out_dir / ".atlas"
         self._state.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self._state / "packages").mkdir(exist_ok=True)
@@ -198,6 +201,8 @@ class Receiver:
             await msg.ack_sync()
             return
         self._store(subject_sid, token, opened)
+        if self._push is not None:
+            await self._push(opened.stix)  # raises: no ack, the package comes again
         self._replay.add(opened.jti, int(opened.claims["exp"]))
         await msg.ack_sync()
 

@@ -10,7 +10,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,7 @@ async def receive(
     js: JetStreamContext | None = None,
     on_ready: Callable[[Receiver], None] | None = None,
     sign_key_path: Path | None = None,
+    push: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> ReceiveStats:
     """``atlas-broker receive``: open this organisation's packages into ``out_dir``.
 
@@ -271,6 +272,7 @@ async def receive(
             decryption_keys=decryption,
             broker_keys=ring.current,
             out_dir=out_dir,
+            push=push,
         )
         keeper = ReceiptKeeper(
             js,

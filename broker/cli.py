@@ -209,6 +209,14 @@ def receive(
         Path | None,
         typer.Option(help="Your signing key: acknowledge each verified receipt (logged)."),
     ] = None,
+    push: Annotated[
+        str | None,
+        typer.Option(help="Also add each bundle to this TAXII 2.1 collection URL; ack after."),
+    ] = None,
+    push_user: Annotated[str | None, typer.Option(help="User for --push.")] = None,
+    push_password: Annotated[
+        str | None, typer.Option(envvar="ATLAS_PUSH_PASSWORD", help="Password for --push.")
+    ] = None,
 ) -> None:
     """Open this organisation's packages and write their bundles to a folder.
 
@@ -217,6 +225,11 @@ def receive(
     """
     from ._service import receive as _receive
 
+    pusher = None
+    if push:
+        from adapters._taxii._push import taxii_pusher
+
+        pusher = taxii_pusher(push, user=push_user, password=push_password)
     stats = run(
         _receive(
             settings(),
@@ -227,6 +240,7 @@ def receive(
             broker_jwks=broker_jwks,
             passphrase=_passphrase(),
             sign_key_path=sign_key,
+            push=pusher,
         )
     )
     out.print(
@@ -539,6 +553,16 @@ def _register_log_commands() -> None:
 
 
 _register_log_commands()
+
+
+def _register_taxii_commands() -> None:
+    """``taxii serve|passwd|pull`` live in broker._taxii_cli."""
+    from ._taxii_cli import register
+
+    register(app, settings=settings, run=run, out=out, err=err)
+
+
+_register_taxii_commands()
 
 
 def main() -> None:

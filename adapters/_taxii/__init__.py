@@ -1,0 +1,45 @@
+"""The TAXII 2.1 edge: the server front (ASGI), the poller and the push client.
+
+The server depends only on the ``TaxiiBackend`` port; the broker supplies the NATS-backed
+implementation, tests and benchmarks the in-memory one.
+"""
+
+from ._app import create_app
+from ._auth import Credentials, CredentialsError, hash_secret, new_token, set_secret
+from ._cursor import CursorCodec, InvalidCursor
+from ._index import ObjectIndex, Query, format_ts, parse_ts, version_of
+from ._memory import MemoryBackend
+from ._port import (
+    CollectionInfo,
+    StatusRecord,
+    SubmitRefused,
+    TaxiiBackend,
+    collection_id,
+    collections_for,
+)
+from ._serve import is_loopback, serve_http
+
+__all__ = [
+    "CollectionInfo",
+    "Credentials",
+    "CredentialsError",
+    "CursorCodec",
+    "InvalidCursor",
+    "MemoryBackend",
+    "ObjectIndex",
+    "Query",
+    "StatusRecord",
+    "SubmitRefused",
+    "TaxiiBackend",
+    "collection_id",
+    "collections_for",
+    "create_app",
+    "format_ts",
+    "hash_secret",
+    "is_loopback",
+    "new_token",
+    "parse_ts",
+    "serve_http",
+    "set_secret",
+    "version_of",
+]

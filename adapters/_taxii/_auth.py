@@ -1,0 +1,149 @@
+"""Organisation credentials for the TAXII server: scrypt-hashed secrets in a TOML file.
+
+A credential is a token ``<org>.<random>``. Clients send it as the password of HTTP Basic
+(user = the organisation id) or as ``Authorization: Bearer <token>`` / ``Token <token>``;
+the organisation is read from the token, so one scrypt check decides. The file holds only
+hashes::
+
+    [orgs.northbank]
+    secrets = ["scrypt$16384$8$1$<salt b64>$<hash b64>"]
+
+Verified tokens are remembered for a few minutes under a keyed digest, so that a paging
+client does not pay for scrypt on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+import tomli_w
+
+from .._bridge import atomic_write
+from .._errors import AdapterError
+
+__all__ = ["Credentials", "CredentialsError", "hash_secret", "new_token", "set_secret"]
+
+_N, _R, _P = 2**14, 8, 1
+_ORG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_CACHE_TTL = 300.0
+
+
+class CredentialsError(AdapterError):
+    """The credentials file cannot be read or written."""
+
+
+def hash_secret(token: str, *, n: int = _N) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(token.encode(), salt=salt, n=n, r=_R, p=_P, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${n}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _check(token: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        want = base64.b64decode(digest, validate=True)
+        got = hashlib.scrypt(
+            token.encode(),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+        )
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def new_token(org: str) -> str:
+    return f"{org}.{secrets.token_urlsafe(24)}"
+
+
+class Credentials:
+    """Hashed secrets per organisation; ``verify`` returns the organisation or ``None``."""
+
+    def __init__(self, hashes: Mapping[str, tuple[str, ...]]) -> None:
+        self._hashes = dict(hashes)
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: dict[bytes, tuple[str, float]] = {}
+
+    @classmethod
+    def from_file(cls, path: Path) -> Credentials:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise CredentialsError(f"taxii credentials {path}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise CredentialsError(f"taxii credentials {path}: not valid TOML: {exc}") from exc
+        return cls(_parse(data, path))
+
+    @property
+    def orgs(self) -> frozenset[str]:
+        return frozenset(self._hashes)
+
+    def _verify_now(self, org: str, token: str) -> bool:
+        return any(_check(token, stored) for stored in self._hashes.get(org, ()))
+
+    async def verify(self, user: str | None, token: str) -> str | None:
+        """Basic (``user`` given) or bearer (``user`` None); the organisation, or ``None``."""
+        org = token.split(".", 1)[0]
+        if user is not None and user != org:
+            return None
+        if org not in self._hashes or len(token) > 512:
+            return None
+        key = hmac.new(self._cache_key, token.encode(), hashlib.sha256).digest()
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        if not await asyncio.to_thread(self._verify_now, org, token):
+            return None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (org, now + _CACHE_TTL)
+        return org
+
+
+def _parse(data: Mapping[str, object], path: Path) -> dict[str, tuple[str, ...]]:
+    orgs = data.get("orgs", {})
+    if not isinstance(orgs, dict) or set(data) - {"orgs"}:
+        raise CredentialsError(f"taxii credentials {path}: expected only [orgs.<id>] tables")
+    out: dict[str, tuple[str, ...]] = {}
+    for org, entry in orgs.items():
+        hashes = entry.get("secrets") if isinstance(entry, dict) else None
+        if (
+            not _ORG_RE.match(org)
+            or not isinstance(hashes, list)
+            or not all(isinstance(h, str) and h.startswith("scrypt$") for h in hashes)
+        ):
+            raise CredentialsError(
+                f"taxii credentials {path}: orgs.{org}.secrets must be a list of scrypt hashes"
+            )
+        out[org] = tuple(hashes)
+    return out
+
+
+def set_secret(path: Path, org: str, *, keep_old: bool = False, n: int = _N) -> str:
+    """Create or replace ``org``'s secret in the file (0600); returns the new token once."""
+    if not _ORG_RE.match(org):
+        raise CredentialsError(f"{org!r} is not a valid organisation id")
+    hashes = _parse(tomllib.loads(path.read_text()), path) if path.exists() else {}
+    token = new_token(org)
+    hashes[org] = ((*hashes.get(org, ()),) if keep_old else ()) + (hash_secret(token, n=n),)
+    doc = {"orgs": {o: {"secrets": list(h)} for o, h in sorted(hashes.items())}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, tomli_w.dumps(doc).encode(), mode=0o600)
+    return token

@@ -1,0 +1,47 @@
+"""Pushing opened bundles into a partner's own TAXII 2.1 server (taxii2-client).
+
+The receive bridge calls the pusher after opening a package and acks only once it
+returned: the partner's server must report every object as a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import requests
+from taxii2client.exceptions import TAXIIServiceException
+from taxii2client.v21 import Collection
+
+from .._errors import BridgeError
+
+__all__ = ["taxii_pusher"]
+
+
+def taxii_pusher(
+    url: str, *, user: str | None, password: str | None, timeout: float = 60.0
+) -> Callable[[dict[str, Any]], Awaitable[None]]:
+    """A coroutine function that adds a bundle's objects to the collection at ``url``."""
+
+    def _push(bundle: dict[str, Any]) -> None:
+        objects = bundle.get("objects", [])
+        if not objects:
+            return
+        try:
+            with Collection(url, user=user, password=password) as collection:
+                status = collection.add_objects(
+                    {"objects": objects}, poll_interval=1, timeout=int(timeout)
+                )
+        except (requests.RequestException, TAXIIServiceException) as exc:
+            raise BridgeError(f"push to {url} failed: {exc}") from exc
+        if status.status != "complete" or status.success_count != len(objects):
+            raise BridgeError(
+                f"push to {url}: {status.success_count} of {len(objects)} object(s) succeeded "
+                f"(status {status.status}, {status.failure_count} failed)"
+            )
+
+    async def push(bundle: dict[str, Any]) -> None:
+        await asyncio.to_thread(_push, bundle)
+
+    return push

@@ -1,0 +1,209 @@
+"""The NATS-backed ``TaxiiBackend``: what the TAXII server needs, from JetStream.
+
+- POST: the envelope's objects become a bundle, signed on the member's behalf by the
+  broker's key (``via: "taxii"``) and published on ``atlas.submit.<org>``; the 202 is sent
+  only once JetStream stored it. The status record (organisation, objects, digest of the
+  submission) is kept in the ``atlas_taxii_status`` bucket, so any server instance answers.
+- Status: pending until the router logged the submission (``atlas.log.entries.<sid>.0``
+  when accepted, ``…r<sha256 of the token>.0`` when refused), then complete.
+- Reads: a reader's views come from the VIEWS stream (``atlas.view.<reader>.*``), indexed
+  in memory per reader and caught up on every request (one round trip when nothing is new).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import nats.js.errors
+import orjson
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
+
+from adapters._taxii import (
+    CollectionInfo,
+    ObjectIndex,
+    StatusRecord,
+    SubmitRefused,
+    collections_for,
+    format_ts,
+    version_of,
+)
+from keys import PrivateKey
+
+from ._bus import LOG, SUBMISSIONS, VIEWS, log_subject, submit_subject
+from ._directory_store import ResolvedDirectory
+from ._log import decode_chunk
+from ._submission import make_submission
+from .errors import SubmissionError
+
+__all__ = ["STATUS_BUCKET", "NatsTaxiiBackend"]
+
+STATUS_BUCKET = "atlas_taxii_status"
+_STATUS_TTL = 30 * 86400.0
+
+
+def max_body_for(max_bundle_bytes: int) -> int:
+    """The largest envelope whose signed submission still fits: base64 grows by 4/3."""
+    return max(1024, (max_bundle_bytes - 2048) * 3 // 4 - 512)
+
+
+class NatsTaxiiBackend:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        directory: Callable[[], ResolvedDirectory],
+        *,
+        signing_key: PrivateKey,
+        max_bundle_bytes: int,
+        max_objects: int,
+        via: str = "taxii",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._js = js
+        self._directory = directory
+        self._key = signing_key
+        self._max_bundle_bytes = max_bundle_bytes
+        self._max_objects = max_objects
+        self._clock = clock
+        self.max_content_length = max_body_for(max_bundle_bytes)
+        self._kv: KeyValue | None = None
+        self._indexes: dict[str, ObjectIndex] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._final: dict[str, StatusRecord] = {}
+
+    async def start(self) -> None:
+        self._kv = await self._js.create_key_value(
+            KeyValueConfig(bucket=STATUS_BUCKET, ttl=_STATUS_TTL, history=1)
+        )
+
+    @property
+    def kv(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError("NatsTaxiiBackend.start() was not awaited")
+        return self._kv
+
+    async def collections(self, org: str) -> Sequence[CollectionInfo]:
+        directory = self._directory().directory
+        found = directory.organisation(org)
+        if found is None:
+            return []
+        return collections_for(
+            directory.community.id,
+            member=found.kind == "member",
+            groups=directory.groups_of(org),
+            reader=org if found.taxii_read else None,
+        )
+
+    async def submit(
+        self, org: str, objects_json: bytes, audience: tuple[str, ...]
+    ) -> StatusRecord:
+        bundle_raw = b'{"type":"bundle","id":"bundle--%s","objects":%s}' % (
+            str(uuid.uuid4()).encode(),
+            objects_json,
+        )
+        if len(bundle_raw) > self.max_content_length + 128:
+            raise SubmitRefused("too-large", "the objects do not fit in one submission")
+        now = self._clock()
+        try:
+            signed = make_submission(
+                bundle_raw,
+                org=org,
+                key=self._key,
+                to=audience,
+                feed=None,
+                now=int(now),
+                max_bytes=self._max_bundle_bytes,
+                max_objects=self._max_objects,
+                source="envelope",
+                via="taxii",
+            )
+        except SubmissionError as exc:
+            raise SubmitRefused("invalid", str(exc)) from exc
+        stamp = format_ts(datetime.fromtimestamp(now, UTC))
+        objects = [
+            (o["id"], version_of(o, stamp))
+            for o in orjson.loads(objects_json)
+            if isinstance(o, dict)
+        ]
+        record = StatusRecord(
+            id=str(uuid.UUID(hex=signed.sid)), org=org, request_timestamp=stamp, objects=objects
+        )
+        stored = {
+            "org": org,
+            "ts": stamp,
+            "sid": signed.sid,
+            "sha": hashlib.sha256(signed.token).hexdigest()[:32],
+            "objects": objects,
+        }
+        # The record first: a status id is only ever handed out for a stored submission,
+        # and a record whose submission failed to store is never seen by anyone.
+        await self.kv.put(record.id, orjson.dumps(stored))
+        await self._js.publish(submit_subject(org), signed.token, stream=SUBMISSIONS)
+        return record
+
+    async def status(self, org: str, status_id: str) -> StatusRecord | None:
+        try:
+            status_uuid = uuid.UUID(status_id)
+        except ValueError:
+            return None
+        key = str(status_uuid)
+        final = self._final.get(key)
+        if final is not None:
+            return final if final.org == org else None
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        data = orjson.loads(entry.value or b"{}")
+        if data.get("org") != org:
+            return None
+        base = {
+            "id": key,
+            "org": org,
+            "request_timestamp": data["ts"],
+            "objects": [tuple(o) for o in data["objects"]],
+        }
+        accepted = await self._first_entry(log_subject(data["sid"]) + ".0")
+        if accepted is not None:
+            record = StatusRecord(**base, outcome="accepted")
+        else:
+            refused = await self._first_entry(log_subject("r" + data["sha"]) + ".0")
+            if refused is None:
+                return StatusRecord(**base)
+            record = StatusRecord(
+                **base,
+                outcome="refused",
+                reason=str(refused.get("reason", "refused")),
+            )
+        self._final[key] = record
+        return record
+
+    async def _first_entry(self, subject: str) -> dict[str, object] | None:
+        try:
+            msg = await self._js.get_last_msg(LOG, subject)
+        except nats.js.errors.NotFoundError:
+            return None
+        lines = decode_chunk(msg.data or b"")
+        return orjson.loads(lines[0]) if lines else None
+
+    async def index(self, reader: str) -> ObjectIndex:
+        index = self._indexes.setdefault(reader, ObjectIndex())
+        lock = self._locks.setdefault(reader, asyncio.Lock())
+        async with lock:
+            subject = f"atlas.view.{reader}.*"
+            while True:
+                try:
+                    msg = await self._js.get_msg(
+                        VIEWS, seq=index.last_seq + 1, subject=subject, next=True
+                    )
+                except nats.js.errors.NotFoundError:
+                    return index
+                data = orjson.loads(msg.data or b"{}")
+                objects = data.get("objects", []) if isinstance(data, dict) else []
+                index.add_message(int(msg.seq or 0), msg.time or datetime.now(UTC), objects)

@@ -1,0 +1,93 @@
+"""The ``taxii serve|passwd|pull`` commands, registered on the CLI by :func:`register`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ._config import Settings
+
+__all__ = ["register"]
+
+
+def register(
+    app: typer.Typer,
+    *,
+    settings: Callable[[], Settings],
+    run: Callable[[Coroutine[Any, Any, Any]], Any],
+    out: Console,
+    err: Console,
+) -> None:
+    taxii_app = typer.Typer(
+        help="The TAXII 2.1 server, its credentials, and pulling from members' TAXII servers.",
+        no_args_is_help=True,
+    )
+    app.add_typer(taxii_app, name="taxii")
+
+    @taxii_app.command("serve")
+    def serve(
+        with_router: Annotated[
+            bool, typer.Option("--with-router", help="Run the router in the same process.")
+        ] = False,
+    ) -> None:
+        """Serve TAXII 2.1 (HTTPS with taxii.cert_file/key_file; plain HTTP on loopback only)."""
+        from ._taxii_service import serve_taxii
+
+        cfg = settings()
+
+        def started(url: str) -> None:
+            err.print(f"TAXII 2.1 at {url}/taxii2/ (API root {url}/{cfg.taxii.api_root}/)")
+
+        run(serve_taxii(cfg, with_router=with_router, on_started=started))
+
+    @taxii_app.command("passwd")
+    def passwd(
+        org: Annotated[str, typer.Option(help="Organisation id the secret is for.")],
+        keep_old: Annotated[
+            bool, typer.Option("--keep-old", help="Keep the previous secret(s) valid too.")
+        ] = False,
+    ) -> None:
+        """Create or replace an organisation's TAXII secret; prints it once."""
+        from adapters._taxii import set_secret
+
+        from ._taxii_service import credentials_path
+
+        path = credentials_path(settings())
+        token = set_secret(path, org, keep_old=keep_old)
+        err.print(f"stored the hash in {path}; the secret is shown once:")
+        print(token)
+
+    @taxii_app.command("pull")
+    def pull(
+        org: Annotated[str, typer.Option(help="Member whose TAXII server is pulled.")],
+        url: Annotated[str, typer.Option(help="The member's collection URL (…/collections/ID/).")],
+        user: Annotated[str | None, typer.Option(help="User for the member's server.")] = None,
+        password: Annotated[
+            str | None, typer.Option(envvar="ATLAS_PULL_PASSWORD", help="Its password.")
+        ] = None,
+        to: Annotated[str | None, typer.Option(help="Named audience, e.g. group:op-x.")] = None,
+        once: Annotated[
+            bool, typer.Option("--once", help="Pull what is there, then exit.")
+        ] = False,
+        interval: Annotated[float, typer.Option(help="Seconds between pulls.")] = 60.0,
+    ) -> None:
+        """Pull a member's TAXII collection into the broker on the member's behalf."""
+        from ._submission import parse_audience
+        from ._taxii_pull import pull_member
+
+        stats = run(
+            pull_member(
+                settings(),
+                org=org,
+                url=url,
+                user=user,
+                password=password,
+                to=parse_audience(to),
+                once=once,
+                interval=interval,
+            )
+        )
+        out.print(f"pulled {stats.objects} object(s) in {stats.submissions} submission(s)")

@@ -1,0 +1,91 @@
+"""``atlas-broker taxii pull``: a member's TAXII collection into the broker, on its behalf.
+
+Submissions are signed by the broker's key with ``via: "taxii-pull"`` (the router logs it),
+and published on ``atlas.submit.<org>`` like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from nats.js import JetStreamContext
+from taxii2client.v21 import Collection
+
+from adapters._taxii._poller import Poller, PullStats
+
+from ._bus import SUBMISSIONS, ensure_streams, nats_session, submit_subject
+from ._config import Settings
+from ._service import broker_signing_key, streams_for
+from ._submission import make_submission
+
+__all__ = ["pull_member"]
+
+log = structlog.get_logger()
+
+
+async def pull_member(
+    settings: Settings,
+    *,
+    org: str,
+    url: str,
+    user: str | None,
+    password: str | None,
+    to: tuple[str, ...] = (),
+    once: bool = True,
+    interval: float = 60.0,
+    js: JetStreamContext | None = None,
+) -> PullStats:
+    key = broker_signing_key(settings)
+
+    def sign(objects: list[dict[str, Any]]) -> bytes:
+        raw = orjson.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects})
+        return make_submission(
+            raw,
+            org=org,
+            key=key,
+            to=to,
+            feed=None,
+            now=int(time.time()),
+            max_bytes=settings.limits.max_bundle_bytes,
+            max_objects=settings.limits.max_objects,
+            source=url,
+            via="taxii-pull",
+        ).token
+
+    state = (
+        settings.data_dir
+        / "taxii-pull"
+        / f"{org}-{hashlib.sha256(url.encode()).hexdigest()[:16]}.json"
+    )
+
+    async def _run(js: JetStreamContext) -> PullStats:
+        await ensure_streams(js, streams_for(settings))
+
+        async def publish(token: bytes) -> None:
+            await js.publish(submit_subject(org), token, stream=SUBMISSIONS)
+
+        collection = Collection(url, user=user, password=password)
+        poller = Poller(collection, state_path=state, sign=sign, publish=publish)
+        total = PullStats()
+        try:
+            while True:
+                stats = await poller.pull_once()
+                total.objects += stats.objects
+                total.submissions += stats.submissions
+                log.info("pull.done", org=org, objects=stats.objects)
+                if once:
+                    return total
+                await asyncio.sleep(interval)
+        finally:
+            collection.close()
+
+    if js is not None:
+        return await _run(js)
+    async with nats_session(settings, embedded_ok=False, name=f"atlas-pull-{org}") as (_, js2):
+        return await _run(js2)

@@ -1,0 +1,183 @@
+"""The TAXII front on a real nats-server and real HTTP, driven by taxii2-client unmodified."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from nats.js import JetStreamContext
+from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
+
+from adapters._taxii import set_secret
+from broker._bus import SUBMISSIONS
+from broker._config import Settings, TaxiiSettings
+from broker._taxii_service import run_taxii
+from tests.conftest import Community
+from tests.integration.helpers import indicator, wait_routed
+
+ORGS = ("bank-a", "bank-b", "lea-1")
+
+
+@dataclass
+class Front:
+    url: str
+    tokens: dict[str, str]
+    settings: Settings
+    community: Community
+
+    def root(self, org: str, password: str | None = None) -> ApiRoot:
+        server = Server(f"{self.url}/taxii2/", user=org, password=password or self.tokens[org])
+        return server.api_roots[0]
+
+    def collection(self, org: str, title: str) -> Collection:
+        return next(c for c in self.root(org).collections if c.title == title)
+
+
+@pytest.fixture
+async def front(
+    js: JetStreamContext,
+    make_community: Callable[..., Community],
+    running_router: Any,
+    tmp_path: Path,
+) -> AsyncIterator[Front]:
+    community = make_community()
+    community.org("lea-1")["taxii_read"] = True
+    community.doc["groups"] = [{"id": "op-x", "members": ["bank-a", "lea-1"]}]
+    settings: Settings = await running_router(community)
+    creds = tmp_path / "taxii-credentials.toml"
+    tokens = {org: set_secret(creds, org, n=1024) for org in ORGS}
+    settings = settings.model_copy(update={"taxii": TaxiiSettings(port=0, credentials_file=creds)})
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_taxii(js, settings, signing_key=community.broker_key, on_started=started.set_result)
+    )
+    try:
+        url = await asyncio.wait_for(asyncio.shield(started), 10)
+        yield Front(url=url, tokens=tokens, settings=settings, community=community)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _add(front: Front, org: str, title: str, objects: list[dict[str, Any]]) -> Any:
+    collection = front.collection(org, title)
+    return collection.add_objects({"objects": objects}, poll_interval=0.1, timeout=20)
+
+
+class TestTaxiiClientFlow:
+    async def test_member_post_reaches_partner_reader_when_routed(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        clear = [indicator("clear", f"c{i}") for i in range(5)]
+        red = indicator("red", "not named")
+        status = await asyncio.to_thread(_add, front, "bank-a", "community", [*clear, red])
+        assert status.status == "complete" and status.success_count == 6
+        await wait_routed(js, 1)
+
+        def read() -> tuple[list[str], list[str], list[str], Any, Any]:
+            views = front.collection("lea-1", "views:lea-1")
+            paged = [
+                o["id"]
+                for page in as_pages(views.get_objects, per_request=2)
+                for o in page.get("objects", [])
+            ]
+            manifest = [m["id"] for m in views.get_manifest()["objects"]]
+            typed = [o["id"] for o in views.get_objects(type="indicator")["objects"]]
+            one = views.get_object(clear[0]["id"])
+            versions = views.object_versions(clear[0]["id"])
+            return paged, manifest, typed, one, versions
+
+        paged, manifest, typed, one, versions = await asyncio.to_thread(read)
+        ids = [o["id"] for o in clear]
+        # every allowed object once, in date-added order, never the RED one
+        assert sorted(paged) == sorted(ids) and manifest == paged and typed == paged
+        assert one["objects"] == [clear[0]]
+        assert versions["versions"] == ["2026-11-02T09:30:00.000000Z"]
+
+    async def test_new_version_is_listed_when_reposted(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        obj = indicator("clear", "v1")
+        newer = {**obj, "name": "v2", "modified": "2026-11-03T09:30:00.000Z"}
+        first = await asyncio.to_thread(_add, front, "bank-a", "community", [obj])
+        again = await asyncio.to_thread(_add, front, "bank-a", "community", [obj])
+        second = await asyncio.to_thread(_add, front, "bank-a", "group:op-x", [newer])
+        assert (first.success_count, again.success_count, second.success_count) == (1, 1, 1)
+        await wait_routed(js, 3)
+
+        def read() -> tuple[Any, Any, Any]:
+            views = front.collection("lea-1", "views:lea-1")
+            return (
+                views.object_versions(obj["id"]),
+                views.get_object(obj["id"]),
+                views.get_objects(added_after="2000-01-01T00:00:00Z", version="all"),
+            )
+
+        versions, latest, every = await asyncio.to_thread(read)
+        assert versions["versions"] == [
+            "2026-11-02T09:30:00.000000Z",
+            "2026-11-03T09:30:00.000000Z",
+        ]
+        assert [o["name"] for o in latest["objects"]] == ["v2"]
+        assert [o["name"] for o in every["objects"]] == ["v1", "v2"]
+
+    async def test_failure_with_reason_when_version_conflicts(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        obj = indicator("clear", "original")
+        await asyncio.to_thread(_add, front, "bank-a", "community", [obj])
+        changed = {**obj, "name": "same id and modified, other content"}
+        status = await asyncio.to_thread(_add, front, "bank-a", "community", [changed])
+        assert status.status == "complete" and status.failure_count == 1
+        assert "version-conflict" in status.failures[0]["message"]
+
+    async def test_refused_when_password_is_wrong(self, front: Front) -> None:
+        with pytest.raises(requests.HTTPError) as caught:
+            await asyncio.to_thread(front.root, "bank-a", "bank-a.wrong")
+        assert caught.value.response.status_code == 401
+        assert caught.value.response.headers["Content-Type"] == "application/taxii+json;version=2.1"
+
+
+class TestBadInput:
+    async def test_nothing_stored_when_input_is_bad(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        mt = "application/taxii+json;version=2.1"
+        token = front.tokens["bank-a"]
+
+        def attempts() -> dict[int, requests.Response]:
+            url = front.collection("bank-a", "community").url + "objects/"
+            limit = front.root("bank-a").max_content_length
+
+            def post(data: bytes, content_type: str = mt, auth: Any = ("bank-a", token)) -> Any:
+                headers = {"Content-Type": content_type, "Accept": mt}
+                return requests.post(url, data=data, auth=auth, headers=headers, timeout=10)
+
+            return {
+                415: post(b'{"objects": []}', "application/json"),
+                400: post(b"{nope"),
+                422: post(b'{"objects": [{"type": "indicator", "id": "x"}]}'),
+                413: post(b'{"objects": [' + b" " * limit + b"]}"),
+                401: post(b'{"objects": []}', auth=("bank-a", "bank-a.wrong")),
+            }
+
+        for code, resp in (await asyncio.to_thread(attempts)).items():
+            assert resp.status_code == code, (code, resp.text)
+            assert resp.headers["Content-Type"] == mt and resp.json()["description"]
+        info = await js.stream_info(SUBMISSIONS)
+        assert info.state.messages == 0
+
+    async def test_404_when_reading_another_members_status(self, front: Front) -> None:
+        status = await asyncio.to_thread(_add, front, "bank-a", "community", [indicator("clear")])
+        with pytest.raises(requests.HTTPError) as caught:
+            await asyncio.to_thread(lambda: front.root("bank-b").get_status(status.id))
+        assert caught.value.response.status_code == 404
+        mine = await asyncio.to_thread(lambda: front.root("bank-a").get_status(status.id))
+        assert mine.id == status.id

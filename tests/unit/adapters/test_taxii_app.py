@@ -1,0 +1,345 @@
+"""The TAXII 2.1 HTTP layer against the in-memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from adapters._taxii import Credentials, MemoryBackend, create_app, hash_secret
+
+MT = "application/taxii+json;version=2.1"
+TOKENS = {org: f"{org}.secret-{org}" for org in ("bank-a", "bank-b", "lea-1")}
+T = "2026-11-02T09:30:00.000Z"
+
+
+def indicator(name: str = "x", modified: str = T, obj_id: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": obj_id or f"indicator--{uuid.uuid4()}",
+        "created": T,
+        "modified": modified,
+        "name": name,
+        "pattern": "[domain-name:value = 'x.example']",
+        "pattern_type": "stix",
+        "valid_from": T,
+    }
+
+
+@pytest.fixture
+def backend() -> MemoryBackend:
+    return MemoryBackend(
+        members={"bank-a": ["op-x"], "bank-b": []}, readers=["lea-1"], max_content_length=20_000
+    )
+
+
+class AppClient:
+    """Synchronous calls into the ASGI app (httpx's ASGI transport on a private loop)."""
+
+    def __init__(self, app: Any, runner: asyncio.Runner) -> None:
+        self._runner = runner
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        )
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Accept": MT, **kwargs.pop("headers", {})}
+        return self._runner.run(self._client.request(method, url, headers=headers, **kwargs))
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+
+@pytest.fixture
+def client(backend: MemoryBackend) -> Iterator[AppClient]:
+    creds = Credentials({org: (hash_secret(tok, n=1024),) for org, tok in TOKENS.items()})
+    app = create_app(backend, creds, cursor_key=b"k" * 32)
+    with asyncio.Runner() as runner:
+        yield AppClient(app, runner)
+
+
+def basic(org: str, token: str | None = None) -> dict[str, str]:
+    raw = f"{org}:{token or TOKENS[org]}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
+
+
+def bearer(org: str, scheme: str = "Bearer") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {TOKENS[org]}"}
+
+
+def collections(client: AppClient, org: str) -> dict[str, str]:
+    body = client.get("/atlas/collections/", headers=basic(org)).json()
+    return {c["title"]: c["id"] for c in body["collections"]}
+
+
+def post(client: AppClient, org: str, cid: str, body: bytes, **headers: str) -> httpx.Response:
+    return client.post(
+        f"/atlas/collections/{cid}/objects/",
+        content=body,
+        headers={**basic(org), "Content-Type": MT, **headers},
+    )
+
+
+def assert_taxii_error(resp: httpx.Response, status: int) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == MT
+    body: dict[str, Any] = resp.json()
+    assert body["http_status"] == str(status) and body["title"] and body["description"]
+    return body
+
+
+class TestAuthentication:
+    def test_refused_with_challenge_when_no_credentials(self, client: AppClient) -> None:
+        resp = client.get("/taxii2/")
+        assert_taxii_error(resp, 401)
+        assert "Basic" in resp.headers["www-authenticate"]
+
+    def test_refused_when_password_is_wrong(self, client: AppClient) -> None:
+        assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.nope")), 401)
+
+    def test_refused_when_token_of_another_org_is_sent_as_basic(self, client: AppClient) -> None:
+        resp = client.get("/taxii2/", headers=basic("bank-a", TOKENS["bank-b"]))
+        assert_taxii_error(resp, 401)
+
+    @pytest.mark.parametrize("scheme", ["Bearer", "Token"])
+    def test_accepted_when_bearer_or_token_scheme(self, client: AppClient, scheme: str) -> None:
+        resp = client.get("/taxii2/", headers=bearer("bank-a", scheme))
+        assert resp.status_code == 200
+        assert resp.headers["content-type"] == MT
+
+
+class TestDiscovery:
+    def test_lists_the_api_root_when_asked(self, client: AppClient) -> None:
+        body = client.get("/taxii2/", headers=basic("bank-a")).json()
+        assert body["api_roots"] == [body["default"]] and body["default"].endswith("/atlas/")
+        root = client.get("/atlas/", headers=basic("bank-a")).json()
+        assert root["versions"] == [MT] and root["max_content_length"] == 20_000
+
+    def test_member_sees_write_collections_when_listing(self, client: AppClient) -> None:
+        body = client.get("/atlas/collections/", headers=basic("bank-a")).json()
+        kinds = {(c["title"], c["can_read"], c["can_write"]) for c in body["collections"]}
+        assert kinds == {("community", False, True), ("group:op-x", False, True)}
+
+    def test_partner_sees_only_its_views_when_listing(self, client: AppClient) -> None:
+        assert set(collections(client, "lea-1")) == {"views:lea-1"}
+
+    def test_accepted_when_accept_has_no_version(self, client: AppClient) -> None:
+        resp = client.get(
+            "/taxii2/", headers={**basic("bank-a"), "Accept": "application/taxii+json"}
+        )
+        assert resp.status_code == 200
+
+    @pytest.mark.parametrize(
+        "accept", ["application/json", "application/taxii+json;version=2.0", "text/html"]
+    )
+    def test_406_when_accept_is_not_taxii_21(self, client: AppClient, accept: str) -> None:
+        resp = client.get("/taxii2/", headers={**basic("bank-a"), "Accept": accept})
+        assert_taxii_error(resp, 406)
+
+    def test_404_in_taxii_format_when_endpoint_unknown(self, client: AppClient) -> None:
+        assert_taxii_error(client.get("/nope/", headers=basic("bank-a")), 404)
+
+    def test_405_when_method_not_supported(self, client: AppClient) -> None:
+        resp = client.put("/atlas/collections/", headers=basic("bank-a"))
+        assert_taxii_error(resp, 405)
+        assert resp.headers["allow"] == "GET"
+
+    def test_404_when_collection_is_not_visible(self, client: AppClient) -> None:
+        views = collections(client, "lea-1")["views:lea-1"]
+        assert_taxii_error(client.get(f"/atlas/collections/{views}/", headers=basic("bank-a")), 404)
+
+
+class TestAddObjects:
+    def test_202_with_status_when_envelope_is_valid(
+        self, client: AppClient, backend: MemoryBackend
+    ) -> None:
+        cid = collections(client, "bank-a")["group:op-x"]
+        obj = indicator()
+        resp = post(client, "bank-a", cid, orjson.dumps({"objects": [obj]}))
+        assert resp.status_code == 202 and resp.headers["content-type"] == MT
+        status = resp.json()
+        assert status["total_count"] == 1
+        assert backend.submitted == [("bank-a", ("group:op-x",), [obj])]
+        again = client.get(f"/atlas/status/{status['id']}/", headers=basic("bank-a")).json()
+        assert again["successes"] == [{"id": obj["id"], "version": "2026-11-02T09:30:00.000000Z"}]
+
+    def test_404_when_status_belongs_to_another_org(self, client: AppClient) -> None:
+        cid = collections(client, "bank-a")["community"]
+        status = post(client, "bank-a", cid, orjson.dumps({"objects": [indicator()]})).json()
+        resp = client.get(f"/atlas/status/{status['id']}/", headers=basic("bank-b"))
+        assert_taxii_error(resp, 404)
+
+    def test_415_when_content_type_is_plain_json(self, client: AppClient) -> None:
+        cid = collections(client, "bank-a")["community"]
+        body = orjson.dumps({"objects": [indicator()]})
+        resp = post(client, "bank-a", cid, body, **{"Content-Type": "application/json"})
+        assert_taxii_error(resp, 415)
+
+    def test_413_when_body_is_over_the_limit(
+        self, client: AppClient, backend: MemoryBackend
+    ) -> None:
+        cid = collections(client, "bank-a")["community"]
+        big = orjson.dumps({"objects": [indicator("x" * 30_000)]})
+        assert_taxii_error(post(client, "bank-a", cid, big), 413)
+        assert backend.submitted == []
+
+    def test_400_when_body_is_not_json(self, client: AppClient) -> None:
+        cid = collections(client, "bank-a")["community"]
+        body = assert_taxii_error(post(client, "bank-a", cid, b"{not json"), 400)
+        assert "not JSON" in body["description"]
+
+    @pytest.mark.parametrize("body", [b"[]", b'{"objects": []}', b'{"objects": {}}'])
+    def test_400_when_not_an_envelope(self, client: AppClient, body: bytes) -> None:
+        cid = collections(client, "bank-a")["community"]
+        assert_taxii_error(post(client, "bank-a", cid, body), 400)
+
+    def test_422_with_reason_when_object_is_not_stix(self, client: AppClient) -> None:
+        cid = collections(client, "bank-a")["community"]
+        bad = {"type": "indicator", "id": "nope"}
+        body = assert_taxii_error(
+            post(client, "bank-a", cid, orjson.dumps({"objects": [bad]})), 422
+        )
+        assert "STIX identifier" in body["description"]
+
+    def test_403_when_partner_posts_to_its_read_collection(self, client: AppClient) -> None:
+        cid = collections(client, "lea-1")["views:lea-1"]
+        body = orjson.dumps({"objects": [indicator()]})
+        assert_taxii_error(post(client, "lea-1", cid, body, **basic("lea-1")), 403)
+
+
+@pytest.fixture
+def filled(backend: MemoryBackend) -> Callable[[int], list[dict[str, Any]]]:
+    def _fill(n: int) -> list[dict[str, Any]]:
+        start = datetime(2026, 11, 2, tzinfo=UTC)
+        objs = [indicator(f"n{i}") for i in range(n)]
+        for i, obj in enumerate(objs):
+            backend.add_view("lea-1", [obj], start + timedelta(seconds=i))
+        return objs
+
+    return _fill
+
+
+class TestReads:
+    def views(self, client: AppClient) -> str:
+        return collections(client, "lea-1")["views:lea-1"]
+
+    def get(self, client: AppClient, path: str, **params: Any) -> httpx.Response:
+        cid = self.views(client)
+        return client.get(f"/atlas/collections/{cid}/{path}", params=params, headers=basic("lea-1"))
+
+    def test_pages_cover_everything_once_when_following_next(
+        self, client: AppClient, filled: Callable[[int], list[dict[str, Any]]]
+    ) -> None:
+        objs = filled(25)
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": 10}
+        while True:
+            resp = self.get(client, "objects/", **params)
+            body = resp.json()
+            seen += [o["id"] for o in body["objects"]]
+            assert (
+                resp.headers["x-taxii-date-added-first"] <= resp.headers["x-taxii-date-added-last"]
+            )
+            if not body["more"]:
+                assert "next" not in body
+                break
+            params = {"limit": 10, "next": body["next"]}
+        assert seen == [o["id"] for o in objs]
+
+    def test_added_after_skips_older_objects(
+        self, client: AppClient, filled: Callable[[int], list[dict[str, Any]]]
+    ) -> None:
+        objs = filled(5)
+        body = self.get(client, "objects/", added_after="2026-11-02T00:00:02Z").json()
+        assert [o["id"] for o in body["objects"]] == [o["id"] for o in objs[3:]]
+
+    def test_match_filters_select_by_id_and_type(
+        self, client: AppClient, filled: Callable[[int], list[dict[str, Any]]]
+    ) -> None:
+        objs = filled(3)
+        body = self.get(client, "objects/", **{"match[id]": objs[1]["id"]}).json()
+        assert [o["id"] for o in body["objects"]] == [objs[1]["id"]]
+        assert self.get(client, "objects/", **{"match[type]": "malware"}).json() == {"more": False}
+
+    def test_versions_and_last_version_when_object_has_two(
+        self, client: AppClient, backend: MemoryBackend
+    ) -> None:
+        old = indicator("v1")
+        new = {**old, "name": "v2", "modified": "2026-11-03T00:00:00Z"}
+        backend.add_view("lea-1", [old])
+        backend.add_view("lea-1", [new])
+        versions = self.get(client, f"objects/{old['id']}/versions/").json()
+        assert versions["versions"] == [
+            "2026-11-02T09:30:00.000000Z",
+            "2026-11-03T00:00:00.000000Z",
+        ]
+        latest = self.get(client, f"objects/{old['id']}/").json()["objects"]
+        assert [o["name"] for o in latest] == ["v2"]
+        both = self.get(client, f"objects/{old['id']}/", **{"match[version]": "all"}).json()
+        assert len(both["objects"]) == 2
+        manifest = self.get(client, "manifest/").json()["objects"]
+        assert [m["version"] for m in manifest] == ["2026-11-03T00:00:00.000000Z"]
+
+    def test_404_when_object_is_not_in_the_collection(self, client: AppClient) -> None:
+        assert_taxii_error(self.get(client, f"objects/indicator--{uuid.uuid4()}/"), 404)
+
+    def test_403_when_deleting(self, client: AppClient, backend: MemoryBackend) -> None:
+        obj = indicator()
+        backend.add_view("lea-1", [obj])
+        cid = self.views(client)
+        resp = client.delete(
+            f"/atlas/collections/{cid}/objects/{obj['id']}/", headers=basic("lea-1")
+        )
+        assert_taxii_error(resp, 403)
+        assert len(self.get(client, "objects/").json()["objects"]) == 1
+
+    @pytest.mark.parametrize(
+        "params",
+        [
+            {"limit": "0"},
+            {"limit": "ten"},
+            {"limit": "-1"},
+            {"added_after": "yesterday"},
+            {"added_after": "2026-13-01T00:00:00Z"},
+            {"match[version]": "latest"},
+            {"match[spec_version]": "two"},
+            {"match[type]": "Bad Type"},
+            {"match[colour]": "red"},
+            {"next": "forged"},
+        ],
+    )
+    def test_400_when_filter_is_malformed(self, client: AppClient, params: dict[str, str]) -> None:
+        body = assert_taxii_error(self.get(client, "objects/", **params), 400)
+        assert any(name.split("[")[0] in body["description"] for name in params)
+
+    def test_400_when_next_comes_from_another_collection(
+        self, client: AppClient, filled: Callable[[int], list[dict[str, Any]]]
+    ) -> None:
+        filled(3)
+        token = self.get(client, "objects/", limit=1).json()["next"]
+        other = collections(client, "bank-a")["community"]
+        resp = client.get(
+            f"/atlas/collections/{other}/objects/", params={"next": token}, headers=basic("bank-a")
+        )
+        assert_taxii_error(resp, 403)  # write-only for the member, before the token is read
+
+    def test_openapi_is_served_when_asked(self, client: AppClient) -> None:
+        doc = client.get("/openapi.json").json()
+        assert doc["openapi"].startswith("3.") and "/atlas/status/{statusId}/" in doc["paths"]
