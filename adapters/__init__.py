@@ -5,6 +5,7 @@ context, a submit function, key material).
 """
 
 from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
+from ._consumer import durable_pull
 from ._errors import AdapterError, BridgeError, TaxiiProtocolError
 from ._receipts import ReceiptKeeper, ReceiptStats
 from ._stix import InvalidBundle, check_bundle, parse_bundle
@@ -21,5 +22,6 @@ __all__ = [
     "TaxiiProtocolError",
     "atomic_write",
     "check_bundle",
+    "durable_pull",
     "parse_bundle",
 ]

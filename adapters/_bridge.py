@@ -26,10 +26,10 @@ import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from keys import BrokerKeyring, OpenedPackage, PackageError, PrivateKey, open_package
 
+from ._consumer import durable_pull
 from ._errors import BridgeError
 
 __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
@@ -144,19 +144,9 @@ class Receiver:
         return f"rcv-{self._org}"
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
-        config = ConsumerConfig(
-            durable_name=self.consumer,
-            name=self.consumer,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=60,
-            filter_subject=f"atlas.deliver.{self._org}.*",
+        return await durable_pull(
+            self._js, DELIVERIES, self.consumer, f"atlas.deliver.{self._org}.*"
         )
-        try:
-            await self._js.consumer_info(DELIVERIES, self.consumer)
-        except nats.js.errors.NotFoundError:
-            await self._js.add_consumer(DELIVERIES, config)
-        return await self._js.pull_subscribe_bind(self.consumer, stream=DELIVERIES)
 
     async def pending(self) -> int:
         info = await self._js.consumer_info(DELIVERIES, self.consumer)

@@ -23,11 +23,11 @@ import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from keys import PrivateKey, jws_sign
 
 from ._bridge import atomic_write
+from ._consumer import durable_pull
 from ._errors import BridgeError
 
 __all__ = ["ReceiptKeeper", "ReceiptStats"]
@@ -71,31 +71,25 @@ class ReceiptKeeper:
         return f"rct-{self._org}"
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
-        try:
-            await self._js.consumer_info(RECEIPTS, self.consumer)
-        except nats.js.errors.NotFoundError:
-            await self._js.add_consumer(
-                RECEIPTS,
-                ConsumerConfig(
-                    durable_name=self.consumer,
-                    name=self.consumer,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=60,
-                    filter_subject=f"atlas.receipt.{self._org}.*",
-                ),
-            )
-        return await self._js.pull_subscribe_bind(self.consumer, stream=RECEIPTS)
+        return await durable_pull(self._js, RECEIPTS, self.consumer, f"atlas.receipt.{self._org}.*")
 
     async def drain(self) -> ReceiptStats:
-        """Handle every receipt that is there now (``receive --once``)."""
+        """Handle every receipt that is there now (``receive --once``).
+
+        A fetch that times out is not taken as "nothing left" (a loaded server can answer
+        late): it stops only once the consumer has nothing pending. Receipts put back to
+        wait for their package (nak with delay) are not waited for.
+        """
         sub = await self._subscription()
         try:
             while True:
                 try:
                     msgs = await sub.fetch(16, timeout=0.5)
                 except nats.errors.TimeoutError:
-                    return self.stats
+                    info = await self._js.consumer_info(RECEIPTS, self.consumer)
+                    if not info.num_pending:
+                        return self.stats
+                    continue
                 for msg in msgs:
                     await self.handle(msg)
         finally:

@@ -26,9 +26,8 @@ import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from adapters import BridgeError
+from adapters import BridgeError, durable_pull
 from keys import PackageError, jws_verify
 
 from ._bus import LOG, RECEIPTS, log_subject, receipt_subject
@@ -48,27 +47,11 @@ ACK_TYP = "atlas-ack+jws"
 _TRANSIENT = (nats.errors.Error, OSError, TimeoutError)
 
 
-async def _durable(js: JetStreamContext, stream: str, name: str, subject: str) -> Any:
-    config = ConsumerConfig(
-        durable_name=name,
-        name=name,
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=60,
-        filter_subject=subject,
-    )
-    try:
-        await js.consumer_info(stream, name)
-    except nats.js.errors.NotFoundError:
-        await js.add_consumer(stream, config)
-    return await js.pull_subscribe_bind(name, stream=stream)
-
-
 async def _follow(
     js: JetStreamContext, stream: str, name: str, subject: str, handle: Callable[[Msg], Any]
 ) -> None:
     """A durable fetch loop: idle on timeouts, back off on errors, nak on transient faults."""
-    sub = await _durable(js, stream, name, subject)
+    sub = await durable_pull(js, stream, name, subject)
     try:
         while True:
             try:
