@@ -66,6 +66,8 @@ class NatsSettings(_Section):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     connect_timeout: float = Field(default=5.0, gt=0)
+    replicas: int = Field(default=1, ge=1, le=5)
+    """Replicas of every stream and bucket: 1 for one server, 3 for a 3-node cluster."""
     inbox_prefix: str | None = Field(default=None, pattern=r"^_INBOX\.[a-z0-9][a-z0-9_-]{0,62}$")
     """Reply subjects prefix; with generated permissions: ``_INBOX.<your org id>``."""
 

@@ -50,6 +50,7 @@ def streams_for(settings: Settings) -> Streams:
     return Streams(
         submissions_max_age=float(settings.router.package_ttl),
         max_msg_size=settings.limits.max_bundle_bytes,
+        replicas=settings.nats.replicas,
     )
 
 
