@@ -159,7 +159,7 @@ class Receiver:
             while True:
                 try:
                     msgs = await sub.fetch(self._batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                     if once and await self.pending() == 0:
                         return self.stats
                     continue

@@ -85,7 +85,7 @@ class ReceiptKeeper:
             while True:
                 try:
                     msgs = await sub.fetch(16, timeout=0.5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                     info = await self._js.consumer_info(RECEIPTS, self.consumer)
                     if not info.num_pending:
                         return self.stats

@@ -272,7 +272,7 @@ async def read_stream(
         while True:
             try:
                 msgs = await sub.fetch(batch, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                 return
             for msg in msgs:
                 meta = msg.metadata

@@ -242,7 +242,7 @@ class Checkpointer:
                     expected = 1
                 try:
                     msgs = await sub.fetch(self._batch, timeout=fetch_timeout)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                     msgs = []
                 except (nats.errors.Error, OSError) as exc:
                     log.warning("checkpointer.fetch_failed", error=str(exc) or type(exc).__name__)

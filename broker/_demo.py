@@ -22,19 +22,21 @@ from rich.console import Console
 from rich.table import Table
 
 from adapters import ReceiveStats
-from keys import generate_org_keys, load_private_key
+from adapters._taxii import collections_for, set_secret
+from keys import PrivateKey, generate_org_keys, load_private_key
 from policy import Directory
 
 from ._audit import read_log
 from ._audit_jobs import log_verifiers, verify_log
 from ._bus import RECEIPTS, SUBMISSIONS, ensure_streams, nats_session
 from ._checkpoint import log_origin
-from ._config import Settings
+from ._config import Settings, TaxiiSettings
 from ._demo_data import AUDITORS, MEMBERS, PARTNERS, TLP2, demo_bundles, demo_directory
 from ._directory_store import store_directory
 from ._logcopy import LiveLog
 from ._router import ROUTER_CONSUMER
 from ._service import publish_bundle, receive, run_router, streams_for
+from ._taxii_service import run_taxii
 
 __all__ = ["run_demo"]
 
@@ -43,16 +45,18 @@ log = structlog.get_logger()
 _LEVEL_OF = {v: k for k, v in TLP2.items()}
 
 
-async def run_demo(*, keep: Path | None, console: Console) -> bool:
+async def run_demo(*, keep: Path | None, console: Console, serve_port: int | None = None) -> bool:
+    """Run the demo; with ``serve_port``, keep the community up behind a TAXII server on
+    loopback at that port (0: a free one) until cancelled (Ctrl-C)."""
     started = time.monotonic()
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
-        return await _demo(keep, console, started)
+        return await _demo(keep, console, started, serve_port)
     with tempfile.TemporaryDirectory(prefix="atlas-demo-") as tmp:
-        return await _demo(Path(tmp), console, started)
+        return await _demo(Path(tmp), console, started, serve_port)
 
 
-async def _demo(root: Path, console: Console, started: float) -> bool:
+async def _demo(root: Path, console: Console, started: float, serve_port: int | None) -> bool:
     console.rule("[bold]Atlas broker demo")
     keydir = root / "keys"
     public: dict[str, list[dict[str, Any]]] = {}
@@ -108,13 +112,92 @@ async def _demo(root: Path, console: Console, started: float) -> bool:
             receipts_ok = await _receipts(js, settings, root, results, enc_paths, keydir, console)
             entries = [record.entry async for record in read_log(js)]
             verified = await _verify(js, root, len(entries), console)
+            ok = _report(console, root, results, entries, sids) and verified and receipts_ok
+            console.print(
+                f"finished in {time.monotonic() - started:.1f} s — "
+                + ("[bold green]OK" if ok else "[bold red]FAILED")
+            )
+            if ok and serve_port is not None:
+                await _serve(
+                    js,
+                    settings,
+                    signing_key,
+                    root,
+                    Directory.from_mapping(doc),
+                    serve_port,
+                    console,
+                )
             router.cancel()
-    ok = _report(console, root, results, entries, sids) and verified and receipts_ok
-    console.print(
-        f"finished in {time.monotonic() - started:.1f} s — "
-        + ("[bold green]OK" if ok else "[bold red]FAILED")
-    )
     return ok
+
+
+async def _serve(
+    js: Any,
+    settings: Settings,
+    signing_key: PrivateKey,
+    root: Path,
+    directory: Directory,
+    port: int,
+    console: Console,
+) -> None:
+    """Keep the demo community running behind the TAXII server until Ctrl-C."""
+    credentials = root / "taxii-credentials.toml"
+    tokens = {org: set_secret(credentials, org) for org in sorted({*MEMBERS, *PARTNERS})}
+    served = settings.model_copy(
+        update={
+            "taxii": TaxiiSettings(
+                host="127.0.0.1", port=port, credentials_file=credentials, api_root="atlas"
+            )
+        }
+    )
+    task = asyncio.current_task()
+
+    def _started(url: str) -> None:
+        _print_serving(console, url, served.taxii.api_root, directory, tokens)
+
+    try:
+        await run_taxii(js, served, signing_key=signing_key, on_started=_started)
+    except asyncio.CancelledError:
+        # Ctrl-C is how --serve ends: stop cleanly and report success.
+        if task is None or task.uncancel() > 0:
+            raise
+        console.print("stopped: the demo community and its TAXII server are down")
+
+
+def _print_serving(
+    console: Console, url: str, api_root: str, directory: Directory, tokens: dict[str, str]
+) -> None:
+    community = directory.community.id
+    console.rule("[bold]The demo community keeps running (Ctrl-C stops it)")
+    console.print(f"TAXII 2.1 server: {url}/taxii2/", highlight=False)
+    console.print(f"API root: {url}/{api_root}/", highlight=False)
+    console.print(
+        "Log in with HTTP Basic (user = organisation id, password = its secret) "
+        "or 'Authorization: Bearer <secret>'.",
+        highlight=False,
+    )
+    for org, token in tokens.items():
+        found = directory.organisation(org)
+        kind = found.kind if found is not None else "?"
+        console.print(f"credential {org} ({kind}): {token}", highlight=False, soft_wrap=True)
+        if found is None:
+            continue
+        for info in collections_for(
+            community,
+            member=found.kind == "member",
+            groups=directory.groups_of(org),
+            reader=org if found.taxii_read else None,
+        ):
+            mode = "read" if info.can_read else "write"
+            console.print(
+                f"  collection {info.id} {info.title} ({mode})", highlight=False, soft_wrap=True
+            )
+    console.print(
+        "Try: curl -u interpol:<secret> -H 'Accept: application/taxii+json;version=2.1' "
+        f"{url}/{api_root}/collections/",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 async def _publish_all(

@@ -46,6 +46,8 @@ def demo_directory(
                     "name": name,
                     "kind": kind,
                     "in_community": True,
+                    # Partners may also read their views over TAXII (demo --serve).
+                    "taxii_read": kind == "partner",
                     "stix_identity": _id("identity", org_id),
                     "keys": [{"jwk": jwk, "use": jwk["use"]} for jwk in public_keys[org_id]],
                 }

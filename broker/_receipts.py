@@ -56,7 +56,7 @@ async def _follow(
         while True:
             try:
                 msgs = await sub.fetch(1, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                 continue
             except _TRANSIENT as exc:
                 log.warning("receipts.fetch_failed", consumer=name, error=str(exc))

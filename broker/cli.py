@@ -482,6 +482,17 @@ def demo(
     keep: Annotated[
         Path | None, typer.Option(help="Keep the demo's folder here instead of a temporary one.")
     ] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="Afterwards keep the demo community running behind a TAXII server on "
+            "loopback and print its URL, collections and credentials; Ctrl-C stops it.",
+        ),
+    ] = False,
+    port: Annotated[
+        int, typer.Option(help="TAXII port with --serve (0: a free one).", min=0, max=65535)
+    ] = 9443,
 ) -> None:
     """Run the whole path end to end on an embedded NATS and report what each partner got."""
     from ._demo import run_demo
@@ -489,7 +500,7 @@ def demo(
     if _state.get("log_level") is None:  # keep the demo's report readable
         configure_logging(_state.get("log_format") or settings().log_format, "warning")
     console = out if out.is_terminal else Console(width=120)
-    ok = run(run_demo(keep=keep, console=console))
+    ok = run(run_demo(keep=keep, console=console, serve_port=port if serve else None))
     if not ok:
         raise typer.Exit(1)
 
