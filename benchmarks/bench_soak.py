@@ -1,0 +1,216 @@
+"""Soak: sustained submissions at half the measured maximum, memory and latency sampled.
+
+The broker runs as a real ``atlas-broker serve`` process against a nats-server started
+here (fsync always). First its maximum is measured: a burst of stored submissions and the
+time the router takes to drain them. Then an open-loop publisher submits at half that rate
+for the whole duration (10 minutes by default; ``--quick``: 40 s), and every 10 s a sample
+records the broker's and nats-server's resident memory, the latency percentiles of that
+window (submit acknowledged -> the last recipient's package stored) and the router's
+backlog. The summary says whether memory stayed flat (growth over the second half) and
+p99 stable (worst window against the median window).
+
+Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import orjson
+
+from broker._bus import SUBMISSIONS, ensure_streams, submit_subject
+from broker._config import Settings
+from broker._directory_store import store_directory
+from broker._embedded import EmbeddedNats
+from broker._router import ROUTER_CONSUMER
+from broker._service import streams_for
+from broker._submission import make_submission
+from keys import PrivateKey, load_private_key
+
+from .bench_pipeline import RECIPIENTS, _bundle, _community, _pct
+
+SAMPLE_EVERY = 10.0
+OBJECTS = 10
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident set size from /proc (Linux), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _sign(key: PrivateKey, settings: Settings) -> tuple[str, bytes]:
+    signed = make_submission(
+        orjson.dumps(_bundle(OBJECTS)),
+        org="member-1",
+        key=key,
+        to=(),
+        feed=None,
+        now=int(time.time()),
+        max_bytes=settings.limits.max_bundle_bytes,
+        max_objects=settings.limits.max_objects,
+    )
+    return signed.sid, signed.token
+
+
+async def _drained(js: Any) -> bool:
+    info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
+    directory, broker_key_path = _community(root / "keys")
+    member_key = load_private_key(root / "keys" / "member-1" / "member-1.sign.pem")
+    settings = Settings(data_dir=root / "data", log_level="error")
+    async with EmbeddedNats(root / "nats", publish_url=False) as server:
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await ensure_streams(js, streams_for(settings))
+        await store_directory(js, directory)
+        env = {
+            **os.environ,
+            "ATLAS_NATS__URL": server.url,
+            "ATLAS_DATA_DIR": str(root / "data"),
+            "ATLAS_BROKER__SIGNING_KEY": str(broker_key_path),
+            "ATLAS_LOG_LEVEL": "warning",
+            "ATLAS_LOG_FORMAT": "json",
+        }
+        broker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "broker",
+            "serve",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=(root / "serve.log").open("wb"),
+        )
+        try:
+            return await _measure(nc, js, broker.pid, server, member_key, settings, duration, burst)
+        finally:
+            broker.terminate()
+            await broker.wait()
+            await nc.close()
+
+
+async def _measure(
+    nc: Any,
+    js: Any,
+    broker_pid: int,
+    server: EmbeddedNats,
+    key: PrivateKey,
+    settings: Settings,
+    duration: float,
+    burst: int,
+) -> dict[str, Any]:
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                if await _drained(js):
+                    break
+            except Exception:  # noqa: S110 - the consumer appears once serve has started
+                pass
+            await asyncio.sleep(0.1)
+    # 1. The maximum: a burst of stored submissions, drained by the router.
+    tokens = [_sign(key, settings)[1] for _ in range(burst)]
+    t0 = time.perf_counter()
+    for token in tokens:
+        await js.publish(submit_subject("member-1"), token)
+    while not await _drained(js):  # noqa: ASYNC110 - polls server state
+        await asyncio.sleep(0.02)
+    max_rate = burst / (time.perf_counter() - t0)
+    rate = max_rate / 2
+
+    # 2. Sustained at half of it, open loop: a slow broker shows up as latency and backlog.
+    sent_at: dict[str, float] = {}
+    arrivals: dict[str, int] = {}
+    window: list[float] = []
+
+    async def _on_delivery(msg: Any) -> None:
+        sid = msg.subject.rsplit(".", 1)[-1]
+        arrivals[sid] = arrivals.get(sid, 0) + 1
+        if arrivals[sid] == RECIPIENTS and sid in sent_at:
+            window.append((time.perf_counter() - sent_at.pop(sid)) * 1000)
+            del arrivals[sid]
+
+    sub = await nc.subscribe("atlas.deliver.>", cb=_on_delivery)
+    samples: list[dict[str, Any]] = []
+    interval = 1 / rate
+    start = time.perf_counter()
+    next_sample = start + SAMPLE_EVERY
+    sent = 0
+    while (now := time.perf_counter()) - start < duration:
+        due = start + sent * interval
+        if due > now:
+            await asyncio.sleep(due - now)
+        sid, token = _sign(key, settings)
+        sent_at[sid] = time.perf_counter()
+        await js.publish(submit_subject("member-1"), token)
+        sent += 1
+        if time.perf_counter() >= next_sample:
+            next_sample += SAMPLE_EVERY
+            samples.append(await _sample(js, broker_pid, server, start, sent, window))
+            window = []
+    async with asyncio.timeout(120):
+        while sent_at:  # noqa: ASYNC110 - the last submissions arrive
+            await asyncio.sleep(0.1)
+    await sub.unsubscribe()
+    return _summary(max_rate, rate, duration, sent, samples)
+
+
+async def _sample(
+    js: Any, broker_pid: int, server: EmbeddedNats, start: float, sent: int, window: list[float]
+) -> dict[str, Any]:
+    info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
+    nats_pid = server.pid
+    return {
+        "t_s": round(time.perf_counter() - start, 1),
+        "submitted": sent,
+        "broker_rss_mib": round(_rss_mib(broker_pid), 1),
+        "nats_rss_mib": round(_rss_mib(nats_pid), 1) if nats_pid else None,
+        "completed_in_window": len(window),
+        "latency_ms_p50": round(statistics.median(window), 1) if window else None,
+        "latency_ms_p99": round(_pct(window, 99), 1) if window else None,
+        "router_backlog": info.num_pending + info.num_ack_pending,
+    }
+
+
+def _summary(
+    max_rate: float, rate: float, duration: float, sent: int, samples: list[dict[str, Any]]
+) -> dict[str, Any]:
+    half = samples[len(samples) // 2 :] or samples
+    rss = [s["broker_rss_mib"] for s in half]
+    p99s = [s["latency_ms_p99"] for s in samples if s["latency_ms_p99"] is not None]
+    return {
+        "objects_per_bundle": OBJECTS,
+        "recipients": RECIPIENTS,
+        "max_submissions_per_s": round(max_rate, 1),
+        "sustained_rate_per_s": round(rate, 1),
+        "duration_s": duration,
+        "submitted": sent,
+        "achieved_rate_per_s": round(sent / duration, 1),
+        "broker_rss_mib_second_half_first_last": [rss[0], rss[-1]] if rss else None,
+        "broker_rss_growth_second_half_pct": (
+            round((rss[-1] - rss[0]) / rss[0] * 100, 1) if rss else None
+        ),
+        "p99_ms_median_window": round(statistics.median(p99s), 1) if p99s else None,
+        "p99_ms_worst_window": max(p99s) if p99s else None,
+        "p99_worst_over_median": (round(max(p99s) / statistics.median(p99s), 2) if p99s else None),
+        "samples": samples,
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    duration = float(os.environ.get("ATLAS_SOAK_SECONDS", 40 if quick else 600))
+    burst = 100 if quick else 300
+    with tempfile.TemporaryDirectory(prefix="atlas-soak-") as tmp:
+        return asyncio.run(_soak(Path(tmp), duration, burst))
