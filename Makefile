@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean help chromium
+.PHONY: demo test lint bench clean help system-packages
 
 help:
 	@echo "make demo   run the whole path end to end on an embedded nats-server"
@@ -22,15 +22,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/atlas-broker demo
 
-test: $(STAMP) chromium
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The audit report test renders the page in Debian's headless Chromium.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the report test"; \
+# Debian packages some tests need, installed when missing: chromium renders the audit
+# report page headless; systemd's systemd-analyze verifies the units in deploy/systemd.
+system-packages:
+	@missing=; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
