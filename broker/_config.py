@@ -33,7 +33,9 @@ from .errors import ConfigError
 
 __all__ = [
     "LimitSettings",
+    "MonitorSettings",
     "NatsSettings",
+    "OrgRate",
     "RouterSettings",
     "Settings",
     "TaxiiSettings",
@@ -92,15 +94,37 @@ class NatsSettings(_Section):
         return self
 
 
+class OrgRate(_Section):
+    """One organisation's submission rate (``[limits.per_org.<org>]``)."""
+
+    submissions_per_second: float = Field(ge=0, allow_inf_nan=False)
+    """0: no limit for this organisation."""
+    burst: int = Field(default=20, ge=1)
+
+
 class LimitSettings(_Section):
     max_bundle_bytes: int = Field(default=900 * 1024, ge=1024)
     """Largest signed submission accepted (must fit within nats.max_payload)."""
     max_objects: int = Field(default=10_000, ge=1)
+    """Most STIX objects in one bundle."""
+    submissions_per_second: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """Submissions per second per organisation and broker process; 0 (default): no limit.
+    Over the rate a submission is delayed (nak with a delay), never dropped."""
+    burst: int = Field(default=20, ge=1)
+    """Submissions an organisation may make at once before the rate applies."""
+    per_org: dict[str, OrgRate] = Field(default_factory=dict)
+    """Overrides by organisation id."""
+    max_inflight_publishes: int = Field(default=16, ge=1, le=1024)
+    """Packages of one submission stored concurrently by one worker."""
 
 
 class RouterSettings(_Section):
     workers: int = Field(default=2, ge=1, le=64)
     ack_wait: float = Field(default=30.0, gt=0)
+    max_ack_pending: int = Field(default=1000, ge=1)
+    """Submissions handed out and not yet acked, across every worker of every process:
+    those being routed and those delayed by a rate limit. Past it the consumer hands out
+    nothing more until some are acked, so keep it above a flood's delayed backlog."""
     max_deliver: int = Field(default=-1, ge=-1)
     """Deliveries of one submission before the consumer gives up; -1 (default): never, so a
     transient fault (server, directory, broker key) can delay a submission but not drop it."""
@@ -155,6 +179,17 @@ class TaxiiSettings(_Section):
         return self
 
 
+class MonitorSettings(_Section):
+    """The HTTP monitor of ``atlas-broker serve``: /healthz, /readyz, /metrics."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    """Listen address; loopback unless a scraper elsewhere needs it (no content is served,
+    only counts; the organisation ids of the directory appear as labels)."""
+    port: int = Field(default=9464, ge=0, le=65535)
+    """0 picks a free port; the bound URL is written to ``data_dir/monitor/url``."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ATLAS_",
@@ -171,6 +206,7 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     broker: BrokerKeySettings = BrokerKeySettings()
     taxii: TaxiiSettings = TaxiiSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     @model_validator(mode="after")
     def _bundle_fits_payload(self) -> Settings:

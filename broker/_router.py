@@ -7,6 +7,12 @@ encryption key and publishes it once on ``atlas.deliver.<recipient>.<submission>
 last subject sequence 0), writes the decisions to LOG, and only then acks. A crash anywhere
 before the ack is safe: the redelivered submission finds its packages and log chunks
 already stored and logs what was actually stored.
+
+Work is bounded: each worker routes one submission at a time and stores at most
+``limits.max_inflight_publishes`` of its packages at once; the consumer hands out at most
+``router.max_ack_pending`` submissions. An organisation over its rate limit has its
+submission nak'd with the delay of its next token (``SubmissionLimiter``), so the consumer
+moves on to other organisations' submissions and the delayed one comes back later.
 """
 
 from __future__ import annotations
@@ -15,10 +21,12 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -43,7 +51,9 @@ from ._bus import (
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, ResolvedDirectory
 from ._ledger import Ledger, ObjectRecord
+from ._limits import SubmissionLimiter
 from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, timestamp
+from ._metrics import BrokerMetrics
 from ._submission import SubmissionRefused, open_submission
 from .errors import DirectoryUnavailable
 
@@ -51,10 +61,14 @@ __all__ = ["ROUTER_CONSUMER", "Router", "RouterStats"]
 
 log = structlog.get_logger()
 
+T = TypeVar("T")
+
 ROUTER_CONSUMER = "router"
 PKG_ID_HEADER = "Atlas-Pkg-Id"
 RCPT_KID_HEADER = "Atlas-Rcpt-Kid"
 _TRANSIENT = (nats.errors.Error, OSError, TimeoutError, DirectoryUnavailable)
+_HEADER_ROOM = 1024
+"""Bytes of nats.max_payload kept for a package's headers."""
 
 
 @dataclass
@@ -65,6 +79,7 @@ class RouterStats:
     deliveries: int = 0
     withheld: int = 0
     retried: int = 0
+    rate_limited: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
 
 
@@ -88,6 +103,8 @@ class Router:
         signing_key: PrivateKey,
         digest_key: bytes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: BrokerMetrics | None = None,
+        limiter: SubmissionLimiter | None = None,
     ) -> None:
         self._js = js
         self._directory = directory
@@ -97,6 +114,20 @@ class Router:
         self._clock = clock
         self._ledger = Ledger(js, digest_key)
         self.stats = RouterStats()
+        self.metrics = metrics or BrokerMetrics(ROUTER_CONSUMER)
+        self.limiter = limiter or SubmissionLimiter(settings.limits)
+        self.bound_workers = 0
+        """Workers bound to the durable consumer right now (readiness)."""
+
+    def unready_reason(self) -> str | None:
+        """Why this router cannot route now, or None (the NATS side is checked by the caller)."""
+        try:
+            self._check_own_key(self._directory.current, self._clock())
+        except DirectoryUnavailable as exc:
+            return f"directory: {exc}"
+        if self.bound_workers == 0:
+            return f"router: no worker is bound to the durable consumer {ROUTER_CONSUMER!r}"
+        return None
 
     async def ensure_consumer(self) -> None:
         cfg = self._settings.router
@@ -107,7 +138,7 @@ class Router:
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=cfg.ack_wait,
             max_deliver=cfg.max_deliver,
-            max_ack_pending=max(64, cfg.workers * 4),
+            max_ack_pending=max(cfg.max_ack_pending, cfg.workers),
             filter_subject="atlas.submit.*",
         )
         await self._js.add_consumer(SUBMISSIONS, config)
@@ -120,6 +151,7 @@ class Router:
 
     async def _worker(self, n: int) -> None:
         sub = await self._js.pull_subscribe_bind(ROUTER_CONSUMER, stream=SUBMISSIONS)
+        self.bound_workers += 1
         backoff = 0.1
         try:
             while True:
@@ -127,7 +159,7 @@ class Router:
                     # One at a time: nats-py's batched fetch holds the first message back
                     # until the batch fills or the pull expires (up to 1 s of latency).
                     msgs = await sub.fetch(1, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                     backoff = 0.1
                     continue  # idle
                 except (nats.errors.Error, OSError) as exc:
@@ -141,17 +173,26 @@ class Router:
                 for msg in msgs:
                     await self.handle(msg)
         finally:
+            self.bound_workers -= 1
             with contextlib.suppress(nats.errors.Error, OSError):
                 await sub.unsubscribe()
 
     async def handle(self, msg: Msg) -> None:
-        """Process one submission; ack, or nak for a transient failure."""
+        """Process one submission; ack, nak for a transient failure, or delay it (rate)."""
+        if await self._delayed(msg):
+            return
+        seq = msg.metadata.sequence.stream
+        started = time.perf_counter()
+        self.metrics.inflight_submissions.inc()
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
             await self._process(msg)
             await msg.ack_sync()
+            self.metrics.route_seconds.observe(time.perf_counter() - started)
+            self.limiter.forget(seq)
         except _TRANSIENT as exc:
             self.stats.retried += 1
+            self.metrics.retried.inc()
             delay = min(2 ** (msg.metadata.num_delivered or 1), 30)
             log.warning(
                 "submission.retry",
@@ -162,10 +203,34 @@ class Router:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=delay)
         finally:
+            self.metrics.inflight_submissions.dec()
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
         self.stats.processed += 1
+
+    async def _delayed(self, msg: Msg) -> bool:
+        """Over its organisation's rate: nak with the delay of its next token (never dropped)."""
+        if not self.limiter.enabled:
+            return False
+        org = msg.subject.split(".", 2)[2]
+        try:
+            known = org in self._directory.current.orgs
+        except DirectoryUnavailable:
+            known = False  # routing will retry it anyway
+        if not known:
+            return False  # refused on its own; unknown ids never get a bucket
+        decision = self.limiter.check(org, msg.metadata.sequence.stream)
+        self.metrics.deferred.set(self.limiter.deferred)
+        if decision.delay <= 0:
+            return False
+        if not decision.deferred_before:
+            self.stats.rate_limited += 1
+            self.metrics.rate_limited.labels(self.metrics.org_label(org)).inc()
+            log.info("submission.rate_limited", org=org, delay=round(decision.delay, 3))
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak(delay=max(decision.delay, 0.001))
+        return True
 
     async def _keep_alive(self, msg: Msg) -> None:
         interval = max(self._settings.router.ack_wait / 3, 0.5)
@@ -179,6 +244,7 @@ class Router:
         token = msg.data
         src_sha256 = hashlib.sha256(token).hexdigest()
         resolved = self._directory.current
+        self.metrics.know_orgs(frozenset(resolved.orgs))
         now = self._clock()
         with structlog.contextvars.bound_contextvars(org=org, msg_seq=msg.metadata.sequence.stream):
             try:
@@ -193,6 +259,7 @@ class Router:
                     now=int(now.timestamp()),
                     max_age=int(self._settings.router.package_ttl),
                     max_objects=self._settings.limits.max_objects,
+                    max_bytes=self._settings.limits.max_bundle_bytes,
                     broker_keys=_live_broker_keys(resolved, int(now.timestamp())),
                 )
                 await self._claim(org, envelope.sid, src_sha256, msg.metadata.sequence.stream)
@@ -235,6 +302,7 @@ class Router:
     ) -> None:
         self.stats.refused += 1
         self.stats.refusals[reason] = self.stats.refusals.get(reason, 0) + 1
+        self.metrics.refused.labels(reason).inc()
         log.warning("submission.refused", reason=reason, detail=detail)
         entry = {
             "type": "submission",
@@ -311,7 +379,9 @@ class Router:
             for decision in view.decisions:
                 if decision.action == "delivered":
                     continue
-                self.stats.withheld += decision.action == "withheld"
+                if decision.action == "withheld":
+                    self.stats.withheld += 1
+                    self.metrics.withheld.labels(decision.reason or "unknown").inc()
                 entries.append(
                     {
                         "type": decision.action,
@@ -338,27 +408,36 @@ class Router:
                         "objects": view.delivered,
                     }
                 )
+                self.metrics.withheld.labels("no-encryption-key").inc(view.delivered)
                 log.warning("delivery.no_key", rcpt=recipient)
                 continue
             sealed.append((recipient, view, self._seal(recipient, view, src, enc_key, now)))
+        self._check_package_sizes(sealed)
         # Packages of one submission are stored concurrently: with fsync on every write
-        # the server's latency, not our CPU, bounds a sequential fan-out.
+        # the server's latency, not our CPU, bounds a sequential fan-out. At most
+        # limits.max_inflight_publishes at once, so a wide fan-out cannot flood the server.
+        gate = asyncio.Semaphore(self._settings.limits.max_inflight_publishes)
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._store(recipient, sid, package))
+                    group.create_task(
+                        self._bounded(gate, partial(self._store, recipient, sid, package))
+                    )
                     for recipient, _, package in sealed
                 ]
                 for recipient, view, _ in sealed:
                     found = directory.organisation(recipient)
                     if found is not None and found.taxii_read:
-                        group.create_task(self._store_view(recipient, sid, view))
+                        group.create_task(
+                            self._bounded(gate, partial(self._store_view, recipient, sid, view))
+                        )
         except ExceptionGroup as group_error:
             # Surface the first failure as itself so that transient NATS errors are retried.
             raise group_error.exceptions[0] from group_error
         for (recipient, view, _), task in zip(sealed, tasks, strict=True):
             stored = task.result()
             self.stats.deliveries += stored.new
+            self.metrics.deliveries.inc(stored.new)
             entries.append(
                 {
                     "type": "delivery",
@@ -391,7 +470,22 @@ class Router:
             # Kept in RECEIPTS for the originator to read; the log entry is the record.
             await self._js.publish(f"atlas.notice.{org}", orjson.dumps(notice))
         self.stats.accepted += 1
+        self.metrics.accepted.labels(self.metrics.org_label(org)).inc()
         log.info("submission.routed", sub=sid, recipients=len(recipients), packages=len(sealed))
+
+    def _check_package_sizes(self, sealed: list[tuple[str, View, SealedPackage]]) -> None:
+        """Refuse, before anything is stored, a submission whose package cannot be stored:
+        retrying would never help, and storing the others first would leave packages
+        without their log entries."""
+        room = self._settings.nats.max_payload - _HEADER_ROOM
+        for recipient, _, package in sealed:
+            if len(package.token) > room:
+                raise SubmissionRefused(
+                    "package-too-large",
+                    f"the package for {recipient} is {len(package.token):,} bytes, over what "
+                    f"one NATS message holds ({room:,} bytes of nats.max_payload "
+                    f"{self._settings.nats.max_payload:,}); send a smaller bundle",
+                )
 
     def _check_own_key(self, resolved: ResolvedDirectory, now: datetime) -> None:
         """Never sign with a key the directory does not publish, or has revoked."""
@@ -416,8 +510,9 @@ class Router:
         now: datetime,
     ) -> SealedPackage:
         assert view.bundle is not None  # noqa: S101 - callers only seal non-empty views
+        started = time.perf_counter()
         try:
-            return seal(
+            package = seal(
                 stix=view.bundle,
                 iss=self._settings.broker.id,
                 aud=recipient,
@@ -431,6 +526,16 @@ class Router:
             )
         except KeyRegistryError as exc:
             raise SubmissionRefused("seal-failed", f"cannot seal to {recipient}: {exc}") from exc
+        self.metrics.seal_seconds.observe(time.perf_counter() - started)
+        return package
+
+    async def _bounded(self, gate: asyncio.Semaphore, work: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            self.metrics.inflight_publishes.inc()
+            try:
+                return await work()
+            finally:
+                self.metrics.inflight_publishes.dec()
 
     async def _store_view(self, recipient: str, sid: str, view: View) -> None:
         """Keep the view readable over TAXII (only for recipients that chose it)."""

@@ -29,9 +29,11 @@ from ._checkpoint import log_origin
 from ._checkpointer import run_checkpointer
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
+from ._metrics import BrokerMetrics
+from ._monitor import Monitor
 from ._note import NoteVerifier
 from ._receipts import AckRecorder, ReceiptPublisher, receipt_checker
-from ._router import Router
+from ._router import ROUTER_CONSUMER, Router
 from ._submission import make_submission
 from .errors import BrokerError, ConfigError, DirectoryUnavailable, SubmissionError
 
@@ -91,7 +93,14 @@ async def run_router(
     *,
     signing_key: PrivateKey,
     ready: asyncio.Event | None = None,
+    metrics: BrokerMetrics | None = None,
+    attach: Callable[[Router], None] | None = None,
 ) -> None:
+    """The router workers, the checkpointer and the receipt jobs, until cancelled.
+
+    ``metrics`` receives the router's counts (a registry of its own when omitted);
+    ``attach`` is handed the router once built (the monitor reports its readiness).
+    """
     await ensure_streams(js, streams_for(settings))
     async with DirectoryWatcher(js) as watcher:
         router = Router(
@@ -100,7 +109,10 @@ async def run_router(
             settings=settings,
             signing_key=signing_key,
             digest_key=load_digest_key(settings),
+            metrics=metrics,
         )
+        if attach is not None:
+            attach(router)
         await router.ensure_consumer()
         if ready is not None:
             ready.set()
@@ -119,11 +131,29 @@ async def run_router(
             await router.run()
 
 
-async def serve(settings: Settings) -> None:
-    """``atlas-broker serve``: the router on the configured or embedded NATS, until stopped."""
+async def serve(settings: Settings, *, on_monitor: Callable[[str], None] | None = None) -> None:
+    """``atlas-broker serve``: the router on the configured or embedded NATS, until stopped.
+
+    With ``monitor.enabled`` (the default) it also serves /healthz, /readyz and /metrics;
+    ``on_monitor`` is given the monitor's URL once it listens.
+    """
     signing_key = broker_signing_key(settings)
-    async with nats_session(settings, embedded_ok=True, name="atlas-broker-serve") as (_, js):
-        await run_router(js, settings, signing_key=signing_key)
+    metrics = BrokerMetrics(ROUTER_CONSUMER)
+    async with nats_session(settings, embedded_ok=True, name="atlas-broker-serve") as (nc, js):
+        if not settings.monitor.enabled:
+            await run_router(js, settings, signing_key=signing_key, metrics=metrics)
+            return
+        monitor = Monitor(
+            nc, js, metrics, settings=settings.monitor, data_dir=Path(settings.data_dir)
+        )
+        async with asyncio.TaskGroup() as group:
+            group.create_task(monitor.run(on_started=on_monitor), name="monitor")
+            group.create_task(
+                run_router(
+                    js, settings, signing_key=signing_key, metrics=metrics, attach=monitor.attach
+                ),
+                name="router",
+            )
 
 
 @dataclass(frozen=True, slots=True)

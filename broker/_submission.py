@@ -9,6 +9,13 @@ named to::
 
 ``sid`` is chosen by the member and is unique per organisation: the broker dedupes on
 ``<org>.<sid>`` in its own bucket, never on a stream-wide message id.
+
+Size and object count are limited on every path (``limits.max_bundle_bytes``,
+``limits.max_objects``): ``make_submission`` refuses before signing (the CLI, the TAXII
+front and the poller use it), the SUBMISSIONS stream refuses larger messages, and
+``open_submission`` refuses again in the router (``too-large``, ``too-many-objects``) in
+case the stream was configured by a process with larger limits. Every message names the
+setting, the limit and the value.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters import InvalidBundle, check_bundle, parse_bundle
+from adapters import InvalidBundle, check_bundle
 from keys import (
     PrivateKey,
     PublicKey,
@@ -39,6 +46,8 @@ __all__ = [
     "SubmissionRefused",
     "make_submission",
     "open_submission",
+    "over_object_limit",
+    "over_size_limit",
 ]
 
 SID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -83,6 +92,27 @@ class Envelope(BaseModel):
         return value
 
 
+def over_size_limit(what: str, size: int, max_bytes: int) -> str | None:
+    """The error text when ``size`` bytes exceed ``limits.max_bundle_bytes``, else None."""
+    if size <= max_bytes:
+        return None
+    return (
+        f"{what} is {size:,} bytes, over the size limit of {max_bytes:,} bytes "
+        "(limits.max_bundle_bytes)"
+    )
+
+
+def over_object_limit(what: str, bundle: Any, max_objects: int) -> str | None:
+    """The error text when a bundle holds more than ``limits.max_objects`` objects."""
+    objects = bundle.get("objects") if isinstance(bundle, Mapping) else None
+    if not isinstance(objects, list) or len(objects) <= max_objects:
+        return None
+    return (
+        f"{what} holds {len(objects):,} objects, over the limit of {max_objects:,} per bundle "
+        "(limits.max_objects)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SignedSubmission:
     sid: str
@@ -124,10 +154,18 @@ def make_submission(
     With ``via`` the submission is made on the member's behalf by a broker edge (the TAXII
     server or poller) and ``key`` is a broker signing key listed in the directory.
     """
+    too_large = over_size_limit(source, len(bundle_raw), max_bytes)
+    if too_large is not None:
+        raise SubmissionError(too_large)
     try:
-        bundle = parse_bundle(
-            bundle_raw, source=source, max_bytes=max_bytes, max_objects=max_objects
-        )
+        bundle = orjson.loads(bundle_raw)
+    except orjson.JSONDecodeError as exc:
+        raise SubmissionError(f"{source}: not JSON: {exc}") from exc
+    too_many = over_object_limit(source, bundle, max_objects)
+    if too_many is not None:
+        raise SubmissionError(too_many)
+    try:
+        check_bundle(bundle, source=source, max_objects=max_objects)
     except InvalidBundle as exc:
         raise SubmissionError(str(exc)) from exc
     sid = secrets.token_hex(16)
@@ -143,11 +181,9 @@ def make_submission(
     if via is not None:
         envelope["via"] = via
     token = sign_submission(orjson.dumps(envelope), key, org=org, now=now).encode()
-    if len(token) > max_bytes:
-        raise SubmissionError(
-            f"{source}: the signed submission is {len(token):,} bytes, over the limit of "
-            f"{max_bytes:,} bytes"
-        )
+    too_large = over_size_limit(f"{source}: the signed submission", len(token), max_bytes)
+    if too_large is not None:
+        raise SubmissionError(too_large)
     return SignedSubmission(sid=sid, token=token)
 
 
@@ -160,12 +196,16 @@ def open_submission(
     max_age: int,
     max_objects: int,
     broker_keys: Mapping[str, PublicKey] | None = None,
+    max_bytes: int | None = None,
 ) -> Envelope:
     """Verify and parse a submission received on ``atlas.submit.<subject_org>``.
 
     A member signs its own submissions. A broker edge (TAXII) signs on a member's behalf with
     a broker key and must say so in ``via``; a member's key can never claim ``via``.
     """
+    too_large = over_size_limit("the submission", len(token), max_bytes or len(token))
+    if too_large is not None:
+        raise SubmissionRefused("too-large", too_large)
     if signing_keys is None:
         raise SubmissionRefused("unknown-org", f"{subject_org!r} is not in the directory")
     edge_keys = {k: v for k, v in (broker_keys or {}).items() if k not in signing_keys}
@@ -198,6 +238,9 @@ def open_submission(
         raise SubmissionRefused("stale", f"iat {envelope.iat} lies in the future")
     if envelope.iat < now - max_age:
         raise SubmissionRefused("stale", f"iat {envelope.iat} is older than {max_age} s")
+    too_many = over_object_limit("the bundle", envelope.bundle, max_objects)
+    if too_many is not None:
+        raise SubmissionRefused("too-many-objects", too_many)
     try:
         check_bundle(envelope.bundle, max_objects=max_objects)
     except InvalidBundle as exc:

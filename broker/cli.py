@@ -576,6 +576,16 @@ def _register_taxii_commands() -> None:
 _register_taxii_commands()
 
 
+def _register_status_command() -> None:
+    """``status`` lives in broker._status."""
+    from ._status import register
+
+    register(app, settings=settings, out=out, err=err)
+
+
+_register_status_command()
+
+
 def main() -> None:
     with contextlib.suppress(BrokenPipeError):
         app()
