@@ -3,10 +3,16 @@
 These checks are the cheap gate in front of the policy: the document is JSON, a bundle,
 and every object has the common properties the router relies on. They run on plain dicts
 parsed with orjson; full schema validation (stix2-validator) is for tests and tools.
+
+Every value inside an object must also be one the broker can write back out: nested at most
+``_MAX_DEPTH`` containers deep, integers within 64 bits and finite numbers. The router parses
+submissions with pydantic, which reads ``NaN``, ``Infinity``, ``1e400`` and integers of any
+size; orjson cannot serialize those when it seals the recipients' packages.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +27,9 @@ _ID_RE = re.compile(
     r"^[a-z][a-z0-9-]*--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 _MAX_DEPTH = 32
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+"""The integers orjson serializes (signed and unsigned 64-bit)."""
 
 
 class InvalidBundle(AdapterError):
@@ -86,18 +95,28 @@ def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None
             raise InvalidBundle(
                 f"{where} ({obj_id}): 'spec_version' is {obj.get('spec_version')!r}, expected '2.1'"
             )
-        if _depth(obj) > _MAX_DEPTH:
-            raise InvalidBundle(f"{where} ({obj_id}): nested deeper than {_MAX_DEPTH} levels")
+        problem = _value_problem(obj, 0)
+        if problem is not None:
+            raise InvalidBundle(f"{where} ({obj_id}): {problem}")
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if level > _MAX_DEPTH:
-        return level
-    if isinstance(value, Mapping):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+def _value_problem(value: Any, level: int) -> str | None:
+    """Why ``value`` (inside ``level`` containers) cannot be relayed, or None."""
+    if isinstance(value, Mapping | list):
+        if level >= _MAX_DEPTH:
+            return f"nested deeper than {_MAX_DEPTH} levels"
+        for item in value.values() if isinstance(value, Mapping) else value:
+            if isinstance(item, str):
+                continue
+            problem = _value_problem(item, level + 1)
+            if problem is not None:
+                return problem
+    elif isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            return "holds an integer outside the 64-bit range"
+    elif isinstance(value, float) and not math.isfinite(value):
+        return "holds a number that is not finite (NaN or Infinity)"
+    return None
 
 
 def _kind(value: Any) -> str:

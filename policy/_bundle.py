@@ -40,8 +40,10 @@ from ._directory import Directory, Organisation
 from ._errors import BundleRejected, PolicyError
 from ._markings import (
     CANONICAL_TLP_DEFINITIONS,
+    NO_MARKS,
     PAP_IDS,
     TLP_IDS,
+    UNREADABLE,
     Granular,
     MarkingTable,
     Marks,
@@ -63,6 +65,7 @@ __all__ = [
 INHERIT_CONTAINERS = frozenset({"report", "grouping", "observed-data"})
 REF_CONTAINERS = frozenset({"report", "grouping", "note", "opinion"})
 _EMPTY: frozenset[str] = frozenset()
+_ABSENT: Any = object()
 DEFINITION_TYPES = frozenset({"marking-definition", "extension-definition"})
 
 _ID_RE = re.compile(
@@ -294,15 +297,20 @@ def _entry(
         listed = obj.get("object_refs")
         if isinstance(listed, list) and all(isinstance(ref, str) for ref in listed):
             items = tuple(_item_ids(ref, finder, obj_id) for ref in listed)
-    granular = obj.get("granular_markings")
+    # An explicit null is unreadable (see ``_markings``); only an absent property means none.
+    marks = obj.get("object_marking_refs", _ABSENT)
+    marks = NO_MARKS if marks is _ABSENT else UNREADABLE if marks is None else table.resolve(marks)
+    granular = obj.get("granular_markings", _ABSENT)
+    if granular is not _ABSENT:
+        granular = None if granular is None else table.granular(granular)
     return Entry(
         obj,
         obj_id,
         obj_type,
         modified,
         digest,
-        table.resolve(obj.get("object_marking_refs")),
-        () if granular is None else table.granular(granular),
+        marks,
+        () if granular is _ABSENT else granular,
         props,
         refs,
         object_refs,

@@ -18,7 +18,9 @@ Decisions documented here:
   is unknown, and an object carrying it is withheld (fail closed).
 - ``object_marking_refs`` or ``granular_markings`` that are not of the STIX shape (a list of
   strings; a list of objects with a non-empty list of string ``selectors`` and a string
-  ``marking_ref`` or ``lang``) are unreadable, and the object is withheld.
+  ``marking_ref`` or ``lang``) are unreadable, and the object is withheld. So is an explicit
+  JSON ``null`` for either property: STIX has no null values, and absent is not the same
+  claim as null.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from ._tlp import Tlp
 
 __all__ = [
     "CANONICAL_TLP_DEFINITIONS",
+    "NO_MARKS",
     "PAP_IDS",
     "TLP_IDS",
+    "UNREADABLE",
     "Granular",
     "MarkingTable",
     "Marks",
@@ -146,7 +150,7 @@ class MarkingTable:
         """Resolve an ``object_marking_refs`` value (absent: ``None``)."""
         if refs is None:
             return NO_MARKS
-        if not isinstance(refs, list):
+        if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
             return UNREADABLE
         key = tuple(refs)
         marks = self._cache.get(key)
@@ -155,13 +159,11 @@ class MarkingTable:
             self._cache[key] = marks
         return marks
 
-    def _resolve(self, refs: tuple[object, ...]) -> Marks:
+    def _resolve(self, refs: tuple[str, ...]) -> Marks:
         level: Tlp | None = None
         statements: set[str] = set()
         unknown = False
         for ref in refs:
-            if not isinstance(ref, str):
-                return UNREADABLE
             tlp = TLP_IDS.get(ref)
             if tlp is not None:
                 if level is None or tlp.rank > level.rank:

@@ -49,3 +49,37 @@ class TestCheckBundle:
             node = node["x"]  # type: ignore[assignment]
         with pytest.raises(InvalidBundle, match="nested deeper"):
             check_bundle(_bundle({**OBJ, "extra": deep}), max_objects=10)
+
+    @pytest.mark.parametrize("depth", [31, 32])
+    def test_accepts_nesting_up_to_the_limit(self, depth: int) -> None:
+        # The object itself is one level: 31 more containers make 32.
+        value: object = "leaf"
+        for _ in range(depth - 1):
+            value = [value]
+        check_bundle(_bundle({**OBJ, "extra": value}), max_objects=10)
+
+    def test_refuses_nesting_one_past_the_limit(self) -> None:
+        value: object = "leaf"
+        for _ in range(32):
+            value = {"x": value}
+        with pytest.raises(InvalidBundle, match="nested deeper than 32"):
+            check_bundle(_bundle({**OBJ, "extra": value}), max_objects=10)
+
+    @pytest.mark.parametrize("number", [-(2**63), 2**64 - 1, 1e308, -0.0, True])
+    def test_accepts_numbers_orjson_can_write(self, number: object) -> None:
+        check_bundle(_bundle({**OBJ, "x_n": [{"n": number}]}), max_objects=10)
+
+    @pytest.mark.parametrize(
+        ("number", "message"),
+        [
+            (2**64, "integer outside the 64-bit range"),
+            (-(2**63) - 1, "integer outside the 64-bit range"),
+            (float("nan"), "not finite"),
+            (float("inf"), "not finite"),
+            (float("-inf"), "not finite"),
+        ],
+    )
+    def test_refuses_numbers_orjson_cannot_write(self, number: object, message: str) -> None:
+        # pydantic (the router's parser) reads these; sealing with orjson then crashed.
+        with pytest.raises(InvalidBundle, match=rf"objects\[0\] \(indicator--.*\): .*{message}"):
+            check_bundle(_bundle({**OBJ, "x_n": [{"n": number}]}), max_objects=10)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import pytest
+
 from policy import Directory, Tlp, View
 
 from ._support import (
@@ -167,6 +169,21 @@ class TestReferenceClosure:
         ind = stix.indicator(None, object_marking_refs=TLP2["clear"])
         view = view_for(bundle(ind), "bank-b")
         assert decision_for(view, ind).reason == "unreadable-marking"
+
+    @pytest.mark.parametrize("prop", ["object_marking_refs", "granular_markings"])
+    def test_unreadable_markings_withhold_when_null(
+        self, stix: Stix, view_for: ViewFor, derived_directory: Directory, prop: str
+    ) -> None:
+        # With derived copies opted in, a null once reached derive() and crashed the router.
+        ind = stix.indicator(
+            "clear",
+            granular_markings=[{"marking_ref": TLP2["red"], "selectors": ["description"]}],
+            description="secret",
+        )
+        ind[prop] = None
+        view = view_for(bundle(ind), "bank-b", directory=derived_directory)
+        assert decision_for(view, ind).reason == "unreadable-marking"
+        assert view.bundle is None
 
 
 class TestMarkingResolution:

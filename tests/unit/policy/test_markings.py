@@ -65,7 +65,18 @@ class TestResolve:
         marks = MarkingTable(frozenset()).resolve([TLP2["clear"], forged])
         assert marks.unknown and marks.tlp is Tlp.CLEAR
 
-    @pytest.mark.parametrize("refs", [TLP2["clear"], {"a": 1}, [TLP2["clear"], 5], [None]])
+    @pytest.mark.parametrize(
+        "refs",
+        [
+            TLP2["clear"],
+            {"a": 1},
+            [TLP2["clear"], 5],
+            [None],
+            # Unhashable items once crashed the cache lookup (and with it the router).
+            [{"a": 1}],
+            [TLP2["clear"], [TLP2["clear"]]],
+        ],
+    )
     def test_unreadable_when_not_list_of_strings(self, refs: object) -> None:
         assert MarkingTable(frozenset()).resolve(refs).unreadable
 
@@ -88,6 +99,13 @@ class TestGranular:
         assert result == (
             Granular(marks=Marks(tlp=Tlp.RED), tops=frozenset({"description", "labels"})),
             Granular(marks=None, tops=frozenset({"name"})),
+        )
+
+    @pytest.mark.parametrize("ref", [{"x": 1}, [TLP2["red"]]])
+    def test_unreadable_when_marking_ref_is_a_container(self, ref: object) -> None:
+        assert (
+            MarkingTable(frozenset()).granular([{"marking_ref": ref, "selectors": ["name"]}])
+            is None
         )
 
 
