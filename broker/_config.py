@@ -102,9 +102,18 @@ class OrgRate(_Section):
     burst: int = Field(default=20, ge=1)
 
 
+_PACKAGE_HEADERS = 16 * 1024
+
+
+def package_limit(max_payload: int) -> int:
+    """The largest signed submission whose sealed packages fit ``max_payload`` bytes."""
+    return (max_payload - _PACKAGE_HEADERS) * 3 // 4
+
+
 class LimitSettings(_Section):
-    max_bundle_bytes: int = Field(default=900 * 1024, ge=1024)
-    """Largest signed submission accepted (must fit within nats.max_payload)."""
+    max_bundle_bytes: int = Field(default=750 * 1024, ge=1024)
+    """Largest signed submission accepted. Its packages (about 4/3 of it) must fit
+    nats.max_payload: at most (max_payload - 16 KiB) * 3/4, 774,144 for 1 MiB."""
     max_objects: int = Field(default=10_000, ge=1)
     """Most STIX objects in one bundle."""
     submissions_per_second: float = Field(default=0.0, ge=0, allow_inf_nan=False)
@@ -210,10 +219,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _bundle_fits_payload(self) -> Settings:
-        if self.limits.max_bundle_bytes > self.nats.max_payload:
+        # A sealed package base64-encodes a view twice (JWS in JWE): about 4/3 of the signed
+        # submission it came from, plus headers. Every bundle the limit admits must be
+        # deliverable in one NATS message.
+        largest = package_limit(self.nats.max_payload)
+        if self.limits.max_bundle_bytes > largest:
             raise ValueError(
-                f"limits.max_bundle_bytes ({self.limits.max_bundle_bytes}) exceeds "
-                f"nats.max_payload ({self.nats.max_payload})"
+                f"limits.max_bundle_bytes ({self.limits.max_bundle_bytes}) is too large for "
+                f"nats.max_payload ({self.nats.max_payload}): its sealed packages would not "
+                f"fit one message; at most {largest}"
             )
         return self
 

@@ -66,6 +66,8 @@ T = TypeVar("T")
 ROUTER_CONSUMER = "router"
 PKG_ID_HEADER = "Atlas-Pkg-Id"
 RCPT_KID_HEADER = "Atlas-Rcpt-Kid"
+INTERNAL_ERROR_ATTEMPTS = 3
+"""Deliveries of a submission that trips an unexpected error before it is refused."""
 _TRANSIENT = (nats.errors.Error, OSError, TimeoutError, DirectoryUnavailable)
 _HEADER_ROOM = 1024
 """Bytes of nats.max_payload kept for a package's headers."""
@@ -202,12 +204,46 @@ class Router:
             )
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=delay)
+        except Exception as exc:  # a bug must not stop every worker
+            await self._internal_error(msg, exc)
         finally:
             self.metrics.inflight_submissions.dec()
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
         self.stats.processed += 1
+
+    async def _internal_error(self, msg: Msg, exc: Exception) -> None:
+        """An unexpected error: retry a few times, then refuse the submission (logged).
+
+        Without this, one message that trips a bug would stop every worker, and stop them
+        again after each restart, since it is never acknowledged.
+        """
+        attempt = msg.metadata.num_delivered or 1
+        log.error(
+            "submission.internal_error",
+            subject=msg.subject,
+            attempt=attempt,
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
+        self.stats.retried += 1
+        try:
+            if attempt < INTERNAL_ERROR_ATTEMPTS:
+                await msg.nak(delay=2**attempt)
+                return
+            await self._refuse(
+                msg.subject.split(".", 2)[2],
+                hashlib.sha256(msg.data).hexdigest(),
+                "internal-error",
+                f"{type(exc).__name__} after {attempt} attempts",
+                self._clock(),
+            )
+            await msg.ack_sync()
+        except _TRANSIENT as again:
+            log.warning("submission.retry", subject=msg.subject, error=str(again))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=min(2**attempt, 30))
 
     async def _delayed(self, msg: Msg) -> bool:
         """Over its organisation's rate: nak with the delay of its next token (never dropped)."""

@@ -58,7 +58,13 @@ class TestLoadSettings:
     def test_error_when_bundle_limit_exceeds_payload(self, tmp_path: Path) -> None:
         path = tmp_path / "atlas.toml"
         path.write_text("[limits]\nmax_bundle_bytes = 2000000\n")
-        with pytest.raises(ConfigError, match=r"exceeds nats\.max_payload"):
+        with pytest.raises(ConfigError, match=r"too large for nats\.max_payload"):
+            load_settings(path)
+
+    def test_error_when_packages_of_the_largest_bundle_would_not_fit(self, tmp_path: Path) -> None:
+        path = tmp_path / "atlas.toml"
+        path.write_text("[limits]\nmax_bundle_bytes = 900000\n")  # < max_payload, > 3/4
+        with pytest.raises(ConfigError, match=r"packages would not fit one message; at most"):
             load_settings(path)
 
     def test_sample_configuration_loads(self) -> None:

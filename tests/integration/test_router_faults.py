@@ -1,0 +1,71 @@
+"""A submission that trips a bug in the router is refused after a few attempts; the
+workers keep serving everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+
+from broker._audit import read_log
+from broker._bus import ensure_streams
+from broker._directory_store import store_directory
+from broker._embedded import EmbeddedNats
+from broker._router import INTERNAL_ERROR_ATTEMPTS, Router
+from broker._service import run_router, streams_for
+from tests.integration.helpers import bundle, indicator, publish, receive_all, wait_routed
+
+
+@pytest.mark.timeout(120)
+async def test_a_bug_refuses_one_submission_not_the_router(
+    js: JetStreamContext,
+    nats_server: EmbeddedNats,
+    make_community: Callable[..., Any],
+    settings_for: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = settings_for(community, nats_server.url)
+    await ensure_streams(js, streams_for(settings))
+    await store_directory(js, community.directory())
+    poisoned = indicator("clear", "trips the injected bug")
+    calls: list[str] = []
+
+    def _inject(router: Router) -> None:
+        route = router._route
+
+        async def _faulty(*args: Any) -> None:
+            if poisoned in args[5]["objects"]:
+                calls.append(args[1])
+                raise RuntimeError("injected bug")
+            await route(*args)
+
+        router._route = _faulty  # type: ignore[method-assign]
+
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        run_router(js, settings, signing_key=community.broker_key, ready=ready, attach=_inject)
+    )
+    try:
+        await ready.wait()
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(poisoned))
+        healthy = indicator("clear", "after the bug")
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(healthy))
+        async with asyncio.timeout(60):
+            await wait_routed(js, 2)
+        assert not task.done(), "the router stopped"
+        assert len(calls) == INTERNAL_ERROR_ATTEMPTS
+        entries = [r.entry async for r in read_log(js)]
+        refused = [e for e in entries if e.get("result") == "refused"]
+        assert [e["reason"] for e in refused] == ["internal-error"]
+        got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
+        assert got.received == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
