@@ -1,8 +1,13 @@
 """Strict base64url and JSON helpers shared by the JWK and JOSE code.
 
-The compact-serialization paths work on ASCII ``bytes`` end to end (``b64e_bytes``,
-``split_compact``): a 64 KB view is base64url-encoded twice in a nested JWT, so every
-avoided copy or str/bytes round trip shows in the seal/open benchmark.
+The compact-serialization paths work on ASCII ``bytes`` end to end (``b64e_pieces``,
+``Compact``): a 64 KB view is base64url-encoded twice in a nested JWT, so every avoided
+pass, copy or str/bytes round trip shows in the seal/open benchmark.
+
+Large inputs are encoded in chunks of ``_CHUNK`` bytes: ``binascii.b2a_base64`` reserves
+twice its input for the output, and a reservation past glibc's default 128 KiB mmap
+threshold (an input over 64 KiB) is a fresh mapping whose pages fault in on every call,
+which costs more than the encoding itself.  Chunks of 48 KiB keep the buffers on the heap.
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ import json
 from collections import Counter
 from typing import Any, NoReturn
 
+import orjson
+
 from ._errors import MalformedPackage
 
 __all__ = [
+    "Compact",
     "ascii_bytes",
     "b64d",
     "b64e",
     "b64e_bytes",
+    "b64e_pieces",
     "dumps_compact",
     "loads_object",
     "protected_header",
@@ -29,6 +38,8 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _UNUSED_BITS_MASK = {2: 0x0F, 3: 0x03}
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+# A multiple of 3, so the chunks' encodings concatenate without padding in between.
+_CHUNK = 3 * 16384
 
 
 def b64e_bytes(data: bytes | memoryview) -> bytes:
@@ -36,9 +47,33 @@ def b64e_bytes(data: bytes | memoryview) -> bytes:
 
     ``translate`` without a delete set is the fast table path; the padding is sliced off.
     """
+    if len(data) > _CHUNK:
+        return b"".join(b64e_pieces(data))
     encoded = binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE)
     padding = -len(data) % 3
     return encoded[:-padding] if padding else encoded
+
+
+def b64e_pieces(data: bytes | memoryview) -> list[bytes]:
+    """base64url without padding, as ASCII pieces for the caller to join into its token.
+
+    The caller joins the pieces into the token it is building anyway, so neither the
+    chunking nor the padding of a large input (the last one or two bytes are encoded
+    apart, and their padding sliced off that tiny piece) costs a copy of the whole text.
+    """
+    if len(data) <= _CHUNK:
+        return [b64e_bytes(data)]
+    view = memoryview(data)
+    whole = len(view) - len(view) % 3
+    pieces = [
+        binascii.b2a_base64(view[start : min(start + _CHUNK, whole)], newline=False).translate(
+            _TO_URLSAFE
+        )
+        for start in range(0, whole, _CHUNK)
+    ]
+    if whole != len(view):
+        pieces.append(b64e_bytes(view[whole:]))
+    return pieces
 
 
 def b64e(data: bytes) -> str:
@@ -59,18 +94,84 @@ def b64d(text: str | bytes, what: str) -> bytes:
         raw = text.encode("ascii")
     else:
         raw = text
-    if b"+" in raw or b"/" in raw or b"=" in raw:
-        raise MalformedPackage(f"{what} is not unpadded base64url")
+    return b"".join(_decode(raw, None, 0, len(raw), what))
+
+
+def _decode(raw: bytes, std: bytes | None, start: int, end: int, what: str) -> list[bytes]:
+    """Strictly decode ``raw[start:end]`` (see :func:`b64d`) as one or two pieces.
+
+    ``std`` is ``raw`` already translated to the standard alphabet, or None to translate
+    here.  The whole quanta decode through a memoryview of ``std`` and only the last one
+    to three characters are padded apart, so the text is never copied whole.
+    """
+    for refused in (b"+", b"/", b"="):
+        if raw.find(refused, start, end) >= 0:
+            raise MalformedPackage(f"{what} is not unpadded base64url")
+    if std is None:
+        std = raw.translate(_FROM_URLSAFE)
+    partial = (end - start) % 4
+    whole = end - partial
     try:
-        data = binascii.a2b_base64(
-            raw.translate(_FROM_URLSAFE) + b"=" * (-len(raw) % 4), strict_mode=True
-        )
+        pieces = [binascii.a2b_base64(memoryview(std)[start:whole], strict_mode=True)]
+        if partial:
+            last = std[whole:end] + b"=" * (4 - partial)
+            pieces.append(binascii.a2b_base64(last, strict_mode=True))
     except (binascii.Error, ValueError) as exc:
         raise MalformedPackage(f"{what} is not unpadded base64url") from exc
-    mask = _UNUSED_BITS_MASK.get(len(raw) % 4)
-    if mask is not None and _ALPHABET.index(raw[-1]) & mask:
+    mask = _UNUSED_BITS_MASK.get(partial)
+    if mask is not None and _ALPHABET.index(raw[end - 1]) & mask:
         raise MalformedPackage(f"{what} is a non-canonical base64url encoding")
-    return data
+    return pieces
+
+
+class Compact:
+    """A compact JOSE token as ASCII bytes, its parts located but not copied out.
+
+    ``bytes.split`` would copy every part, and decoding a part on its own copies it
+    twice more (translated, padded).  Here the whole token is translated to the
+    standard alphabet once, on the first :meth:`decode`, and each part is decoded from
+    slices of that copy, with the checks of :func:`b64d` applied to the part.
+    """
+
+    __slots__ = ("_bounds", "_std", "raw")
+    raw: bytes
+    _bounds: list[tuple[int, int]]
+    _std: bytes | None
+
+    def __init__(self, token: str | bytes, count: int, what: str) -> None:
+        raw = ascii_bytes(token, what)
+        # find() is memchr; count() of one byte walks the token byte by byte, far slower.
+        bounds: list[tuple[int, int]] = []
+        start = 0
+        end = raw.find(b".")
+        while end >= 0 and len(bounds) < count:
+            bounds.append((start, end))
+            start = end + 1
+            end = raw.find(b".", start)
+        if len(bounds) != count - 1 or end >= 0:
+            raise MalformedPackage(f"{what} has {raw.count(b'.') + 1} parts, expected {count}")
+        bounds.append((start, len(raw)))
+        self.raw, self._bounds, self._std = raw, bounds, None
+
+    def part(self, index: int) -> bytes:
+        """The encoded part ``index`` (a copy: for the small header part)."""
+        start, end = self._bounds[index]
+        return self.raw[start:end]
+
+    def end(self, index: int) -> int:
+        """The offset just past part ``index`` (``raw[:end(1)]`` is a JWS signing input)."""
+        return self._bounds[index][1]
+
+    def decode_pieces(self, index: int, what: str) -> list[bytes]:
+        """Part ``index`` decoded, as pieces for the caller to join (see :func:`b64d`)."""
+        if self._std is None:
+            self._std = self.raw.translate(_FROM_URLSAFE)
+        start, end = self._bounds[index]
+        return _decode(self.raw, self._std, start, end, what)
+
+    def decode(self, index: int, what: str) -> bytes:
+        """Part ``index`` decoded (see :func:`b64d`)."""
+        return b"".join(self.decode_pieces(index, what))
 
 
 def dumps_compact(obj: Any) -> bytes:
@@ -91,8 +192,30 @@ def _no_constant(name: str) -> NoReturn:
     raise MalformedPackage(f"non-standard JSON constant {name}")
 
 
+def _orjson_object(data: bytes) -> dict[str, Any] | None:
+    """The object ``data`` encodes when it is exactly orjson's output for it, else None.
+
+    orjson parses strict UTF-8 JSON without NaN/Infinity about twice as fast as ``json``
+    but keeps the last of duplicate members silently.  Serializing the result again
+    proves there were none: ``orjson.dumps`` of a dict writes each member once (and its
+    string escaping is one-to-one), so output equal to the received bytes means those
+    bytes hold no duplicate either.  That is the broker's own serializer, so its packages
+    take this path; anything else (other writers, whitespace, ``1e5``, deep nesting past
+    orjson's limit, a duplicate) gets None and the strict parse below, which decides.
+    """
+    try:
+        value = orjson.loads(data)
+        same = isinstance(value, dict) and orjson.dumps(value) == data
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
+    return value if same else None
+
+
 def loads_object(data: bytes, what: str) -> dict[str, Any]:
     """Parse strict UTF-8 JSON that must be an object (no duplicates, no NaN/Infinity)."""
+    fast = _orjson_object(data)
+    if fast is not None:
+        return fast
     try:
         text = data.decode("utf-8")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)

@@ -174,7 +174,7 @@ class PublicKey:
     _key: _PublicCrypto
     _kind: KeyKind
     _jwk: dict[str, str]
-    _thumbprint: str
+    _thumbprint: str | None
 
     def __init__(self, key: _PublicCrypto, kind: KeyKind) -> None:
         """Prefer :meth:`from_jwk` / :meth:`from_cryptography`; ``kind`` must fit ``key``."""
@@ -199,7 +199,8 @@ class PublicKey:
         object.__setattr__(self, "_key", key)
         object.__setattr__(self, "_kind", kind)
         object.__setattr__(self, "_jwk", jwk)
-        object.__setattr__(self, "_thumbprint", jwk_thumbprint(jwk))
+        # Computed on first use: an ephemeral key (a JWE epk) never needs one.
+        object.__setattr__(self, "_thumbprint", None)
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -264,22 +265,26 @@ class PublicKey:
     @property
     def thumbprint(self) -> str:
         """RFC 7638 thumbprint; used as ``kid`` everywhere."""
-        return self._thumbprint
+        thumbprint = self._thumbprint
+        if thumbprint is None:
+            thumbprint = jwk_thumbprint(self._jwk)
+            object.__setattr__(self, "_thumbprint", thumbprint)
+        return thumbprint
 
     def to_jwk(self) -> dict[str, str]:
         """The public JWK with ``kid`` (= thumbprint), ``use`` and ``alg``."""
-        return {**self._jwk, "kid": self._thumbprint, "use": self.use, "alg": self.alg}
+        return {**self._jwk, "kid": self.thumbprint, "use": self.use, "alg": self.alg}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PublicKey):
             return NotImplemented
-        return (self._kind, self._thumbprint) == (other._kind, other._thumbprint)
+        return (self._kind, self.thumbprint) == (other._kind, other.thumbprint)
 
     def __hash__(self) -> int:
-        return hash((self._kind, self._thumbprint))
+        return hash((self._kind, self.thumbprint))
 
     def __repr__(self) -> str:
-        return f"PublicKey(kind={self._kind!r}, kid={self._thumbprint!r})"
+        return f"PublicKey(kind={self._kind!r}, kid={self.thumbprint!r})"
 
 
 class PrivateKey:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from ._b64json import b64d, b64e_bytes, dumps_compact, protected_header, split_compact
+from ._b64json import Compact, b64e_bytes, b64e_pieces, dumps_compact, protected_header
 from ._errors import (
     InvalidKey,
     KeyRegistryError,
@@ -53,8 +53,8 @@ def jws_compact(
         encoded = _encoded_header(key.alg, key.thumbprint, typ)
     else:
         encoded = b64e_bytes(dumps_compact({"alg": key.alg, "kid": key.thumbprint, **extra}))
-    signing_input = b".".join((encoded, b64e_bytes(payload)))
-    return b".".join((signing_input, b64e_bytes(_sign(key, signing_input))))
+    signing_input = b"".join((encoded, b".", *b64e_pieces(payload)))
+    return b"".join((signing_input, b".", b64e_bytes(_sign(key, signing_input))))
 
 
 def jws_sign(payload: bytes, key: PrivateKey, header_extra: Mapping[str, Any] | None = None) -> str:
@@ -80,8 +80,8 @@ def jws_verify(token: str | bytes, keys: Mapping[str, PublicKey]) -> tuple[dict[
     (for Ed25519 keys also the fully-specified ``Ed25519`` of RFC 9864).
     ``alg: none``, ``crit`` and ``b64`` (RFC 7797) are refused.
     """
-    raw, (h_part, p_part, s_part) = split_compact(token, 3, "JWS")
-    header = protected_header(h_part, "JWS protected header")
+    compact = Compact(token, 3, "JWS")
+    header = protected_header(compact.part(0), "JWS protected header")
     alg = header.get("alg")
     if not isinstance(alg, str):
         raise MalformedPackage("JWS protected header has no string 'alg'")
@@ -99,15 +99,15 @@ def jws_verify(token: str | bytes, keys: Mapping[str, PublicKey]) -> tuple[dict[
         raise UnknownSigningKey(f"JWS signing key {kid!r} is not a known key")
     if key.use != "sig" or (key.alg != alg and (alg, key.kind) != ("Ed25519", "Ed25519")):
         raise SignatureInvalid(f"JWS alg {alg!r} does not match {key.kind} key {kid!r}")
-    signature = b64d(s_part, "JWS signature")
+    signature = compact.decode(2, "JWS signature")
     if len(signature) != _SIG_LEN:
         raise SignatureInvalid(f"JWS signature is {len(signature)} bytes, expected {_SIG_LEN}")
-    signing_input = raw[: len(h_part) + 1 + len(p_part)]
-    _verify(key, signature, signing_input)
-    return header, b64d(p_part, "JWS payload")
+    # The signing input is the received bytes up to the second dot, viewed, not copied.
+    _verify(key, signature, memoryview(compact.raw)[: compact.end(1)])
+    return header, compact.decode(1, "JWS payload")
 
 
-def _verify(key: PublicKey, signature: bytes, data: bytes) -> None:
+def _verify(key: PublicKey, signature: bytes, data: bytes | memoryview) -> None:
     raw = key._key
     try:
         if isinstance(raw, ed25519.Ed25519PublicKey):

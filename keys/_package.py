@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._b64json import ascii_bytes, loads_object
@@ -120,9 +120,20 @@ class OpenedPackage:
     signing_kid: str
     jws_header: dict[str, Any]
     jwe_header: dict[str, Any]
-    jwe_sha256: str
-    inner_jws: str
-    """The exact signed JWT, e.g. to keep as evidence of what the broker sent."""
+    _token: bytes = field(repr=False)
+    _inner: bytes = field(repr=False)
+
+    # Derived on request: opening needs neither, and hashing a 64 KiB view's token
+    # (117 KB) costs more than its AES-GCM and key agreement together.
+    @property
+    def jwe_sha256(self) -> str:
+        """Hex SHA-256 of the token's bytes as received (as in the dissemination log)."""
+        return hashlib.sha256(self._token).hexdigest()
+
+    @property
+    def inner_jws(self) -> str:
+        """The exact signed JWT, e.g. to keep as evidence of what the broker sent."""
+        return self._inner.decode("ascii")
 
 
 def _is_int(value: object) -> bool:
@@ -304,6 +315,6 @@ def open_package(
         signing_kid=signing_kid,
         jws_header=jws_header,
         jwe_header=jwe_header,
-        jwe_sha256=hashlib.sha256(raw).hexdigest(),
-        inner_jws=inner.decode("ascii"),
+        _token=raw,
+        _inner=inner,
     )

@@ -3,13 +3,33 @@
 from __future__ import annotations
 
 import base64
+import json
+from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from keys import MalformedPackage
-from keys._b64json import b64d, b64e, b64e_bytes, loads_object, split_compact
+from keys._b64json import (
+    _CHUNK,
+    Compact,
+    b64d,
+    b64e,
+    b64e_bytes,
+    b64e_pieces,
+    loads_object,
+    split_compact,
+)
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 def _reference(data: bytes) -> str:
@@ -37,6 +57,16 @@ class TestBase64url:
         with pytest.raises(MalformedPackage, match="non-canonical"):
             b64d(text, "value")
 
+    @pytest.mark.parametrize(
+        "size", [_CHUNK - 1, _CHUNK, _CHUNK + 1, _CHUNK + 2, 2 * _CHUNK, 3 * _CHUNK + 1]
+    )
+    def test_matches_stdlib_when_input_spans_chunks(self, size: int) -> None:
+        data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        pieces = b64e_pieces(memoryview(data))
+        assert b"".join(pieces) == b64e_bytes(data) == _reference(data).encode()
+        assert max(len(piece) for piece in pieces) <= _CHUNK // 3 * 4
+        assert b64d(b64e_bytes(data), "x") == data
+
 
 class TestSplitCompact:
     @pytest.mark.parametrize(
@@ -56,8 +86,66 @@ class TestSplitCompact:
         with pytest.raises(MalformedPackage, match="int, not str or bytes"):
             split_compact(5, 3, "JWS")  # type: ignore[arg-type]
 
+    def test_raises_when_part_count_is_wrong(self) -> None:
+        with pytest.raises(MalformedPackage, match="has 2 parts, expected 3"):
+            split_compact(b"a.b", 3, "JWS")
+
+
+class TestCompact:
+    @given(st.lists(st.binary(max_size=70), min_size=1, max_size=5))
+    def test_decodes_each_part_when_token_is_well_formed(self, parts: list[bytes]) -> None:
+        token = b".".join(b64e_bytes(part) for part in parts)
+        compact = Compact(token.decode(), len(parts), "T")
+        assert compact.raw == token
+        for index, part in enumerate(parts):
+            assert compact.decode(index, "part") == part
+            assert compact.part(index) == b64e_bytes(part)
+        assert compact.end(len(parts) - 1) == len(token)
+
+    @pytest.mark.parametrize("token", ["a.b", "a.b.c.d", "abc"])
+    def test_raises_when_part_count_is_wrong(self, token: str) -> None:
+        with pytest.raises(MalformedPackage, match=r"T has \d parts, expected 3"):
+            Compact(token, 3, "T")
+
+    @pytest.mark.parametrize("bad", ["A+AA", "A/AA", "AA==", "AA A", "AAAAA"])
+    def test_raises_for_that_part_only_when_one_part_is_not_base64url(self, bad: str) -> None:
+        compact = Compact(f"AAAA.{bad}.AAAA", 3, "T")
+        assert compact.decode(0, "first") == compact.decode(2, "last") == bytes(3)
+        with pytest.raises(MalformedPackage, match="middle is not unpadded base64url"):
+            compact.decode(1, "middle")
+
+    @pytest.mark.parametrize("bad", ["AB", "AAB"])
+    def test_raises_when_a_part_is_non_canonical(self, bad: str) -> None:
+        with pytest.raises(MalformedPackage, match="middle is a non-canonical"):
+            Compact(f"AA.{bad}.AA", 3, "T").decode(1, "middle")
+
+    def test_decodes_in_pieces_when_part_ends_in_a_partial_quantum(self) -> None:
+        pieces = Compact(b"AAAA." + b64e_bytes(b"12345"), 2, "T").decode_pieces(1, "p")
+        assert pieces == [b"123", b"45"]
+
 
 class TestLoadsObject:
+    @given(st.dictionaries(st.text(max_size=8), _JSON, max_size=6))
+    def test_equals_json_loads_when_written_by_orjson_or_json(self, value: Any) -> None:
+        for data in (orjson.dumps(value), json.dumps(value, indent=1).encode()):
+            assert loads_object(data, "claims") == json.loads(data)
+
+    def test_names_the_duplicate_when_written_compactly(self) -> None:
+        # orjson would keep the last member; re-serializing it does not give these bytes.
+        with pytest.raises(MalformedPackage, match="duplicate member 'a'"):
+            loads_object(b'{"a":1,"a":1}', "claims")
+
+    def test_parses_strictly_when_nested_deeper_than_orjson_writes(self) -> None:
+        data = b'{"a":' * 300 + b"1" + b"}" * 300
+        with pytest.raises(orjson.JSONEncodeError):
+            orjson.dumps(orjson.loads(data))
+        assert loads_object(data, "claims") == json.loads(data)
+
+    @pytest.mark.parametrize("data", [b"[1]", b'"x"', b"1"])
+    def test_raises_when_json_is_not_an_object(self, data: bytes) -> None:
+        with pytest.raises(MalformedPackage, match="is not a JSON object"):
+            loads_object(data, "claims")
+
     def test_names_the_duplicate_when_a_member_repeats(self) -> None:
         with pytest.raises(MalformedPackage, match="duplicate member 'b'"):
             loads_object(b'{"a": 1, "b": 2, "c": {"x": 1}, "b": 3}', "claims")

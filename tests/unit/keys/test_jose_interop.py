@@ -208,6 +208,72 @@ class TestJoserfcChecks:
         assert opened.jwe_header["epk"]["crv"] == recipient.public.crv
 
 
+def _large_stix(pad: int) -> dict[str, Any]:
+    """A view large enough that both base64url texts are encoded in several chunks."""
+    return {"type": "bundle", "id": "bundle--big", "objects": [], "x_pad": "p" * pad}
+
+
+@pytest.mark.usefixtures("allow_eddsa")
+@pytest.mark.parametrize(("sign", "enc"), [("Ed25519", "X25519"), ("ES256", "P-256")])
+@pytest.mark.parametrize("pad", [150_000, 150_001, 150_002])
+class TestLargeViews:
+    """Views past the 48 KiB encoding chunk, for each remainder of the length modulo 3."""
+
+    def test_jwcrypto_and_joserfc_open_package_when_view_is_large(
+        self,
+        make_sealed: Callable[..., Any],
+        pem: Callable[[PrivateKey], bytes],
+        sign: KeyKind,
+        enc: KeyKind,
+        pad: int,
+    ) -> None:
+        sealed = make_sealed(sign, enc, stix=_large_stix(pad))
+        outer = cjwe.JWE()
+        outer.deserialize(sealed.package.token, key=cjwk.JWK.from_pyca(sealed.recipient._key))
+        inner = cjws.JWS()
+        inner.deserialize(outer.payload.decode())
+        inner.verify(cjwk.JWK(**sealed.broker.public.to_jwk()))
+        assert json.loads(inner.payload)["stix"] == _large_stix(pad)
+        private = fjwk.import_key(pem(sealed.recipient), _kty(sealed.recipient))
+        registry = fjwe.JWERegistry(algorithms=JWE_ALGS)
+        registry.max_ciphertext_length = 1 << 20  # joserfc refuses more than 64 KiB by default
+        plain = fjwe.decrypt_compact(sealed.package.token, private, registry=registry).plaintext
+        assert plain == outer.payload
+
+    def test_we_open_package_when_jwcrypto_builds_a_large_one(
+        self, make_sealed: Callable[..., Any], sign: KeyKind, enc: KeyKind, pad: int, now: int
+    ) -> None:
+        template = make_sealed(sign, enc)
+        broker, recipient = template.broker, template.recipient
+        claims = {
+            **_expected_claims(template),
+            "src": {"org": "o", "submission": "s", "sha256": "f" * 64},
+            "stix": _large_stix(pad),
+        }
+        signed = cjws.JWS(json.dumps(claims).encode())
+        signed.add_signature(
+            cjwk.JWK.from_pyca(broker._key),
+            None,
+            json.dumps({"alg": broker.alg, "kid": broker.thumbprint, "typ": "atlas-pkg+jwt"}),
+        )
+        header = {"alg": "ECDH-ES+A256KW", "enc": "A256GCM", "kid": recipient.thumbprint}
+        outer = cjwe.JWE(
+            signed.serialize(compact=True).encode(), json.dumps({**header, "cty": "JWT"})
+        )
+        outer.add_recipient(cjwk.JWK(**recipient.public.to_jwk()))
+        token = outer.serialize(compact=True)
+        opened = open_package(
+            token,
+            recipient="ec3",
+            decryption_keys={recipient.thumbprint: recipient},
+            broker_keys=BrokerKeyring.of(broker.public),
+            now=now,
+            replay=None,
+        )
+        assert opened.stix == _large_stix(pad)
+        assert opened.inner_jws == signed.serialize(compact=True)
+
+
 @pytest.mark.usefixtures("allow_eddsa")
 @pytest.mark.parametrize("kind", ["Ed25519", "ES256"])
 class TestSubmissionInterop:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from jwcrypto import jwe as cjwe
 from jwcrypto import jwk as cjwk
 
@@ -23,7 +25,8 @@ from keys import (
     jwe_decrypt,
     jwe_encrypt,
 )
-from keys._jwe import _agree
+from keys._b64json import dumps_compact
+from keys._jwe import _agree, _concat_kdf
 
 
 def _b64(data: bytes) -> str:
@@ -78,6 +81,34 @@ class TestJweEncrypt:
         assert set(header["epk"]) == (
             {"kty", "crv", "x", "y"} if recipient.kind == "P-256" else {"kty", "crv", "x"}
         )
+
+    @pytest.mark.parametrize(
+        ("extra", "party"),
+        [({}, b""), ({"cty": "JWT", "zz": '\u00e9\n"'}, b"Alice"), ({"n": [1, {"m": None}]}, b"")],
+    )
+    @pytest.mark.parametrize("kind", ["X25519", "P-256", "X-Wing"])
+    def test_writes_header_as_compact_json_when_encrypting(
+        self, kind: KeyKind, extra: dict[str, Any], party: bytes
+    ) -> None:
+        key = PrivateKey.generate(kind)
+        parties = {"apu": party, "apv": party[::-1]} if kind != "X-Wing" else {}
+        for _ in range(2):  # the second token reuses the cached start of the header
+            token = jwe_encrypt(b"x", key.public, extra, **parties)
+            written = _unb64(token.split(".")[0])
+            header = json.loads(written)
+            assert written == dumps_compact(header)
+            assert list(header)[:3] == ["alg", "enc", "kid"]
+            assert {k: header[k] for k in extra} == extra
+            assert jwe_decrypt(token, {key.thumbprint: key}) == (header, b"x")
+
+    @pytest.mark.parametrize(("apu", "apv"), [(b"", b""), (b"Alice", b""), (b"", b"Bob")])
+    def test_concat_kdf_matches_cryptography_when_deriving(self, apu: bytes, apv: bytes) -> None:
+        z = bytes(range(32))
+        other_info = b"".join(
+            len(part).to_bytes(4, "big") + part for part in (b"ECDH-ES+A256KW", apu, apv)
+        )
+        kdf = ConcatKDFHash(hashes.SHA256(), 32, other_info + (256).to_bytes(4, "big"))
+        assert _concat_kdf(z, apu, apv) == kdf.derive(z)
 
     def test_decrypts_empty_plaintext_when_sealed(self, recipient: PrivateKey) -> None:
         token = jwe_encrypt(b"", recipient.public)
