@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -10,7 +12,30 @@ from rich.console import Console
 
 from ._config import Settings
 
-__all__ = ["register"]
+__all__ = ["register", "until_signalled"]
+
+
+async def until_signalled(job: Coroutine[Any, Any, None]) -> bool:
+    """Run ``job`` until it ends or SIGINT/SIGTERM asks for a stop; True if it was asked.
+
+    A requested stop is the normal end of a server, not a failure: the job is cancelled,
+    finishes what it must (requests in flight, NATS drained) and the command exits 0.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(job, name="taxii-serve")
+    stopping = asyncio.create_task(stop.wait(), name="taxii-stop")
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        stopping.cancel()
+        await asyncio.wait({task, stopping})
+    if not task.cancelled():
+        task.result()  # the job's own error, if it failed
+    return stop.is_set()
 
 
 def register(
@@ -41,7 +66,8 @@ def register(
         def started(url: str) -> None:
             err.print(f"TAXII 2.1 at {url}/taxii2/ (API root {url}/{cfg.taxii.api_root}/)")
 
-        run(serve_taxii(cfg, with_router=with_router, on_started=started))
+        if run(until_signalled(serve_taxii(cfg, with_router=with_router, on_started=started))):
+            err.print("stopped")
 
     @taxii_app.command("passwd")
     def passwd(

@@ -24,7 +24,7 @@ from ._config import Settings
 from ._directory_store import DirectoryWatcher
 from ._service import broker_signing_key, run_router, streams_for
 from ._taxii_backend import NatsTaxiiBackend
-from .errors import ConfigError
+from .errors import ATLAS_ERRORS, ConfigError
 
 __all__ = ["credentials_path", "load_cursor_key", "run_taxii", "serve_taxii"]
 
@@ -109,10 +109,19 @@ async def serve_taxii(
 ) -> None:
     """``atlas-broker taxii serve``: the TAXII front (and the router with ``with_router``)."""
     signing_key = broker_signing_key(settings)
+    load_credentials(settings)  # missing secrets stop startup before anything connects
+    load_cursor_key(settings)
     async with nats_session(settings, embedded_ok=with_router, name="atlas-taxii") as (_, js):
-        async with asyncio.TaskGroup() as group:
-            if with_router:
-                group.create_task(run_router(js, settings, signing_key=signing_key))
-            group.create_task(
-                run_taxii(js, settings, signing_key=signing_key, on_started=on_started)
-            )
+        try:
+            async with asyncio.TaskGroup() as group:
+                if with_router:
+                    group.create_task(run_router(js, settings, signing_key=signing_key))
+                group.create_task(
+                    run_taxii(js, settings, signing_key=signing_key, on_started=on_started)
+                )
+        except* ATLAS_ERRORS as failed:
+            # one job failed (the others were cancelled): its error, not a group, for the CLI
+            error: BaseException = failed
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            raise error from None

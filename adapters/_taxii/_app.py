@@ -122,7 +122,7 @@ class _Server:
             raise TaxiiHttpError(
                 406, "Not acceptable", f"this server answers only with {TAXII_MEDIA_TYPE}"
             )
-        parts = [p for p in request.url.path.split("/") if p]
+        parts = [p for p in request.scope["path"].split("/") if p]
         handler, allowed = self.route(parts)
         if handler is None:
             raise TaxiiHttpError(404, "Not found", "no such TAXII endpoint")

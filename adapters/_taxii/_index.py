@@ -9,10 +9,12 @@ A ``(id, version)`` pair that arrives again in a later view is kept once, first 
 from __future__ import annotations
 
 import bisect
+import functools
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,15 +24,37 @@ POS_SHIFT = 20
 """Objects per message are bounded (limits.max_objects) well below 2**20."""
 
 
+_CANONICAL = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?Z"
+)
+
+
 def format_ts(moment: datetime) -> str:
     """TAXII timestamp, always with microseconds: fixed width, so strings sort as times."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    m = moment.astimezone(UTC)
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T"
+        f"{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
+    )
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_ts(text: str) -> str:
-    """Normalise an RFC 3339 timestamp to ``format_ts``; ``ValueError`` if it is not one."""
+    """Normalise an RFC 3339 timestamp to ``format_ts``; ``ValueError`` if it is not one.
+
+    Cached: the objects of a bundle, and their versions, share few timestamps."""
     if not text or len(text) > 40 or not text.endswith(("Z", "z")):
         raise ValueError(f"{text!r} is not an RFC 3339 UTC timestamp (…Z)")
+    fast = _CANONICAL.fullmatch(text)
+    if fast is not None:
+        # The usual shape (every STIX timestamp): checked without strptime, which is slow.
+        year, month, day, hour, minute, second, frac = fast.groups()
+        try:
+            datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an RFC 3339 UTC timestamp") from None
+        micro = (frac or "")[:6].ljust(6, "0")
+        return f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro}Z"
     core = text[:-1]
     if "." in core:
         head, _, frac = core.partition(".")
@@ -46,8 +70,10 @@ def parse_ts(text: str) -> str:
     return format_ts(moment)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One stored object version. A tuple of atoms: cheap to build, and the garbage
+    collector stops tracking it, which matters for collections of 100,000s of objects."""
+
     pos: int
     added: str
     id: str
@@ -96,8 +122,10 @@ class ObjectIndex:
         self._entries: list[Entry] = []
         self._pos: list[int] = []
         self._added: list[str] = []
-        self._by_id: dict[str, list[int]] = {}
-        self._seen: set[tuple[str, str]] = set()
+        self._by_id: dict[str, int] = {}
+        """The first entry of each id; ``_later`` holds the others, for ids with several."""
+        self._later: dict[str, list[int]] = {}
+        self._seen: set[str] = set()
         self._latest: dict[str, int] = {}
         self._first: dict[str, int] = {}
         self.last_seq = 0
@@ -114,39 +142,55 @@ class ObjectIndex:
         if self._added and stamp < self._added[-1]:
             stamp = self._added[-1]  # keep date_added monotonic in stream order
         new = 0
+        base = seq << POS_SHIFT
+        entries, seen, by_id = self._entries, self._seen, self._by_id
+        latest, first = self._latest, self._first
         for n, obj in enumerate(objects):
-            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+            if not isinstance(obj, dict):
+                continue
+            object_id = obj.get("id")
+            if not isinstance(object_id, str):
                 continue
             version = version_of(obj, stamp)
-            key = (obj["id"], version)
-            if key in self._seen:
+            key = f"{object_id}\0{version}"  # a str: not tracked by the garbage collector
+            if key in seen:
                 continue
-            self._seen.add(key)
-            entry = Entry(
-                pos=(seq << POS_SHIFT) | n,
-                added=stamp,
-                id=obj["id"],
-                type=str(obj.get("type", "")),
-                version=version,
-                spec_version=str(obj.get("spec_version", "2.0")),
-                raw=orjson.dumps(obj),
+            seen.add(key)
+            pos = base | n
+            i = len(entries)
+            entries.append(
+                Entry(
+                    pos,
+                    stamp,
+                    object_id,
+                    str(obj.get("type", "")),
+                    version,
+                    str(obj.get("spec_version", "2.0")),
+                    orjson.dumps(obj),
+                )
             )
-            i = len(self._entries)
-            self._entries.append(entry)
-            self._pos.append(entry.pos)
+            self._pos.append(pos)
             self._added.append(stamp)
-            self._by_id.setdefault(entry.id, []).append(i)
-            latest = self._latest.get(entry.id)
-            if latest is None or self._entries[latest].version < version:
-                self._latest[entry.id] = i
-            first = self._first.get(entry.id)
-            if first is None or self._entries[first].version > version:
-                self._first[entry.id] = i
+            if object_id not in by_id:
+                by_id[object_id] = i  # an int, not a list per id: nothing for the GC to scan
+                latest[object_id] = first[object_id] = i
+            else:
+                self._later.setdefault(object_id, []).append(i)
+                if entries[latest[object_id]].version < version:
+                    latest[object_id] = i
+                if entries[first[object_id]].version > version:
+                    first[object_id] = i
             new += 1
         return new
 
     def has(self, object_id: str) -> bool:
         return object_id in self._by_id
+
+    def _positions(self, object_id: str) -> list[int]:
+        first = self._by_id.get(object_id)
+        if first is None:
+            return []
+        return [first, *self._later.get(object_id, ())]
 
     def _candidates(self, query: Query, object_id: str | None) -> Iterator[int]:
         start = 0
@@ -158,7 +202,7 @@ class ObjectIndex:
         if ids is None:
             yield from range(start, len(self._entries))
             return
-        found = sorted(i for one in ids for i in self._by_id.get(one, ()) if i >= start)
+        found = sorted(i for one in ids for i in self._positions(one) if i >= start)
         yield from found
 
     def _keeps(self, i: int, entry: Entry, query: Query, object_id: str | None) -> bool:

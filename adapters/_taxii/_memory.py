@@ -65,11 +65,12 @@ class MemoryBackend:
         except InvalidBundle as exc:
             raise SubmitRefused("invalid", str(exc)) from exc
         now = datetime.now(UTC)
+        stamp = format_ts(now)
         record = StatusRecord(
             id=str(uuid.UUID(secrets.token_hex(16))),
             org=org,
-            request_timestamp=format_ts(now),
-            objects=[(o["id"], version_of(o, format_ts(now))) for o in objects],
+            request_timestamp=stamp,
+            objects=[(o["id"], version_of(o, stamp)) for o in objects],
             outcome="accepted",
         )
         self._statuses[record.id] = record

@@ -7,6 +7,7 @@ the same protocol and pass the same contract tests.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class TaxiiBackend(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=4096)
 def collection_id(community: str, label: str) -> str:
     """Stable across restarts and server instances: a UUIDv5 of community and audience."""
     return str(uuid.uuid5(_NAMESPACE, f"{community}/{label}"))

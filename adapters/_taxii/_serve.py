@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ async def serve_http(
             f"refusing plain HTTP on {host}: configure taxii.cert_file and taxii.key_file "
             "(plain HTTP is for loopback only)"
         )
+    # Bound here, not by uvicorn: it answers a busy port with sys.exit() from inside a task.
+    try:
+        sock = _bind(host, port)
+    except OSError as exc:
+        raise AdapterError(f"the TAXII server cannot listen on {host}:{port}: {exc}") from exc
     config = uvicorn.Config(
         app,
         host=host,
@@ -62,7 +68,7 @@ async def serve_http(
         server_header=False,
     )
     server = _Server(config)
-    serving = asyncio.create_task(server.serve(), name="taxii-http")
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="taxii-http")
     try:
         while not server.started:
             if serving.done():
@@ -82,3 +88,18 @@ async def serve_http(
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without
+    # it every small response waits out Nagle and the client's delayed ACK (40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

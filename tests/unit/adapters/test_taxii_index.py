@@ -1,0 +1,72 @@
+"""Timestamps and the object index of the TAXII server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters._taxii import ObjectIndex, Query, format_ts, parse_ts
+
+
+def _reference(text: str) -> str:
+    """What parse_ts returned before its fast path: strptime, then strftime."""
+    core = text[:-1]
+    head, _, frac = core.partition(".")
+    moment = datetime.strptime(f"{head}.{frac[:6].ljust(6, '0')}", "%Y-%m-%dT%H:%M:%S.%f")
+    return moment.replace(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class TestParseTs:
+    @given(
+        moment=st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)),
+        digits=st.integers(min_value=0, max_value=9),
+    )
+    def test_same_as_strptime_when_timestamp_is_canonical(
+        self, moment: datetime, digits: int
+    ) -> None:
+        frac = f"{moment.microsecond:06d}789"[:digits]
+        text = moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if digits else "") + "Z"
+        assert parse_ts(text) == _reference(text)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "2026-02-30T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-01-02T24:00:00Z",
+            "2026-01-02T23:59:60Z",
+            "2026-01-02T03:04:05.Z",
+            "2026-01-02T03:04:05",
+            "2026-01-02 03:04:05Z",
+        ],
+    )
+    def test_value_error_when_timestamp_is_invalid(self, text: str) -> None:
+        with pytest.raises(ValueError, match=r"timestamp|fraction"):
+            parse_ts(text)
+
+    def test_other_shapes_still_normalised_when_not_canonical(self) -> None:
+        assert parse_ts("2026-1-2t03:04:05z") == "2026-01-02T03:04:05.000000Z"
+
+    def test_format_is_utc_and_fixed_width_when_zone_is_not_utc(self) -> None:
+        moment = datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=timezone(timedelta(hours=2)))
+        assert format_ts(moment) == "2026-01-02T01:04:05.000007Z"
+
+
+class TestObjectIndex:
+    def test_version_kept_once_and_latest_listed_when_added_again(self) -> None:
+        index = ObjectIndex()
+        obj = {"type": "indicator", "id": "indicator--1", "modified": "2026-01-01T00:00:00Z"}
+        newer = {**obj, "modified": "2026-01-02T00:00:00Z"}
+        when = datetime(2026, 3, 1, tzinfo=UTC)
+        assert index.add_message(1, when, [obj, obj]) == 1
+        assert index.add_message(2, when, [newer, obj]) == 1
+        assert index.add_message(2, when, [newer]) == 0  # a message seen before
+        last = index.page(Query(limit=10))
+        assert [e.version for e in last.entries] == ["2026-01-02T00:00:00.000000Z"]
+        every = index.page(Query(limit=10, versions=frozenset({"all"})))
+        assert len(every.entries) == 2 and not every.more
+        first = index.page(Query(limit=1, versions=frozenset({"first"})))
+        assert first.entries[0].version == "2026-01-01T00:00:00.000000Z" and not first.more
