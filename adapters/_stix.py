@@ -26,7 +26,9 @@ __all__ = ["InvalidBundle", "check_bundle", "parse_bundle"]
 _ID_RE = re.compile(
     r"^[a-z][a-z0-9-]*--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
-_MAX_DEPTH = 32
+MAX_DEPTH = 32
+"""Containers an object may nest (deeper is refused as ``invalid-bundle``)."""
+_MAX_DEPTH = MAX_DEPTH
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 """The integers orjson serializes (signed and unsigned 64-bit)."""

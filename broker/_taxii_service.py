@@ -22,6 +22,7 @@ from keys import PrivateKey
 from ._bus import ensure_streams, nats_session
 from ._config import Settings
 from ._directory_store import DirectoryWatcher
+from ._limits import SubmissionLimiter
 from ._service import broker_signing_key, run_router, streams_for
 from ._taxii_backend import NatsTaxiiBackend
 from .errors import ATLAS_ERRORS, ConfigError
@@ -81,8 +82,14 @@ async def run_taxii(
             max_objects=settings.limits.max_objects,
         )
         await backend.start()
+        # Its own limiter: the router counts again whatever the front lets through.
+        limiter = SubmissionLimiter(settings.limits)
         app = create_app(
-            backend, credentials, cursor_key=cursor_key, api_root=settings.taxii.api_root
+            backend,
+            credentials,
+            cursor_key=cursor_key,
+            api_root=settings.taxii.api_root,
+            rate_limit=limiter.retry_after if limiter.enabled else None,
         )
         cfg = settings.taxii
 

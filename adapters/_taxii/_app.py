@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
@@ -18,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._stix import MAX_DEPTH
 from ._auth import Credentials
 from ._cursor import CursorCodec, InvalidCursor
 from ._http import (
@@ -75,8 +77,11 @@ class _Server:
         cursor_key: bytes,
         api_root: str,
         title: str,
+        rate_limit: Callable[[str], float] | None = None,
     ) -> None:
         self.backend = backend
+        self.rate_limit = rate_limit
+        """Seconds ``org`` must wait before its next POST (0: go ahead; takes a token)."""
         self.credentials = credentials
         self.cursors = CursorCodec(cursor_key)
         self.api_root = api_root
@@ -309,6 +314,13 @@ class _Server:
             raise TaxiiHttpError(
                 415, "Unsupported media type", f"send the envelope as {TAXII_MEDIA_TYPE}"
             )
+        if self.rate_limit is not None and (wait := self.rate_limit(org)) > 0:
+            raise TaxiiHttpError(
+                429,
+                "Too many requests",
+                f"{org} is over its submission rate; retry in {wait:.1f} s",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         limit = self.backend.max_content_length
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -328,7 +340,14 @@ class _Server:
                 400, "Invalid envelope", 'expected a TAXII envelope {"objects": [ ... ]}'
             )
         try:
-            record = await self.backend.submit(org, orjson.dumps(objects), info.audience)
+            objects_json = orjson.dumps(objects)
+        except orjson.JSONEncodeError:
+            # orjson writes at most 255 levels; check_bundle would refuse far fewer anyway.
+            raise TaxiiHttpError(
+                422, "Not accepted", f"an object is nested deeper than {MAX_DEPTH} levels"
+            ) from None
+        try:
+            record = await self.backend.submit(org, objects_json, info.audience)
         except SubmitRefused as exc:
             status = 413 if exc.kind == "too-large" else 422
             raise TaxiiHttpError(status, "Not accepted", str(exc)) from None
@@ -349,9 +368,21 @@ def create_app(
     cursor_key: bytes,
     api_root: str = "atlas",
     title: str = "Atlas broker TAXII 2.1",
+    rate_limit: Callable[[str], float] | None = None,
 ) -> ASGIApp:
-    """The ASGI app: ``GET /openapi.json``, and TAXII for every other path and method."""
-    server = _Server(backend, credentials, cursor_key=cursor_key, api_root=api_root, title=title)
+    """The ASGI app: ``GET /openapi.json``, and TAXII for every other path and method.
+
+    ``rate_limit(org)`` gives the seconds an organisation must wait before its next POST
+    (0: go ahead); a positive answer is a 429 with ``Retry-After``.
+    """
+    server = _Server(
+        backend,
+        credentials,
+        cursor_key=cursor_key,
+        api_root=api_root,
+        title=title,
+        rate_limit=rate_limit,
+    )
     document = openapi_document(api_root=api_root, title=title)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

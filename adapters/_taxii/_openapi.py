@@ -97,6 +97,16 @@ def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
                                 (422, "Not valid STIX"),
                             )
                         },
+                        "429": {
+                            "description": "Over the organisation's submission rate",
+                            "headers": {
+                                "Retry-After": {
+                                    "description": "Seconds to wait",
+                                    "schema": {"type": "integer", "minimum": 1},
+                                }
+                            },
+                            **_json(_ERROR),
+                        },
                     },
                 },
             },

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import requests
 from nats.js import JetStreamContext
@@ -181,3 +182,56 @@ class TestBadInput:
         assert caught.value.response.status_code == 404
         mine = await asyncio.to_thread(lambda: front.root("bank-a").get_status(status.id))
         assert mine.id == status.id
+
+
+class TestRateLimit:
+    async def test_429_with_retry_after_when_a_member_posts_over_its_rate(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        limits = front.settings.limits.model_copy(
+            update={"submissions_per_second": 0.2, "burst": 2}
+        )
+        settings = front.settings.model_copy(update={"limits": limits})
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            run_taxii(
+                js, settings, signing_key=front.community.broker_key, on_started=started.set_result
+            )
+        )
+        try:
+            limited = Front(
+                url=await asyncio.wait_for(asyncio.shield(started), 10),
+                tokens=front.tokens,
+                settings=settings,
+                community=front.community,
+            )
+            mt = "application/taxii+json;version=2.1"
+
+            def posts() -> list[requests.Response]:
+                out = []
+                for org in ("bank-a", "bank-a", "bank-a", "bank-b"):
+                    url = limited.collection(org, "community").url + "objects/"
+                    body = b'{"objects": [%s]}' % orjson.dumps(indicator("clear"))
+                    out.append(
+                        requests.post(
+                            url,
+                            data=body,
+                            auth=(org, limited.tokens[org]),
+                            headers={"Content-Type": mt, "Accept": mt},
+                            timeout=10,
+                        )
+                    )
+                return out
+
+            first, second, third, other = await asyncio.to_thread(posts)
+            assert [r.status_code for r in (first, second, other)] == [202, 202, 202]
+            assert third.status_code == 429, third.text
+            assert third.headers["Content-Type"] == mt
+            assert int(third.headers["Retry-After"]) >= 1
+            assert "over its submission rate" in third.json()["description"]
+            await wait_routed(js, 3)
+            assert (await js.stream_info(SUBMISSIONS)).state.messages == 3
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
