@@ -204,9 +204,22 @@ async def _on_reconnect() -> None:
     log.info("nats.reconnected")
 
 
+def _servers(url: str) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` -> one server per comma-separated URL (a cluster)."""
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    if not servers:
+        raise NatsUnavailable(f"no NATS server in URL {url!r}")
+    return servers
+
+
 async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -> NATS:
-    """Connect to ``url`` with the configured credentials and TLS options."""
+    """Connect to ``url`` with the configured credentials and TLS options.
+
+    ``url`` may list several servers separated by commas (the nodes of a cluster): the
+    client connects to one of them and fails over to the others.
+    """
     cfg = settings.nats
+    servers = _servers(url)
     kwargs: dict[str, object] = {}
     if cfg.user is not None and cfg.password is not None:
         kwargs.update(user=cfg.user, password=cfg.password.get_secret_value())
@@ -226,7 +239,7 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
     try:
         async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
             return await nats.connect(
-                servers=[url],
+                servers=servers,
                 name=name,
                 connect_timeout=int(max(1, cfg.connect_timeout)),
                 max_reconnect_attempts=-1,
