@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 
 from keys import BrokerKeyring, OpenedPackage, PackageError, PrivateKey, open_package
 
-from ._consumer import durable_pull
+from ._consumer import TRANSIENT_NATS, Backoff, durable_pull
 from ._errors import BridgeError
 
 __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
@@ -155,16 +155,24 @@ class Receiver:
     async def run(self, *, once: bool = False, idle_timeout: float = 2.0) -> ReceiveStats:
         """Receive until cancelled, or with ``once`` until nothing is pending."""
         sub = await self._subscription()
+        backoff = Backoff()
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(self._batch, timeout=1.0)
-                except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
-                    if once and await self.pending() == 0:
-                        return self.stats
+                    try:
+                        msgs = await sub.fetch(self._batch, timeout=1.0)
+                    except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
+                        if once and await self.pending() == 0:
+                            return self.stats
+                        continue
+                    for msg in msgs:
+                        await self.handle(msg)
+                except TRANSIENT_NATS as exc:
+                    # NATS unreachable or a stream leader moving: whatever was not acked
+                    # comes again, so wait and go on rather than exit.
+                    await backoff.wait("receive.nats_unavailable", exc)
                     continue
-                for msg in msgs:
-                    await self.handle(msg)
+                backoff.reset()
         finally:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await sub.unsubscribe()

@@ -1,12 +1,37 @@
-"""Binding to a durable pull consumer, creating it first when it does not exist."""
+"""Binding to a durable pull consumer, and waiting out NATS being unreachable."""
 
 from __future__ import annotations
 
+import asyncio
+
+import nats.errors
 import nats.js.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-__all__ = ["durable_pull"]
+__all__ = ["TRANSIENT_NATS", "Backoff", "durable_pull"]
+
+log = structlog.get_logger()
+
+TRANSIENT_NATS = (nats.errors.Error, OSError)
+"""What a long-running consumer waits out: no connection, a timeout, a leader moving (503)."""
+
+
+class Backoff:
+    """Exponential pause between attempts, 0.1 s doubling up to ``ceiling``, logged."""
+
+    def __init__(self, ceiling: float = 5.0) -> None:
+        self._ceiling = ceiling
+        self._delay = 0.1
+
+    async def wait(self, event: str, exc: BaseException) -> None:
+        log.warning(event, error=str(exc) or type(exc).__name__, retry_in=self._delay)
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, self._ceiling)
+
+    def reset(self) -> None:
+        self._delay = 0.1
 
 
 async def durable_pull(

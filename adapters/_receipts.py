@@ -27,7 +27,7 @@ from nats.js import JetStreamContext
 from keys import PrivateKey, jws_sign
 
 from ._bridge import atomic_write
-from ._consumer import durable_pull
+from ._consumer import TRANSIENT_NATS, Backoff, durable_pull
 from ._errors import BridgeError
 
 __all__ = ["ReceiptKeeper", "ReceiptStats"]
@@ -81,24 +81,36 @@ class ReceiptKeeper:
         wait for their package (nak with delay) are not waited for.
         """
         sub = await self._subscription()
+        backoff = Backoff()
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(16, timeout=0.5)
-                except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
-                    info = await self._js.consumer_info(RECEIPTS, self.consumer)
-                    if not info.num_pending:
-                        return self.stats
+                    try:
+                        msgs = await sub.fetch(16, timeout=0.5)
+                    except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
+                        info = await self._js.consumer_info(RECEIPTS, self.consumer)
+                        if not info.num_pending:
+                            return self.stats
+                        continue
+                    for msg in msgs:
+                        await self.handle(msg)
+                except TRANSIENT_NATS as exc:
+                    await backoff.wait("receipts.nats_unavailable", exc)
                     continue
-                for msg in msgs:
-                    await self.handle(msg)
+                backoff.reset()
         finally:
             with contextlib.suppress(nats.errors.Error, OSError):
                 await sub.unsubscribe()
 
     async def run(self) -> None:
+        backoff = Backoff()
         while True:
-            await self.drain()
+            try:
+                await self.drain()
+            except TRANSIENT_NATS as exc:  # binding the consumer failed: NATS unreachable
+                await backoff.wait("receipts.nats_unavailable", exc)
+                continue
+            backoff.reset()
 
     async def handle(self, msg: Msg) -> None:
         sid = msg.subject.rsplit(".", 1)[-1]

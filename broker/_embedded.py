@@ -16,11 +16,13 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import orjson
 import structlog
@@ -59,7 +61,19 @@ def running_url(data_dir: Path) -> str | None:
         text = url_file.read_text().strip()
     except FileNotFoundError:
         return None
-    return text or None
+    if not text:
+        return None
+    # A broker killed without cleaning up (SIGKILL, power loss) leaves the file behind while
+    # its server is gone: trust it only if something listens there.
+    parsed = urlsplit(text)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 4222), 1):
+            return text
+    except OSError:
+        log.warning("nats.embedded.stale_url", url=text, file=str(url_file))
+        with contextlib.suppress(FileNotFoundError):
+            url_file.unlink()
+        return None
 
 
 def _config_text(*, host: str, port: int, store: Path, sync_always: bool, max_payload: int) -> str:
