@@ -19,18 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
-import socket
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 import structlog
-import uvicorn
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -38,6 +35,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from adapters import AdapterError
+from adapters._taxii import bind_listener, is_loopback, serve_socket
 
 from ._bus import DELIVERIES, LOG, RECEIPTS, SUBMISSIONS, VIEWS
 from ._config import MonitorSettings
@@ -64,12 +64,6 @@ def running_monitor_url(data_dir: Path) -> str | None:
     except FileNotFoundError:
         return None
     return text or None
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the CLI owns signal handling
 
 
 class Monitor:
@@ -192,7 +186,7 @@ class Monitor:
         """Serve until cancelled; a port that cannot be bound is logged, not fatal."""
         cfg = self._settings
         try:
-            sock = _bind(cfg.host, cfg.port)
+            sock = bind_listener(cfg.host, cfg.port)
         except OSError as exc:
             log.error(
                 "monitor.unavailable",
@@ -202,44 +196,25 @@ class Monitor:
                 hint="set monitor.port (0 = a free port) or monitor.enabled = false",
             )
             return
-        port = sock.getsockname()[1]
-        shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        self.url = f"http://{shown}:{port}"
-        config = uvicorn.Config(
-            self.app(),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            server_header=False,
-        )
-        server = _Server(config)
-        self._heart = asyncio.create_task(self._heartbeat(), name="monitor-heartbeat")
-        serving = asyncio.create_task(server.serve(sockets=[sock]), name="monitor-http")
-        try:
-            while not server.started:
-                if serving.done():
-                    serving.result()
-                    log.error("monitor.unavailable", url=self.url)
-                    return
-                await asyncio.sleep(0.01)
+
+        def _started(url: str) -> None:
+            self.url = url
             self._publish_url()
-            log.info("monitor.started", url=self.url, loopback=_is_loopback(cfg.host))
+            log.info("monitor.started", url=url, loopback=is_loopback(cfg.host))
             if on_started is not None:
-                on_started(self.url)
-            await asyncio.shield(serving)
+                on_started(url)
+
+        self._heart = asyncio.create_task(self._heartbeat(), name="monitor-heartbeat")
+        try:
+            await serve_socket(self.app(), sock, host=cfg.host, on_started=_started)
+        except AdapterError as exc:
+            log.error("monitor.unavailable", error=str(exc))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self._url_file.unlink()
-            server.should_exit = True
-            done, _ = await asyncio.wait({serving}, timeout=5)
-            if not done:
-                serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await serving
             self._heart.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heart
-            sock.close()
 
     def _publish_url(self) -> None:
         self._url_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -253,28 +228,3 @@ class Monitor:
             await asyncio.sleep(_HEARTBEAT)
             self._lag = max(0.0, time.monotonic() - before - _HEARTBEAT)
             self.metrics.loop_lag.set(self._lag)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -17,7 +17,7 @@ from ._port import (
     collection_id,
     collections_for,
 )
-from ._serve import is_loopback, serve_http
+from ._serve import bind_listener, is_loopback, serve_http, serve_socket
 
 __all__ = [
     "CollectionInfo",
@@ -31,6 +31,7 @@ __all__ = [
     "StatusRecord",
     "SubmitRefused",
     "TaxiiBackend",
+    "bind_listener",
     "collection_id",
     "collections_for",
     "create_app",
@@ -40,6 +41,7 @@ __all__ = [
     "new_token",
     "parse_ts",
     "serve_http",
+    "serve_socket",
     "set_secret",
     "version_of",
 ]

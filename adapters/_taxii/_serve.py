@@ -18,7 +18,7 @@ import uvicorn
 
 from .._errors import AdapterError
 
-__all__ = ["is_loopback", "serve_http"]
+__all__ = ["bind_listener", "is_loopback", "serve_http", "serve_socket"]
 
 
 def is_loopback(host: str) -> bool:
@@ -53,13 +53,26 @@ async def serve_http(
         )
     # Bound here, not by uvicorn: it answers a busy port with sys.exit() from inside a task.
     try:
-        sock = _bind(host, port)
+        sock = bind_listener(host, port)
     except OSError as exc:
         raise AdapterError(f"the TAXII server cannot listen on {host}:{port}: {exc}") from exc
+    await serve_socket(
+        app, sock, host=host, cert_file=cert_file, key_file=key_file, on_started=on_started
+    )
+
+
+async def serve_socket(
+    app: Any,
+    sock: socket.socket,
+    *,
+    host: str,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    on_started: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``app`` on a bound socket until cancelled, then close it."""
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         ssl_certfile=str(cert_file) if cert_file else None,
         ssl_keyfile=str(key_file) if key_file else None,
         log_config=None,
@@ -68,14 +81,14 @@ async def serve_http(
         server_header=False,
     )
     server = _Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]), name="taxii-http")
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{host}")
+    bound = sock.getsockname()[1]
     try:
         while not server.started:
             if serving.done():
                 serving.result()
-                raise AdapterError(f"the TAXII server could not listen on {host}:{port}")
+                raise AdapterError(f"the HTTP server could not start on {host}:{bound}")
             await asyncio.sleep(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
         scheme = "https" if cert_file else "http"
         shown = f"[{host}]" if ":" in host else host
         if on_started is not None:
@@ -91,7 +104,8 @@ async def serve_http(
         sock.close()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port), TCP_NODELAY on accepted ones."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without
     # it every small response waits out Nagle and the client's delayed ACK (40 ms).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,26 @@ from broker._service import publish_bundle, receive
 from tests.conftest import TLP2, Community
 
 T = "2026-11-02T09:30:00.000Z"
+
+
+def broker_argv(config: Path, *args: str, json_logs: bool = True) -> list[str]:
+    """``python -m broker --config FILE [--log-format json] ARGS...`` for a subprocess."""
+    logs = ["--log-format", "json"] if json_logs else []
+    return [sys.executable, "-m", "broker", "--config", str(config), *logs, *args]
+
+
+async def start_broker(
+    config: Path,
+    *args: str,
+    stdout: int = asyncio.subprocess.DEVNULL,
+    stderr: int = asyncio.subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+    json_logs: bool = True,
+) -> asyncio.subprocess.Process:
+    """The real CLI (``atlas-broker ARGS``) as a child process."""
+    return await asyncio.create_subprocess_exec(
+        *broker_argv(config, *args, json_logs=json_logs), stdout=stdout, stderr=stderr, env=env
+    )
 
 
 def sdo(kind: str, tlp: str | None, **props: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 
 from broker._bus import SUBMISSIONS
 from broker._embedded import EmbeddedNats
-from tests.integration.helpers import bundle, indicator, wait_routed
+from tests.integration.helpers import bundle, indicator, start_broker, wait_routed
 
 
 def cli(
@@ -155,16 +155,7 @@ class TestDirectoryAndPublish:
             f'data_dir = "{tmp_path / "data"}"\n[nats]\nurl = "{url}"\n'
             f'[broker]\nsigning_key = "{broker_key}"\n'
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "broker",
-            "--config",
-            str(config),
-            "serve",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_broker(config, "serve", stderr=asyncio.subprocess.PIPE, json_logs=False)
         try:
             await wait_routed(js, 1)
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,24 +18,13 @@ from broker._config import Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
 from broker._router import ROUTER_CONSUMER
-from tests.integration.helpers import bundle, indicator, publish, receive_all
+from tests.integration.helpers import bundle, indicator, publish, receive_all, start_broker
 
 SUBMISSION_COUNT = 150
 
 
 async def _serve(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "--config",
-        str(config),
-        "--log-format",
-        "json",
-        "serve",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    return await start_broker(config, "serve")
 
 
 async def _router_done(js: JetStreamContext, count: int) -> bool:

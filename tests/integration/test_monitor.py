@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,14 @@ from broker._metrics import BrokerMetrics
 from broker._monitor import Monitor, monitor_url_file, running_monitor_url
 from broker._service import publish_bundle, serve, streams_for
 from tests.conftest import Community
-from tests.integration.helpers import bundle, indicator, publish, receive_all, wait_routed
+from tests.integration.helpers import (
+    bundle,
+    indicator,
+    publish,
+    receive_all,
+    start_broker,
+    wait_routed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -202,16 +208,13 @@ async def test_metrics_count_submissions_deliveries_and_withheld_as_they_flow(
 
 
 async def _cli(config: Path, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "--config",
-        str(config),
+    proc = await start_broker(
+        config,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"},
+        json_logs=False,
     )
     out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()
@@ -238,18 +241,7 @@ async def test_status_prints_the_figures_of_a_running_serve_and_names_the_url_wh
     await store_directory(js, community.directory())
     await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "--config",
-        str(config),
-        "--log-format",
-        "json",
-        "serve",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await start_broker(config, "serve")
     try:
         await wait_routed(js, 1)
         async with asyncio.timeout(45):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from broker._bus import SUBMISSIONS
 from broker._config import Settings
 from broker._taxii_pull import pull_member
 from tests.conftest import Community
-from tests.integration.helpers import indicator, receive_all, wait_routed
+from tests.integration.helpers import broker_argv, indicator, receive_all, wait_routed
 from tests.integration.medallion import PASSWORD, USER, medallion
 
 OBJECTS = 400
@@ -32,14 +31,8 @@ CHUNKS = 2  # the poller submits at most 200 objects at a time, never splitting 
 
 
 def _pull_command(config: Path, url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "broker",
-        "--config",
-        str(config),
-        "--log-format",
-        "json",
+    return broker_argv(
+        config,
         "taxii",
         "pull",
         "--org",
@@ -49,7 +42,7 @@ def _pull_command(config: Path, url: str) -> list[str]:
         "--user",
         USER,
         "--once",
-    ]
+    )
 
 
 async def _run(command: list[str]) -> asyncio.subprocess.Process:

@@ -18,12 +18,19 @@ from nats.js import JetStreamContext
 from taxii2client.v21 import Server
 
 from adapters import AdapterError
-from adapters._taxii import Credentials, MemoryBackend, create_app, serve_http, set_secret
+from adapters._taxii import (
+    Credentials,
+    MemoryBackend,
+    bind_listener,
+    create_app,
+    serve_http,
+    set_secret,
+)
 from broker._bus import SUBMISSIONS
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
 from tests.conftest import Community
-from tests.integration.helpers import indicator
+from tests.integration.helpers import indicator, start_broker
 
 STARTED = re.compile(r"TAXII 2\.1 at (https?://[^\s/]+)/taxii2/")
 STOP_WITHIN = 20.0
@@ -31,19 +38,8 @@ STOP_WITHIN = 20.0
 
 async def _start(config: Path) -> tuple[asyncio.subprocess.Process, str, bytearray]:
     """Start ``taxii serve --with-router``; its base URL once it listens, and its stderr."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker",
-        "--config",
-        str(config),
-        "--log-format",
-        "json",
-        "taxii",
-        "serve",
-        "--with-router",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    proc = await start_broker(
+        config, "taxii", "serve", "--with-router", stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
     seen = bytearray()
@@ -150,11 +146,9 @@ class TestStartupFailures:
         assert "taxii passwd" in result.stderr  # says what to do, before connecting to NATS
 
     def test_listening_socket_is_tcp_when_bound_by_us(self) -> None:
-        from adapters._taxii._serve import _bind
-
         # asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP;
         # without it each small response waited ~40 ms for the client's delayed ACK.
-        with _bind("127.0.0.1", 0) as sock:
+        with bind_listener("127.0.0.1", 0) as sock:
             assert sock.proto == socket.IPPROTO_TCP
 
     @pytest.mark.timeout(30)
