@@ -5,7 +5,7 @@ context, a submit function, key material).
 """
 
 from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
-from ._consumer import durable_pull
+from ._consumer import cancel_and_wait, durable_pull
 from ._errors import AdapterError, BridgeError, TaxiiProtocolError
 from ._receipts import ReceiptKeeper, ReceiptStats
 from ._stix import InvalidBundle, check_bundle, parse_bundle
@@ -21,6 +21,7 @@ __all__ = [
     "Receiver",
     "TaxiiProtocolError",
     "atomic_write",
+    "cancel_and_wait",
     "check_bundle",
     "durable_pull",
     "parse_bundle",

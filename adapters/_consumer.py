@@ -1,8 +1,9 @@
-"""Binding to a durable pull consumer, and waiting out NATS being unreachable."""
+"""Binding to a durable pull consumer, waiting out NATS being unreachable, stopping tasks."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -10,12 +11,29 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-__all__ = ["TRANSIENT_NATS", "Backoff", "durable_pull"]
+__all__ = ["TRANSIENT_NATS", "Backoff", "cancel_and_wait", "durable_pull"]
 
 log = structlog.get_logger()
 
 TRANSIENT_NATS = (nats.errors.Error, OSError)
 """What a long-running consumer waits out: no connection, a timeout, a leader moving (503)."""
+
+
+async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has finished.
+
+    The task's own ``CancelledError`` is expected and dropped; a cancellation of the caller
+    that arrives meanwhile is not. ``suppress(CancelledError)`` around the await would drop
+    both, and a worker stopped at that moment would carry on as if nothing had been asked
+    of it (a SIGTERM'd ``serve`` then never exits).
+    """
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
 
 
 class Backoff:

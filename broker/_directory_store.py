@@ -8,7 +8,6 @@ subscription takes effect within seconds everywhere.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ import orjson
 import structlog
 from nats.js import JetStreamContext
 
+from adapters import cancel_and_wait
 from keys import BrokerKeyring, InvalidKey, PublicKey
 from policy import Directory, DirectoryError, PublicKeyEntry
 
@@ -211,6 +211,4 @@ class DirectoryWatcher:
         tb: TracebackType | None,
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)

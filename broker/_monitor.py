@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from adapters import AdapterError
+from adapters import AdapterError, cancel_and_wait
 from adapters._taxii import bind_listener, is_loopback, serve_socket
 
 from ._bus import DELIVERIES, LOG, RECEIPTS, SUBMISSIONS, VIEWS
@@ -212,9 +212,7 @@ class Monitor:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self._url_file.unlink()
-            self._heart.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heart
+            await cancel_and_wait(self._heart)
 
     def _publish_url(self) -> None:
         self._url_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -37,6 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 import policy
+from adapters import cancel_and_wait
 from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, seal
 from policy import BundleRejected, View
 
@@ -208,9 +209,7 @@ class Router:
             await self._internal_error(msg, exc)
         finally:
             self.metrics.inflight_submissions.dec()
-            keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keepalive
+            await cancel_and_wait(keepalive)
         self.stats.processed += 1
 
     async def _internal_error(self, msg: Msg, exc: Exception) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from .._consumer import cancel_and_wait
 from .._errors import AdapterError
 
 __all__ = ["bind_listener", "is_loopback", "serve_http", "serve_socket"]
@@ -96,12 +97,12 @@ async def serve_socket(
         await asyncio.shield(serving)
     finally:
         server.should_exit = True
-        done, _ = await asyncio.wait({serving}, timeout=5)
-        if not done:
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-        sock.close()
+        try:
+            await asyncio.wait({serving}, timeout=5)
+        finally:
+            if not serving.done():
+                await cancel_and_wait(serving)
+            sock.close()
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

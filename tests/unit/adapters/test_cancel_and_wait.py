@@ -1,0 +1,84 @@
+"""``cancel_and_wait`` stops a helper task without swallowing the caller's own cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from adapters import cancel_and_wait
+
+WIND_DOWN = 0.2
+
+Stopper = Callable[[asyncio.Task[None]], Awaitable[None]]
+
+
+async def _slow_to_stop() -> None:
+    """A helper that, like a keep-alive finishing its publish, takes a moment to wind down
+    once cancelled, whatever else is cancelled meanwhile."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WIND_DOWN
+        while (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(left)
+        raise
+
+
+async def _cancelled_while_stopping(stop: Stopper) -> tuple[asyncio.Task[None], list[str]]:
+    """A worker stops its helper with ``stop``; the worker is cancelled meanwhile."""
+    carried_on: list[str] = []
+
+    async def worker() -> None:
+        helper = asyncio.create_task(_slow_to_stop())
+        await asyncio.sleep(0)
+        await stop(helper)
+        carried_on.append("after the helper stopped")
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(WIND_DOWN / 10)  # the worker now waits for its helper to wind down
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return task, carried_on
+
+
+async def test_a_cancelled_caller_stays_cancelled() -> None:
+    worker, carried_on = await _cancelled_while_stopping(cancel_and_wait)
+    assert worker.cancelled()
+    assert carried_on == []
+
+
+async def test_the_suppress_pattern_it_replaces_loses_the_cancellation() -> None:
+    """The control: with ``suppress(CancelledError)`` the worker carries on, so the test above
+    would fail if ``cancel_and_wait`` behaved the same way."""
+
+    async def suppressing(helper: asyncio.Task[None]) -> None:
+        helper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await helper
+
+    worker, carried_on = await _cancelled_while_stopping(suppressing)
+    assert not worker.cancelled()
+    assert carried_on == ["after the helper stopped"]
+
+
+async def test_the_helpers_own_cancellation_is_dropped() -> None:
+    helper = asyncio.create_task(_slow_to_stop())
+    await asyncio.sleep(0)
+    await cancel_and_wait(helper)
+    assert helper.cancelled()
+
+
+async def test_a_helper_that_failed_reports_its_error() -> None:
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    helper = asyncio.create_task(broken())
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="boom"):
+        await cancel_and_wait(helper)
