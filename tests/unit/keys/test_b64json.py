@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from keys import MalformedPackage
 from keys._b64json import (
-    _CHUNK,
     Compact,
     b64d,
     b64e,
@@ -57,15 +56,23 @@ class TestBase64url:
         with pytest.raises(MalformedPackage, match="non-canonical"):
             b64d(text, "value")
 
-    @pytest.mark.parametrize(
-        "size", [_CHUNK - 1, _CHUNK, _CHUNK + 1, _CHUNK + 2, 2 * _CHUNK, 3 * _CHUNK + 1]
-    )
-    def test_matches_stdlib_when_input_spans_chunks(self, size: int) -> None:
+    @pytest.mark.parametrize("size", [65_535, 65_536, 65_537, 117_535, 300_001])
+    def test_matches_stdlib_when_input_is_package_sized(self, size: int) -> None:
         data = bytes(range(256)) * (size // 256) + bytes(size % 256)
         pieces = b64e_pieces(memoryview(data))
         assert b"".join(pieces) == b64e_bytes(data) == _reference(data).encode()
-        assert max(len(piece) for piece in pieces) <= _CHUNK // 3 * 4
+        assert len(pieces) == (1 if size % 3 == 0 else 2)
         assert b64d(b64e_bytes(data), "x") == data
+
+    @pytest.mark.parametrize("char", [b"+", b"/", b"=", b" ", b"\n", b"*"])
+    @pytest.mark.parametrize("where", [0, 40_000, -1])
+    def test_raises_when_a_large_text_has_one_foreign_character(
+        self, char: bytes, where: int
+    ) -> None:
+        text = bytearray(b64e_bytes(bytes(range(256)) * 300))
+        text[where : where + 1 if where != -1 else None] = char
+        with pytest.raises(MalformedPackage, match="not unpadded base64url"):
+            b64d(bytes(text), "value")
 
 
 class TestSplitCompact:
