@@ -9,6 +9,12 @@ window (submit acknowledged -> the last recipient's package stored) and the rout
 backlog. The summary says whether memory stayed flat (growth over the second half) and
 p99 stable (worst window against the median window).
 
+To tell where a latency tail comes from, each window also has the p99 of the submit's
+publish acknowledgement (nats-server's write path alone), the CPU milliseconds the broker
+and nats-server spent per completed submission (work per message growing, or not), and
+per stream the number of subjects and interior deletes (the state nats-server's periodic
+index writes walk).
+
 Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration.
 """
 
@@ -47,6 +53,14 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User plus system CPU time of ``pid`` so far, from /proc (Linux), in seconds."""
+    if not pid:
+        return float("nan")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _sign(key: PrivateKey, settings: Settings) -> tuple[str, bytes]:
@@ -134,6 +148,7 @@ async def _measure(
     sent_at: dict[str, float] = {}
     arrivals: dict[str, int] = {}
     window: list[float] = []
+    acks: list[float] = []
 
     async def _on_delivery(msg: Any) -> None:
         sid = msg.subject.rsplit(".", 1)[-1]
@@ -145,6 +160,7 @@ async def _measure(
     sub = await nc.subscribe("atlas.deliver.>", cb=_on_delivery)
     samples: list[dict[str, Any]] = []
     interval = 1 / rate
+    cpu = {"broker": _cpu_s(broker_pid), "nats": _cpu_s(server.pid)}
     start = time.perf_counter()
     next_sample = start + SAMPLE_EVERY
     sent = 0
@@ -153,13 +169,15 @@ async def _measure(
         if due > now:
             await asyncio.sleep(due - now)
         sid, token = _sign(key, settings)
-        sent_at[sid] = time.perf_counter()
+        sent_at[sid] = published = time.perf_counter()
         await js.publish(submit_subject("member-1"), token)
+        acks.append((time.perf_counter() - published) * 1000)
         sent += 1
         if time.perf_counter() >= next_sample:
             next_sample += SAMPLE_EVERY
-            samples.append(await _sample(js, broker_pid, server, start, sent, window))
-            window = []
+            sample = await _sample(nc, js, broker_pid, server, start, sent, window, acks, cpu)
+            samples.append(sample)
+            window, acks = [], []
     async with asyncio.timeout(120):
         while sent_at:  # noqa: ASYNC110 - the last submissions arrive
             await asyncio.sleep(0.1)
@@ -168,10 +186,34 @@ async def _measure(
 
 
 async def _sample(
-    js: Any, broker_pid: int, server: EmbeddedNats, start: float, sent: int, window: list[float]
+    nc: Any,
+    js: Any,
+    broker_pid: int,
+    server: EmbeddedNats,
+    start: float,
+    sent: int,
+    window: list[float],
+    acks: list[float],
+    cpu: dict[str, float],
 ) -> dict[str, Any]:
+    """One window's figures; ``cpu`` holds each process's CPU seconds at the window's start
+    and is moved on to its end."""
     info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
     nats_pid = server.pid
+    now = {"broker": _cpu_s(broker_pid), "nats": _cpu_s(nats_pid)}
+    per_sub = {
+        name: round((now[name] - cpu[name]) * 1000 / len(window), 2) if window else None
+        for name in now
+    }
+    cpu.update(now)
+    # What nats-server's periodic index writes walk: per-subject state and interior deletes.
+    # (nats-py's StreamState drops num_subjects, so the API is asked directly.)
+    streams = {}
+    for stream in await js.streams_info():
+        name = stream.config.name
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=5)
+        state = orjson.loads(reply.data)["state"]
+        streams[name] = [state.get("num_subjects", 0), state.get("num_deleted", 0)]
     return {
         "t_s": round(time.perf_counter() - start, 1),
         "submitted": sent,
@@ -180,7 +222,11 @@ async def _sample(
         "completed_in_window": len(window),
         "latency_ms_p50": round(statistics.median(window), 1) if window else None,
         "latency_ms_p99": round(_pct(window, 99), 1) if window else None,
+        "publish_ack_ms_p99": round(_pct(acks, 99), 1) if acks else None,
+        "broker_cpu_ms_per_submission": per_sub["broker"],
+        "nats_cpu_ms_per_submission": per_sub["nats"],
         "router_backlog": info.num_pending + info.num_ack_pending,
+        "stream_subjects_and_deletes": streams,
     }
 
 
