@@ -22,6 +22,7 @@ import sysconfig
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import orjson
@@ -148,24 +149,13 @@ class EmbeddedNats:
         log_file = self._dir / "nats-server.log"
         if log_file.exists():
             log_file.replace(log_file.with_suffix(".log.1"))
-        self._proc = await asyncio.create_subprocess_exec(
-            str(binary),
-            "-c",
-            str(conf),
-            "--ports_file_dir",
-            str(ports_dir),
-            "-l",
-            str(log_file),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            # Its own session: a Ctrl-C meant for the broker must not stop the server under
-            # it; the broker drains its connection first, then stops the server itself.
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        # stderr goes to a file, never to a pipe nobody reads after the start: the Go
+        # runtime writes there (traces, fatal errors) and a full pipe would stall the server.
+        stderr_file = self._dir / "nats-server.stderr"
+        with stderr_file.open("wb") as stderr:
+            self._proc = await self._spawn(binary, conf, ports_dir, log_file, stderr)
         try:
-            self.url = await self._wait_ready(ports_dir, log_file)
+            self.url = await self._wait_ready(ports_dir, log_file, stderr_file)
         except BaseException:
             await self.stop()
             raise
@@ -176,7 +166,28 @@ class EmbeddedNats:
         )
         return self.url
 
-    async def _wait_ready(self, ports_dir: Path, log_file: Path) -> str:
+    @staticmethod
+    async def _spawn(
+        binary: Path, conf: Path, ports_dir: Path, log_file: Path, stderr: BinaryIO
+    ) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            str(binary),
+            "-c",
+            str(conf),
+            "--ports_file_dir",
+            str(ports_dir),
+            "-l",
+            str(log_file),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+            # Its own session: a Ctrl-C meant for the broker must not stop the server under
+            # it; the broker drains its connection first, then stops the server itself.
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    async def _wait_ready(self, ports_dir: Path, log_file: Path, stderr_file: Path) -> str:
         proc = self._proc
         if proc is None:
             raise NatsUnavailable("embedded nats-server was not started")
@@ -184,10 +195,7 @@ class EmbeddedNats:
         url = ""
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                err = b""
-                if proc.stderr is not None:
-                    err = await proc.stderr.read()
-                tail = _tail(log_file) or err.decode(errors="replace").strip()
+                tail = _tail(log_file) or _tail(stderr_file)
                 raise NatsUnavailable(f"embedded nats-server exited at start: {tail}")
             if not url:
                 for ports_file in ports_dir.glob("*.ports"):  # noqa: ASYNC240 - tiny, local

@@ -33,6 +33,14 @@ class TestEmbeddedNats:
             with pytest.raises(NatsUnavailable, match="exited at start"):
                 await EmbeddedNats(tmp_path / "b", port=port, publish_url=False).start()
 
+    async def test_writes_its_stderr_to_a_file_not_an_unread_pipe(self, tmp_path: Path) -> None:
+        # A pipe nobody reads fills at 64 KiB (Go runtime traces, warnings) and then blocks
+        # the server on its next write to stderr.
+        async with EmbeddedNats(tmp_path, publish_url=False) as server:
+            assert server.pid is not None
+            stderr = Path(f"/proc/{server.pid}/fd/2").resolve()
+            assert stderr == (tmp_path / "nats" / "nats-server.stderr").resolve()
+
     async def test_keeps_its_store_across_restarts(self, tmp_path: Path) -> None:
         for expected in (1, 2):
             async with EmbeddedNats(tmp_path, publish_url=False) as server:
