@@ -17,9 +17,11 @@ The bare side gets the serialized claims for free (no JSON), its keys' public ha
 precomputed, and no encoding: it is the floor of any format.  Iterations alternate ours
 and bare so drift hits both alike; a case runs in ``blocks`` blocks, and each figure is
 the median of the block medians, with the lowest and highest block median as its spread.
-``*_faults`` are the minor page faults per operation (glibc gives a freed heap top back to
-the kernel past 128 KiB, and the next call faults those pages in again; the spread of a
-64 KB case is mostly that).  ``seal_over_bare`` is the ratio the issue targets (<= 1.5);
+``*_faults`` are the minor page faults per operation: with glibc's starting thresholds a
+64 KB seal gave its heap top back to the kernel and faulted it in again on every call
+(80-120 faults, a third of the seal), or not, depending on the cases before it. The run
+sets the thresholds every atlas-broker process sets (``broker._allocator``), and says so
+in ``allocator``.  ``seal_over_bare`` is the ratio the issue targets (<= 1.5);
 ``breakdown`` times each step of ours and of the bare primitives alone.
 """
 
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_unwrap, aes_key_wrap
 
+from broker._allocator import keep_heap_top
 from keys import BrokerKeyring, KeyKind, PrivateKey, open_package, seal
 from keys._b64json import Compact, b64e_bytes, b64e_pieces, loads_object
 from keys._jwe import _concat_kdf
@@ -366,6 +369,9 @@ def _breakdown(signer: KeyKind, size: int, rounds: int) -> dict[str, Any]:
 
 def run(quick: bool = False, *, blocks: int = 5) -> dict[str, Any]:
     rounds = 40 if quick else 200
+    # As in every atlas-broker process (the CLI sets it first): fixed glibc thresholds, so
+    # a case's figures do not depend on which cases ran before it.
+    allocator = "fixed thresholds" if keep_heap_top() else "glibc defaults"
     cases: dict[str, Any] = {}
     for size in (4 * 1024, 64 * 1024):
         for sign in SIGN_KINDS:
@@ -376,6 +382,7 @@ def run(quick: bool = False, *, blocks: int = 5) -> dict[str, Any]:
         return float(max(case[key] for name, case in cases.items() if name.startswith(prefix)))
 
     return {
+        "allocator": allocator,
         "rounds": rounds,
         "blocks": blocks,
         "unit": "microseconds, median of block medians per package",

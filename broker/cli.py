@@ -21,6 +21,7 @@ from rich.table import Table
 
 from keys import generate_org_keys
 
+from ._allocator import keep_heap_top
 from ._config import Settings, load_settings
 from .errors import ATLAS_ERRORS
 
@@ -142,6 +143,7 @@ def _global(
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
+    keep_heap_top()
 
 
 @app.command()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nats
@@ -38,8 +39,8 @@ class TestEmbeddedNats:
         # the server on its next write to stderr.
         async with EmbeddedNats(tmp_path, publish_url=False) as server:
             assert server.pid is not None
-            stderr = Path(f"/proc/{server.pid}/fd/2").resolve()
-            assert stderr == (tmp_path / "nats" / "nats-server.stderr").resolve()
+            stderr = os.readlink(f"/proc/{server.pid}/fd/2")
+            assert stderr == str(tmp_path / "nats" / "nats-server.stderr")
 
     async def test_keeps_its_store_across_restarts(self, tmp_path: Path) -> None:
         for expected in (1, 2):
