@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -99,6 +100,14 @@ def register(
             bool, typer.Option("--once", help="Pull what is there, then exit.")
         ] = False,
         interval: Annotated[float, typer.Option(help="Seconds between pulls.")] = 60.0,
+        ca_file: Annotated[
+            Path | None,
+            typer.Option(
+                exists=True,
+                dir_okay=False,
+                help="PEM CA bundle to trust for the member's HTTPS server (default: system).",
+            ),
+        ] = None,
     ) -> None:
         """Pull a member's TAXII collection into the broker on the member's behalf."""
         from ._submission import parse_audience
@@ -114,6 +123,7 @@ def register(
                 to=parse_audience(to),
                 once=once,
                 interval=interval,
+                ca_file=ca_file,
             )
         )
         out.print(f"pulled {stats.objects} object(s) in {stats.submissions} submission(s)")

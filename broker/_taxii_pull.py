@@ -10,13 +10,14 @@ import asyncio
 import hashlib
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 from nats.js import JetStreamContext
-from taxii2client.v21 import Collection
 
+from adapters._taxii._client import open_collection
 from adapters._taxii._poller import Poller, PullStats
 
 from ._bus import SUBMISSIONS, ensure_streams, nats_session, submit_subject
@@ -40,6 +41,7 @@ async def pull_member(
     once: bool = True,
     interval: float = 60.0,
     js: JetStreamContext | None = None,
+    ca_file: Path | None = None,
 ) -> PullStats:
     key = broker_signing_key(settings)
 
@@ -70,7 +72,7 @@ async def pull_member(
         async def publish(token: bytes) -> None:
             await js.publish(submit_subject(org), token, stream=SUBMISSIONS)
 
-        collection = Collection(url, user=user, password=password)
+        collection = open_collection(url, user=user, password=password, ca_file=ca_file)
         poller = Poller(collection, state_path=state, sign=sign, publish=publish)
         total = PullStats()
         try:

@@ -219,6 +219,14 @@ def receive(
     push_password: Annotated[
         str | None, typer.Option(envvar="ATLAS_PUSH_PASSWORD", help="Password for --push.")
     ] = None,
+    push_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="PEM CA bundle to trust for the --push server (default: system roots).",
+        ),
+    ] = None,
 ) -> None:
     """Open this organisation's packages and write their bundles to a folder.
 
@@ -231,7 +239,7 @@ def receive(
     if push:
         from adapters._taxii._push import taxii_pusher
 
-        pusher = taxii_pusher(push, user=push_user, password=push_password)
+        pusher = taxii_pusher(push, user=push_user, password=push_password, ca_file=push_ca_file)
     stats = run(
         _receive(
             settings(),

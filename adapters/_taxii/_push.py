@@ -8,28 +8,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import requests
 from taxii2client.exceptions import TAXIIServiceException
-from taxii2client.v21 import Collection
 
 from .._errors import BridgeError
+from ._client import open_collection
 
 __all__ = ["taxii_pusher"]
 
 
 def taxii_pusher(
-    url: str, *, user: str | None, password: str | None, timeout: float = 60.0
+    url: str,
+    *,
+    user: str | None,
+    password: str | None,
+    timeout: float = 60.0,
+    ca_file: Path | None = None,
 ) -> Callable[[dict[str, Any]], Awaitable[None]]:
-    """A coroutine function that adds a bundle's objects to the collection at ``url``."""
+    """A coroutine function that adds a bundle's objects to the collection at ``url``
+    (over HTTPS trusting only ``ca_file`` when given)."""
 
     def _push(bundle: dict[str, Any]) -> None:
         objects = bundle.get("objects", [])
         if not objects:
             return
         try:
-            with Collection(url, user=user, password=password) as collection:
+            with open_collection(url, user=user, password=password, ca_file=ca_file) as collection:
                 status = collection.add_objects(
                     {"objects": objects}, poll_interval=1, timeout=int(timeout)
                 )

@@ -15,11 +15,12 @@ import pytest
 import requests
 import trustme
 from nats.js import JetStreamContext
-from taxii2client.v21 import Server
+from taxii2client.v21 import Collection, Server
 
-from adapters import AdapterError
+from adapters import AdapterError, BridgeError
 from adapters._taxii import MemoryBackend, create_app, serve_http, set_secret
 from adapters._taxii._auth import Credentials
+from adapters._taxii._push import taxii_pusher
 from broker._config import Settings, TaxiiSettings, load_settings
 from broker._taxii_service import run_taxii
 from broker.errors import ConfigError
@@ -173,3 +174,59 @@ class TestPlainHttpOnlyOnLoopback:
         )
         with pytest.raises(AdapterError, match=r"refusing plain HTTP on 0\.0\.0\.0"):
             await serve_http(app, host=ANY, port=0)
+
+
+class TestOurClientsTrustAGivenCa:
+    """The receive bridge's ``--push-ca-file`` (and ``taxii pull --ca-file``, same helper)."""
+
+    @staticmethod
+    async def _community_url(front: TlsFront) -> str:
+        def find() -> str:
+            member = Server(
+                f"{front.url}/taxii2/",
+                user="bank-a",
+                password=front.tokens["bank-a"],
+                verify=str(front.ca_pem),
+            )
+            return str(next(c for c in member.api_roots[0].collections if c.can_write).url)
+
+        return await asyncio.to_thread(find)
+
+    @pytest.mark.timeout(90)
+    async def test_push_succeeds_with_the_ca_file_even_when_the_environment_names_another(
+        self, tls_front: TlsFront, js: JetStreamContext, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        url = await self._community_url(tls_front)
+        other = trustme.CA()
+        other_pem = tls_front.ca_pem.with_name("other-ca.pem")
+        other.cert_pem.write_to_path(str(other_pem))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other_pem))
+
+        def plain_client() -> Any:
+            with Collection(
+                url,
+                user="bank-a",
+                password=tls_front.tokens["bank-a"],
+                verify=str(tls_front.ca_pem),
+            ) as collection:
+                return collection.get_manifest()
+
+        # The control: a stock client's verify= loses to the environment (psf/requests#4726).
+        with pytest.raises(requests.exceptions.SSLError):
+            await asyncio.to_thread(plain_client)
+
+        push = taxii_pusher(
+            url, user="bank-a", password=tls_front.tokens["bank-a"], ca_file=tls_front.ca_pem
+        )
+        await push({"type": "bundle", "objects": [indicator("clear", "pushed over tls")]})
+        await wait_routed(js, 1)
+
+    @pytest.mark.timeout(90)
+    async def test_push_names_the_certificate_problem_without_the_ca_file(
+        self, tls_front: TlsFront, js: JetStreamContext
+    ) -> None:
+        url = await self._community_url(tls_front)
+        push = taxii_pusher(url, user="bank-a", password=tls_front.tokens["bank-a"])
+        with pytest.raises(BridgeError, match=r"push to https://.*CERTIFICATE_VERIFY_FAILED"):
+            await push({"type": "bundle", "objects": [indicator("clear", "refused")]})
+        assert (await js.stream_info("SUBMISSIONS")).state.messages == 0
