@@ -22,6 +22,7 @@ from adapters._taxii import MemoryBackend, create_app, serve_http, set_secret
 from adapters._taxii._auth import Credentials
 from adapters._taxii._push import taxii_pusher
 from broker._config import Settings, TaxiiSettings, load_settings
+from broker._taxii_pull import pull_member
 from broker._taxii_service import run_taxii
 from broker.errors import ConfigError
 from tests.conftest import Community
@@ -42,6 +43,7 @@ class TlsFront:
     url: str
     ca_pem: Path
     tokens: dict[str, str]
+    settings: Settings
 
 
 @pytest.fixture
@@ -71,7 +73,7 @@ async def tls_front(
     )
     try:
         url = await asyncio.wait_for(asyncio.shield(started), 30)
-        yield TlsFront(url=url, ca_pem=ca_pem, tokens=tokens)
+        yield TlsFront(url=url, ca_pem=ca_pem, tokens=tokens, settings=settings)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -230,3 +232,36 @@ class TestOurClientsTrustAGivenCa:
         with pytest.raises(BridgeError, match=r"push to https://.*CERTIFICATE_VERIFY_FAILED"):
             await push({"type": "bundle", "objects": [indicator("clear", "refused")]})
         assert (await js.stream_info("SUBMISSIONS")).state.messages == 0
+
+    @pytest.mark.timeout(90)
+    async def test_pull_reads_an_https_collection_with_the_ca_file(
+        self, tls_front: TlsFront, js: JetStreamContext
+    ) -> None:
+        push = taxii_pusher(
+            await self._community_url(tls_front),
+            user="bank-a",
+            password=tls_front.tokens["bank-a"],
+            ca_file=tls_front.ca_pem,
+        )
+        await push({"type": "bundle", "objects": [indicator("clear", "to be pulled")]})
+        await wait_routed(js, 1)
+
+        def view_url() -> str:
+            partner = Server(
+                f"{tls_front.url}/taxii2/",
+                user="lea-1",
+                password=tls_front.tokens["lea-1"],
+                verify=str(tls_front.ca_pem),
+            )
+            return str(next(c for c in partner.api_roots[0].collections if c.can_read).url)
+
+        stats = await pull_member(
+            tls_front.settings,
+            org="bank-a",
+            url=await asyncio.to_thread(view_url),
+            user="lea-1",
+            password=tls_front.tokens["lea-1"],
+            js=js,
+            ca_file=tls_front.ca_pem,
+        )
+        assert stats.objects == 1
