@@ -7,7 +7,9 @@ for the whole duration (10 minutes by default; ``--quick``: 40 s), and every 10 
 records the broker's and nats-server's resident memory, the latency percentiles of that
 window (submit acknowledged -> the last recipient's package stored) and the router's
 backlog. The summary says whether memory stayed flat (growth over the second half) and
-p99 stable (worst window against the median window).
+p99 stable: the worst window against the median window, the median window of each half
+(drift of the typical window, apart from rare outliers) and how many windows were over
+twice the median. ``GOGC`` in the environment reaches the nats-server started here.
 
 To tell where a latency tail comes from, each window also has the p99 of the submit's
 publish acknowledgement (nats-server's write path alone), the CPU milliseconds the broker
@@ -230,6 +232,10 @@ async def _sample(
     }
 
 
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
 def _summary(
     max_rate: float, rate: float, duration: float, sent: int, samples: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -251,6 +257,13 @@ def _summary(
         "p99_ms_median_window": round(statistics.median(p99s), 1) if p99s else None,
         "p99_ms_worst_window": max(p99s) if p99s else None,
         "p99_worst_over_median": (round(max(p99s) / statistics.median(p99s), 2) if p99s else None),
+        # Drift (the typical window getting slower) apart from rare outlier windows.
+        "p99_ms_median_window_first_half": _median(p99s[: len(p99s) // 2]),
+        "p99_ms_median_window_second_half": _median(p99s[len(p99s) // 2 :]),
+        "p99_windows_over_twice_the_median": (
+            sum(p > 2 * statistics.median(p99s) for p in p99s) if p99s else None
+        ),
+        "nats_gogc": os.environ.get("GOGC", "default"),
         "samples": samples,
     }
 
