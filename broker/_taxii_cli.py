@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ._config import Settings
 
-__all__ = ["register", "until_signalled"]
+__all__ = ["ca_file_option", "register", "until_signalled"]
 
 
 async def until_signalled(job: Coroutine[Any, Any, None]) -> bool:
@@ -37,6 +37,11 @@ async def until_signalled(job: Coroutine[Any, Any, None]) -> bool:
     if not task.cancelled():
         task.result()  # the job's own error, if it failed
     return stop.is_set()
+
+
+def ca_file_option(help_text: str) -> Any:
+    """A ``--...-ca-file`` option: an existing PEM file; the system's roots when omitted."""
+    return typer.Option(exists=True, dir_okay=False, help=f"{help_text} Default: system roots.")
 
 
 def register(
@@ -101,12 +106,7 @@ def register(
         ] = False,
         interval: Annotated[float, typer.Option(help="Seconds between pulls.")] = 60.0,
         ca_file: Annotated[
-            Path | None,
-            typer.Option(
-                exists=True,
-                dir_okay=False,
-                help="PEM CA bundle to trust for the member's HTTPS server (default: system).",
-            ),
+            Path | None, ca_file_option("PEM CA bundle to trust for the member's HTTPS server.")
         ] = None,
     ) -> None:
         """Pull a member's TAXII collection into the broker on the member's behalf."""

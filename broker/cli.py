@@ -23,6 +23,7 @@ from keys import generate_org_keys
 
 from ._allocator import keep_heap_top
 from ._config import Settings, load_settings
+from ._taxii_cli import ca_file_option
 from .errors import ATLAS_ERRORS
 
 __all__ = ["app", "main"]
@@ -220,12 +221,7 @@ def receive(
         str | None, typer.Option(envvar="ATLAS_PUSH_PASSWORD", help="Password for --push.")
     ] = None,
     push_ca_file: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            help="PEM CA bundle to trust for the --push server (default: system roots).",
-        ),
+        Path | None, ca_file_option("PEM CA bundle to trust for the --push server.")
     ] = None,
 ) -> None:
     """Open this organisation's packages and write their bundles to a folder.

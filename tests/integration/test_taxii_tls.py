@@ -182,17 +182,23 @@ class TestOurClientsTrustAGivenCa:
     """The receive bridge's ``--push-ca-file`` (and ``taxii pull --ca-file``, same helper)."""
 
     @staticmethod
-    async def _community_url(front: TlsFront) -> str:
+    async def _collection_url(front: TlsFront, org: str, *, write: bool) -> str:
+        """The URL of the first collection ``org`` may write (or read) on the front."""
+
         def find() -> str:
-            member = Server(
+            server = Server(
                 f"{front.url}/taxii2/",
-                user="bank-a",
-                password=front.tokens["bank-a"],
+                user=org,
+                password=front.tokens[org],
                 verify=str(front.ca_pem),
             )
-            return str(next(c for c in member.api_roots[0].collections if c.can_write).url)
+            found = server.api_roots[0].collections
+            return str(next(c for c in found if (c.can_write if write else c.can_read)).url)
 
         return await asyncio.to_thread(find)
+
+    async def _community_url(self, front: TlsFront) -> str:
+        return await self._collection_url(front, "bank-a", write=True)
 
     @pytest.mark.timeout(90)
     async def test_push_succeeds_with_the_ca_file_even_when_the_environment_names_another(
@@ -246,19 +252,10 @@ class TestOurClientsTrustAGivenCa:
         await push({"type": "bundle", "objects": [indicator("clear", "to be pulled")]})
         await wait_routed(js, 1)
 
-        def view_url() -> str:
-            partner = Server(
-                f"{tls_front.url}/taxii2/",
-                user="lea-1",
-                password=tls_front.tokens["lea-1"],
-                verify=str(tls_front.ca_pem),
-            )
-            return str(next(c for c in partner.api_roots[0].collections if c.can_read).url)
-
         stats = await pull_member(
             tls_front.settings,
             org="bank-a",
-            url=await asyncio.to_thread(view_url),
+            url=await self._collection_url(tls_front, "lea-1", write=False),
             user="lea-1",
             password=tls_front.tokens["lea-1"],
             js=js,
