@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import nats.errors
@@ -11,7 +12,14 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-__all__ = ["TRANSIENT_NATS", "Backoff", "cancel_and_wait", "durable_pull"]
+__all__ = [
+    "TRANSIENT_NATS",
+    "Backoff",
+    "cancel_and_wait",
+    "durable_pull",
+    "stray_cancel",
+    "supervised",
+]
 
 log = structlog.get_logger()
 
@@ -34,6 +42,39 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+def stray_cancel() -> bool:
+    """True when a ``CancelledError`` just caught was not a request to stop this task.
+
+    nats-py cancels futures a task awaits inside it (a fetch's pending read, during a
+    reconnect or a leader change); the task then sees ``CancelledError`` although nobody
+    cancelled it. A loop that let that end it would stop for good, and a TaskGroup does not
+    report a child that ended cancelled: the work would silently stop.
+    """
+    current = asyncio.current_task()
+    return current is not None and not current.cancelling()
+
+
+async def supervised(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``job()`` as its own task, and again whenever it ends cancelled without anyone
+    having stopped this one.
+
+    Seen under a NATS failover: a router worker ended cancelled although nothing had asked
+    it to stop, and since a TaskGroup takes a cancelled child for a finished one, the
+    router stayed up and routed nothing. Stopping the supervisor stops the job (the cancel
+    reaches the task it awaits) and ends here; an error of the job ends here too.
+    """
+    while True:
+        task = asyncio.create_task(job(), name=f"{name}-run")
+        try:
+            await task
+            return
+        except asyncio.CancelledError:
+            if not stray_cancel():
+                raise
+            log.warning("task.restarted", task=name, reason="ended cancelled, not stopped")
+            await asyncio.sleep(0.1)
 
 
 class Backoff:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import time
@@ -37,7 +38,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 import policy
-from adapters import cancel_and_wait
+from adapters import cancel_and_wait, stray_cancel, supervised
 from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, seal
 from policy import BundleRejected, View
 
@@ -150,7 +151,15 @@ class Router:
         await self.ensure_consumer()
         async with asyncio.TaskGroup() as group:
             for n in range(self._settings.router.workers):
-                group.create_task(self._worker(n), name=f"router-worker-{n}")
+                group.create_task(
+                    supervised(f"router-worker-{n}", functools.partial(self._worker, n)),
+                    name=f"router-worker-{n}",
+                )
+        # Only reached when every worker ended cancelled while nobody stopped the router (a
+        # TaskGroup takes a cancelled child for a finished one): say so and stop the process
+        # rather than stay up without routing.
+        log.error("router.workers_stopped")
+        raise RuntimeError("every router worker stopped although the router was not stopped")
 
     async def _worker(self, n: int) -> None:
         sub = await self._js.pull_subscribe_bind(ROUTER_CONSUMER, stream=SUBMISSIONS)
@@ -165,6 +174,12 @@ class Router:
                 except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                     backoff = 0.1
                     continue  # idle
+                except asyncio.CancelledError:
+                    if not stray_cancel():
+                        raise
+                    # nats-py cancelled the read under the fetch (a failover): not a stop.
+                    log.warning("router.fetch_cancelled", worker=n)
+                    continue
                 except (nats.errors.Error, OSError) as exc:
                     log.warning(
                         "router.fetch_failed", worker=n, error=str(exc) or type(exc).__name__
@@ -174,7 +189,16 @@ class Router:
                     continue
                 backoff = 0.1
                 for msg in msgs:
-                    await self.handle(msg)
+                    try:
+                        await self.handle(msg)
+                    except asyncio.CancelledError:
+                        if not stray_cancel():
+                            raise
+                        # nats-py cancelled a publish's acknowledgement under us (a
+                        # failover): the submission comes again; routing is idempotent.
+                        log.warning("router.handle_cancelled", worker=n)
+                        with contextlib.suppress(nats.errors.Error):
+                            await msg.nak(delay=1)
         finally:
             self.bound_workers -= 1
             with contextlib.suppress(nats.errors.Error, OSError):

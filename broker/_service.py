@@ -20,7 +20,7 @@ import orjson
 import structlog
 from nats.js import JetStreamContext
 
-from adapters import ReceiptKeeper, Receiver, ReceiveStats
+from adapters import ReceiptKeeper, Receiver, ReceiveStats, supervised
 from keys import BrokerKeyring, KeyRegistryError, PrivateKey, PublicKey, load_private_key
 from policy import PolicyError
 
@@ -120,14 +120,16 @@ async def run_router(
         async with asyncio.TaskGroup() as group:
             # Exactly one checkpointer is active across broker processes (a lease in KV);
             # the others stand by and take over when it stops.
+            origin = log_origin(settings.broker.id)
             group.create_task(
-                run_checkpointer(
-                    js, signing_key=signing_key, origin=log_origin(settings.broker.id)
+                supervised(
+                    "checkpointer",
+                    lambda: run_checkpointer(js, signing_key=signing_key, origin=origin),
                 ),
                 name="checkpointer",
             )
-            group.create_task(ReceiptPublisher(js).run(), name="receipts")
-            group.create_task(AckRecorder(js, watcher).run(), name="acks")
+            group.create_task(supervised("receipts", ReceiptPublisher(js).run), name="receipts")
+            group.create_task(supervised("acks", AckRecorder(js, watcher).run), name="acks")
             await router.run()
 
 

@@ -94,6 +94,16 @@ def settings() -> Settings:
     return cached
 
 
+def _dump_tasks() -> None:
+    """SIGUSR2: where every asyncio task of the process is waiting, to stderr (diagnosis)."""
+    for task in asyncio.all_tasks():
+        stack = "".join(
+            f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}\n"
+            for frame in task.get_stack()
+        )
+        print(f"task {task.get_name()}:\n{stack}", file=sys.stderr, flush=True)
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a job; our errors become one clear line and exit code 1; Ctrl-C stops cleanly."""
 
@@ -103,6 +113,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         if task is not None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
         return await coro
 
     try:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from adapters import cancel_and_wait
+from adapters import cancel_and_wait, supervised
 
 WIND_DOWN = 0.2
 
@@ -82,3 +82,36 @@ async def test_a_helper_that_failed_reports_its_error() -> None:
     await asyncio.sleep(0)
     with pytest.raises(ValueError, match="boom"):
         await cancel_and_wait(helper)
+
+
+async def test_supervised_restarts_a_job_that_ended_cancelled_without_a_stop() -> None:
+    """What a NATS failover did to a router worker: the future it awaited was cancelled
+    under it, the worker ended cancelled, and nothing had asked it to stop."""
+    started: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()
+
+    async def job() -> None:
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        started.put_nowait(waiting)
+        await waiting
+
+    supervisor = asyncio.create_task(supervised("job", job))
+    async with asyncio.timeout(5):
+        first = await started.get()
+        first.cancel()  # a library cancels what the job awaits
+        second = await started.get()  # ... and the job runs again
+    assert not supervisor.done()
+
+    supervisor.cancel()  # a real stop ends the supervisor and its job
+    with contextlib.suppress(asyncio.CancelledError):
+        await supervisor
+    assert supervisor.cancelled()
+    assert second.cancelled()
+    assert started.empty()
+
+
+async def test_supervised_reports_a_job_that_failed() -> None:
+    async def job() -> None:
+        raise ValueError("broken")
+
+    with pytest.raises(ValueError, match="broken"):
+        await supervised("job", job)
