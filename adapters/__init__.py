@@ -5,7 +5,7 @@ context, a submit function, key material).
 """
 
 from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
-from ._consumer import cancel_and_wait, durable_pull, stray_cancel, supervised
+from ._consumer import cancel_and_wait, durable_pull, supervised
 from ._errors import AdapterError, BridgeError, TaxiiProtocolError
 from ._receipts import ReceiptKeeper, ReceiptStats
 from ._stix import InvalidBundle, check_bundle, parse_bundle
@@ -25,6 +25,5 @@ __all__ = [
     "check_bundle",
     "durable_pull",
     "parse_bundle",
-    "stray_cancel",
     "supervised",
 ]

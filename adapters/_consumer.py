@@ -17,7 +17,6 @@ __all__ = [
     "Backoff",
     "cancel_and_wait",
     "durable_pull",
-    "stray_cancel",
     "supervised",
 ]
 
@@ -25,6 +24,12 @@ log = structlog.get_logger()
 
 TRANSIENT_NATS = (nats.errors.Error, OSError)
 """What a long-running consumer waits out: no connection, a timeout, a leader moving (503)."""
+
+
+def _stopping() -> bool:
+    """True when the current task has been asked to stop (its ``cancel()`` was called)."""
+    current = asyncio.current_task()
+    return current is None or current.cancelling() > 0
 
 
 async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
@@ -39,31 +44,19 @@ async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     try:
         await task
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
+        if _stopping():
             raise
-
-
-def stray_cancel() -> bool:
-    """True when a ``CancelledError`` just caught was not a request to stop this task.
-
-    nats-py cancels futures a task awaits inside it (a fetch's pending read, during a
-    reconnect or a leader change); the task then sees ``CancelledError`` although nobody
-    cancelled it. A loop that let that end it would stop for good, and a TaskGroup does not
-    report a child that ended cancelled: the work would silently stop.
-    """
-    current = asyncio.current_task()
-    return current is not None and not current.cancelling()
 
 
 async def supervised(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``job()`` as its own task, and again whenever it ends cancelled without anyone
     having stopped this one.
 
-    Seen under a NATS failover: a router worker ended cancelled although nothing had asked
-    it to stop, and since a TaskGroup takes a cancelled child for a finished one, the
-    router stayed up and routed nothing. Stopping the supervisor stops the job (the cancel
-    reaches the task it awaits) and ends here; an error of the job ends here too.
+    Seen under a NATS failover: router workers ended cancelled although nothing had asked
+    them to stop (what cancelled them is not known), and since a TaskGroup takes a
+    cancelled child for a finished one, the router stayed up and routed nothing.
+    Stopping the supervisor stops the job (the cancel reaches the task it awaits) and ends
+    here; an error of the job ends here too.
     """
     while True:
         task = asyncio.create_task(job(), name=f"{name}-run")
@@ -71,7 +64,7 @@ async def supervised(name: str, job: Callable[[], Coroutine[Any, Any, None]]) ->
             await task
             return
         except asyncio.CancelledError:
-            if not stray_cancel():
+            if _stopping():
                 raise
             log.warning("task.restarted", task=name, reason="ended cancelled, not stopped")
             await asyncio.sleep(0.1)

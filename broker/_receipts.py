@@ -27,7 +27,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from adapters import BridgeError, durable_pull, stray_cancel
+from adapters import BridgeError, durable_pull
 from keys import PackageError, jws_verify
 
 from ._bus import LOG, RECEIPTS, log_subject, receipt_subject
@@ -62,23 +62,12 @@ async def _follow(
                 log.warning("receipts.fetch_failed", consumer=name, error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
-            except asyncio.CancelledError:
-                if not stray_cancel():
-                    raise
-                log.warning("receipts.fetch_cancelled", consumer=name)  # a failover
-                continue
             for msg in msgs:
                 try:
                     await handle(msg)
                     await msg.ack_sync()
                 except _TRANSIENT as exc:
                     log.warning("receipts.retry", consumer=name, error=str(exc))
-                    with contextlib.suppress(nats.errors.Error):
-                        await msg.nak(delay=2)
-                except asyncio.CancelledError:
-                    if not stray_cancel():
-                        raise
-                    log.warning("receipts.handle_cancelled", consumer=name)  # comes again
                     with contextlib.suppress(nats.errors.Error):
                         await msg.nak(delay=2)
     finally:

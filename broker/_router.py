@@ -38,7 +38,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 import policy
-from adapters import cancel_and_wait, stray_cancel, supervised
+from adapters import cancel_and_wait, supervised
 from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, seal
 from policy import BundleRejected, View
 
@@ -155,9 +155,8 @@ class Router:
                     supervised(f"router-worker-{n}", functools.partial(self._worker, n)),
                     name=f"router-worker-{n}",
                 )
-        # Only reached when every worker ended cancelled while nobody stopped the router (a
-        # TaskGroup takes a cancelled child for a finished one): say so and stop the process
-        # rather than stay up without routing.
+        # A worker never returns and a stopped router never gets here: if the workers all
+        # ended anyway, stop the process rather than stay up without routing.
         log.error("router.workers_stopped")
         raise RuntimeError("every router worker stopped although the router was not stopped")
 
@@ -174,12 +173,6 @@ class Router:
                 except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
                     backoff = 0.1
                     continue  # idle
-                except asyncio.CancelledError:
-                    if not stray_cancel():
-                        raise
-                    # nats-py cancelled the read under the fetch (a failover): not a stop.
-                    log.warning("router.fetch_cancelled", worker=n)
-                    continue
                 except (nats.errors.Error, OSError) as exc:
                     log.warning(
                         "router.fetch_failed", worker=n, error=str(exc) or type(exc).__name__
@@ -189,16 +182,7 @@ class Router:
                     continue
                 backoff = 0.1
                 for msg in msgs:
-                    try:
-                        await self.handle(msg)
-                    except asyncio.CancelledError:
-                        if not stray_cancel():
-                            raise
-                        # nats-py cancelled a publish's acknowledgement under us (a
-                        # failover): the submission comes again; routing is idempotent.
-                        log.warning("router.handle_cancelled", worker=n)
-                        with contextlib.suppress(nats.errors.Error):
-                            await msg.nak(delay=1)
+                    await self.handle(msg)
         finally:
             self.bound_workers -= 1
             with contextlib.suppress(nats.errors.Error, OSError):

@@ -94,13 +94,27 @@ def settings() -> Settings:
     return cached
 
 
+def await_chain(task: asyncio.Task[Any]) -> list[str]:
+    """Where ``task`` waits, outermost first: every coroutine of its await chain.
+
+    ``Task.get_stack`` gives only the outermost frame of a suspended task, which says
+    little (a worker shows as its TaskGroup's ``async with``).
+    """
+    lines: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return lines
+
+
 def _dump_tasks() -> None:
     """SIGUSR2: where every asyncio task of the process is waiting, to stderr (diagnosis)."""
     for task in asyncio.all_tasks():
-        stack = "".join(
-            f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}\n"
-            for frame in task.get_stack()
-        )
+        stack = "".join(f"  {line}\n" for line in await_chain(task))
         print(f"task {task.get_name()}:\n{stack}", file=sys.stderr, flush=True)
 
 
