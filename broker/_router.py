@@ -381,12 +381,13 @@ class Router:
             feed=feed,
         )
         versions = policy.version_digests(bundle)
-        records, conflicts = await self._ledger.claim(versions)
-        if conflicts:
+        claim = await self._ledger.claim(versions)
+        records = claim.before
+        if claim.conflicts:
             raise SubmissionRefused(
                 "version-conflict",
-                f"{len(conflicts)} object(s) reuse an id and modified of an earlier submission "
-                "with different content",
+                f"{len(claim.conflicts)} object(s) reuse an id and modified of an earlier "
+                "submission with different content",
             )
         recipients = policy.recipients(directory, submission) | _earlier_receivers(
             bundle, records, directory, org
@@ -504,7 +505,7 @@ class Router:
             hmac.new(self._digest_key, f"{i}|{m}".encode(), hashlib.sha256).hexdigest(): i
             for i, m in versions
         }
-        await self._ledger.record(versions, views, digest_of)
+        await self._ledger.record(versions, views, digest_of, known=claim.after)
         notice = _notice(views, recipients, bundle, org=org, sid=sid, ts=ts)
         if notice is not None:
             entries.append(notice)
