@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ._merkle import Frontier, inclusion_proof_from_frontier, leaf_hash, verify_inclusion
+from ._merkle import Frontier, ProofsAfter, leaf_hash, verify_inclusion
 from ._note import NoteVerifier, open_checkpoint
 from .errors import ProofInvalid
 
@@ -100,7 +100,7 @@ def receipts_for(
 
     ``checkpoint`` is the signed note of the tree ``previous`` + ``entries``.
     """
-    leaves = [leaf_hash(raw) for raw in entries]
+    proofs = ProofsAfter(previous, [leaf_hash(raw) for raw in entries])
     for offset, raw in enumerate(entries):
         try:
             entry = orjson.loads(raw)
@@ -109,6 +109,6 @@ def receipts_for(
         if not isinstance(entry, dict) or entry.get("type") != "delivery":
             continue
         index = previous.size + offset
-        proof = inclusion_proof_from_frontier(previous, leaves, index)
+        proof = proofs.inclusion(index)
         receipt = Receipt(index, raw, tuple(proof), checkpoint)
         yield str(entry.get("rcpt")), str(entry.get("pkg")), receipt

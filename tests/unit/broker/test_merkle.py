@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker import _merkle as merkle
 from broker._merkle import (
     EMPTY_ROOT,
     Frontier,
     MerkleTree,
+    ProofsAfter,
     consistency_proof_from_frontier,
     inclusion_proof_from_frontier,
     leaf_hash,
@@ -188,6 +190,46 @@ class TestInclusion:
                     )
         with pytest.raises(ProofInvalid):
             inclusion_proof_from_frontier(tree.frontier(5), [], 4)
+
+    def test_shared_proofs_equal_tree_proofs_when_asked_in_any_order(self) -> None:
+        entries = entries_of(77)
+        tree = MerkleTree.of_entries(entries)
+        for old in (0, 1, 13, 32, 50):
+            proofs = ProofsAfter(tree.frontier(old), [leaf_hash(e) for e in entries[old:]])
+            # Later leaves first, then the rest: a kept node must serve every proof.
+            for index in [*range(76, old - 1, -2), *range(old + 1, 77, 2)]:
+                assert proofs.inclusion(index) == tree.inclusion_proof(index, 77)
+            assert proofs.consistency() == tree.consistency_proof(old, 77)
+            with pytest.raises(ProofInvalid):
+                proofs.inclusion(old - 1 if old else 77)
+
+    def test_all_proofs_of_a_checkpoint_cost_one_hash_per_node(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # 1,000 new leaves after a tree of 1,234: a receipt for every new leaf. Computing
+        # each proof from the new leaves alone costs about 1,000 hashes per proof.
+        entries = entries_of(2234)
+        tree = MerkleTree.of_entries(entries)
+        expected = [tree.inclusion_proof(index, 2234) for index in range(1234, 2234)]
+        hashes = 0
+        real = merkle.node_hash
+
+        def counting(left: bytes, right: bytes) -> bytes:
+            nonlocal hashes
+            hashes += 1
+            return real(left, right)
+
+        monkeypatch.setattr(merkle, "node_hash", counting)
+        proofs = ProofsAfter(tree.frontier(1234), [leaf_hash(e) for e in entries[1234:]])
+        assert [proofs.inclusion(index) for index in range(1234, 2234)] == expected
+        assert hashes < 2 * 1000
+
+        # The control: without shared nodes, 100 proofs alone cost far more.
+        hashes = 0
+        for index in range(1234, 1334):
+            frontier = tree.frontier(1234)
+            ProofsAfter(frontier, [leaf_hash(e) for e in entries[1234:]]).inclusion(index)
+        assert hashes > 100 * 500
 
     def test_verification_fails_when_anything_is_altered(self) -> None:
         entries = entries_of(11)
