@@ -36,6 +36,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 import policy
 from adapters import cancel_and_wait, supervised
@@ -117,6 +118,7 @@ class Router:
         self._digest_key = digest_key
         self._clock = clock
         self._ledger = Ledger(js, digest_key)
+        self._submitted: KeyValue | None = None
         self.stats = RouterStats()
         self.metrics = metrics or BrokerMetrics(ROUTER_CONSUMER)
         self.limiter = limiter or SubmissionLimiter(settings.limits)
@@ -324,7 +326,9 @@ class Router:
 
     async def _claim(self, org: str, sid: str, src_sha256: str, seq: int) -> None:
         """Dedupe per organisation: a sid is used once; a redelivery of the same message passes."""
-        kv = await self._js.key_value(SUBMITTED_BUCKET)
+        if self._submitted is None:  # looked up once: each lookup is a stream-info request
+            self._submitted = await self._js.key_value(SUBMITTED_BUCKET)
+        kv = self._submitted
         value = f"{seq}:{src_sha256}".encode()
         try:
             await kv.create(f"{org}.{sid}", value)
