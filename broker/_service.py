@@ -81,10 +81,20 @@ def broker_signing_key(settings: Settings) -> PrivateKey:
             "[broker] signing_key in the configuration (or ATLAS_BROKER__SIGNING_KEY)"
         )
     passphrase = settings.broker.signing_key_passphrase
-    return load_private_key(
+    key = load_private_key(
         settings.broker.signing_key,
         passphrase=passphrase.get_secret_value().encode() if passphrase else None,
     )
+    if key.kind != "Ed25519":
+        # Packages could carry ES256, but the same key signs the log's checkpoints, and
+        # C2SP signed notes (what auditors and witnesses verify) are Ed25519.
+        raise ConfigError(
+            f"broker.signing_key {settings.broker.signing_key} is a {key.kind} key; the "
+            "broker's signing key must be Ed25519, because it also signs the log's "
+            "checkpoints (C2SP signed notes): generate one with `atlas-broker keys generate "
+            "--org atlas-broker --out DIR`"
+        )
+    return key
 
 
 async def run_router(

@@ -62,6 +62,24 @@ class TestConfiguration:
         assert result.returncode == 1
         assert "broker.signing_key is not set" in result.stderr
 
+    def test_serve_refuses_a_p256_broker_key_naming_why(self, tmp_path: Path) -> None:
+        keys = tmp_path / "k"
+        made = cli(
+            "keys", "generate", "--org", "atlas-broker", "--sign", "ES256", "--out", str(keys)
+        )
+        assert made.returncode == 0, made.stderr
+        result = cli(
+            "--data-dir",
+            str(tmp_path / "data"),
+            "serve",
+            env={"ATLAS_BROKER__SIGNING_KEY": str(keys / "atlas-broker.sign.pem")},
+        )
+        assert result.returncode == 1
+        assert "must be Ed25519" in result.stderr and "checkpoints" in result.stderr
+        assert "Traceback" not in result.stderr
+        # Refused before anything started: no embedded server was left behind.
+        assert not (tmp_path / "data" / "nats" / "url").exists()
+
     def test_invalid_setting_stops_startup_naming_it(self, tmp_path: Path) -> None:
         result = cli("serve", env={"ATLAS_ROUTER__WORKERS": "zero"})
         assert result.returncode == 2
