@@ -79,7 +79,7 @@ def register(
     ) -> tuple[list[Any], list[Any]]:
         from ._audit_jobs import log_verifiers
         from ._directory_store import fetch_directory
-        from ._note import NoteVerifier
+        from ._note import COSIGNATURE_V1, NoteVerifier
 
         snap = await source.snapshot()
         logs = log_verifiers(log_key or [], jwks, snap.origin)
@@ -95,6 +95,13 @@ def register(
                 "pin them with --log-key or --broker-jwks"
             )
         witnesses = [NoteVerifier.from_vkey(v) for v in witness_key or []]
+        for w in witnesses:
+            if w.sig_type != COSIGNATURE_V1:
+                raise typer.BadParameter(
+                    f"{w.vkey} is a type 0x{w.sig_type:02x} key, not a witness's cosignature "
+                    "key (type 0x04): use the key `atlas-broker witness` prints at start",
+                    param_hint="--witness-key",
+                )
         return logs, witnesses
 
     def progress_bar() -> tuple[Progress, Callable[[int, int | None], None]]:

@@ -74,6 +74,7 @@ class VerifyResult:
                 f"OK: {self.entries} entries, {self.checkpoints} signed checkpoints up to size "
                 f"{self.checkpointed_size}, {self.consistency_proofs} consistency proofs, "
                 f"{sum(self.cosignatures.values())} cosignatures"
+                + "".join(f", {n} by {w}" for w, n in sorted(self.cosignatures.items()))
             )
         first = self.first_problem() or Problem(None, "unknown")
         where = f"first bad index {first.index}" if first.index is not None else "log"
@@ -134,6 +135,16 @@ class LogVerifier:
         result.entries = self._tree.size
         self._check_checkpoints()
         self._check_cosignatures()
+        for witness in self._witness_keys:
+            # A witness the auditor names is one they rely on: its silence is a finding.
+            if not result.cosignatures.get(witness.name):
+                self._problems.append(
+                    Problem(
+                        None,
+                        f"witness {witness.name} (key {witness.key_id:08x}) cosigned no "
+                        "checkpoint of this log",
+                    )
+                )
         return result
 
     # -- checkpoints --------------------------------------------------------------------

@@ -284,7 +284,23 @@ async def test_cli_witness_and_verify_work_when_run_as_commands(
         cwd=tmp_path,
     )  # fmt: skip
     assert code == 0, output
-    assert "OK: 40 entries" in output and "1 cosignatures" in output
+    assert "OK: 40 entries" in output and "1 cosignatures, 1 by w.test/cli" in output
+
+    # A witness the auditor names but who cosigned nothing fails the verification.
+    silent = NoteSigner("w.test/silent", PrivateKey.generate("Ed25519"), cosigner=True)
+    code, output = await atlas(
+        *url, "audit", "verify", "--log-key", log_key, "--witness-key", witness_vkey[1],
+        "--witness-key", silent.verifier.vkey, cwd=tmp_path,
+    )  # fmt: skip
+    assert code != 0, output
+    assert "witness w.test/silent" in output and "cosigned no checkpoint" in output
+
+    # A log key (type 0x01) given as a witness key is refused, saying what it is.
+    code, output = await atlas(
+        *url, "audit", "verify", "--log-key", log_key, "--witness-key", log_key, cwd=tmp_path
+    )
+    assert code == 2, output
+    assert "not a witness's cosignature key" in output
 
     code, output = await atlas(
         *url, "audit", "export", "--format", "log", "--out", str(tmp_path / "copy"), cwd=tmp_path
