@@ -215,7 +215,7 @@ def _case(sign: KeyKind, enc: KeyKind, size: int, rounds: int, blocks: int) -> d
             iss="atlas-broker",
             aud="ec3",
             src=SRC,
-            tlp="AMBER",
+            tlp="amber",
             signing_key=broker,
             recipient_key=recipient.public,
             now=NOW,
@@ -279,7 +279,7 @@ def _breakdown(signer: KeyKind, size: int, rounds: int) -> dict[str, Any]:
     peer = recipient.public_key()
     claims_obj: dict[str, Any] = {"iss": "atlas-broker", "aud": "ec3", "rcpt_kid": "k" * 43}
     claims_obj["jti"] = "j" * 22
-    claims_obj |= {"iat": NOW, "exp": NOW + 3600, "src": SRC, "tlp": "AMBER", "stix": view}
+    claims_obj |= {"iat": NOW, "exp": NOW + 3600, "src": SRC, "tlp": "amber", "stix": view}
     claims = orjson.dumps(claims_obj)
     header = b64e_bytes(orjson.dumps({"alg": broker.alg, "kid": "k" * 43, "typ": "atlas-pkg+jwt"}))
     signing_input = b"".join((header, b".", *b64e_pieces(claims)))

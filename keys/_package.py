@@ -152,6 +152,9 @@ def _src_problem(src: object) -> str | None:
     return None
 
 
+TLP_LEVELS: Final = ("clear", "green", "amber", "amber+strict", "red")
+"""The ``tlp`` claim: TLP 2.0 levels, lowercase, as the package format writes them."""
+
 _CLAIMS: Final[dict[str, type]] = {
     "iss": str,
     "aud": str,
@@ -171,6 +174,8 @@ def _claims_problem(claims: Mapping[str, Any]) -> str | None:
             return f"claim {name!r} is missing or not an integer"
     if not 0 < len(claims["jti"]) <= _MAX_JTI:
         return f"claim 'jti' must have 1 to {_MAX_JTI} characters"
+    if claims["tlp"] not in TLP_LEVELS:
+        return f"claim 'tlp' {claims['tlp']!r} is not one of {', '.join(TLP_LEVELS)}"
     return _src_problem(claims.get("src"))
 
 

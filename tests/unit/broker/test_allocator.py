@@ -25,7 +25,7 @@ _PROBE = textwrap.dedent(
     view = _view(65536)
     broker, recipient = PrivateKey.generate(sys.argv[2]), PrivateKey.generate(sys.argv[3])
     def once():
-        return seal(stix=view, iss="atlas-broker", aud="ec3", src=SRC, tlp="AMBER",
+        return seal(stix=view, iss="atlas-broker", aud="ec3", src=SRC, tlp="amber",
                     signing_key=broker, recipient_key=recipient.public, now=NOW, ttl=3600,
                     dumps=orjson.dumps)
     for _ in range(3):

@@ -82,7 +82,7 @@ def make_sealed() -> Callable[..., Sealed]:
             "iss": "atlas-broker",
             "aud": "ec3",
             "src": _sample_src(),
-            "tlp": "AMBER",
+            "tlp": "amber",
             "signing_key": broker,
             "recipient_key": recipient.public,
             "now": NOW,

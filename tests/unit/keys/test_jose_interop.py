@@ -59,7 +59,7 @@ def _expected_claims(sealed: Any) -> dict[str, Any]:
         "jti": sealed.package.jti,
         "iat": sealed.package.iat,
         "exp": sealed.package.exp,
-        "tlp": "AMBER",
+        "tlp": "amber",
     }
 
 

@@ -59,7 +59,7 @@ def _claims(recipient: PrivateKey, **changes: Any) -> dict[str, Any]:
         "iat": NOW,
         "exp": NOW + 600,
         "src": {"org": "bank-a", "submission": "s1", "sha256": "ab" * 32},
-        "tlp": "GREEN",
+        "tlp": "green",
         "stix": {"type": "bundle", "id": "bundle--1", "objects": []},
     }
     claims.update(changes)
@@ -176,6 +176,8 @@ class TestSeal:
             ({"stix": []}, "'stix' is missing or not a JSON dict"),
             ({"aud": ["ec3"]}, "'aud'"),
             ({"tlp": None}, "'tlp'"),
+            ({"tlp": "AMBER"}, "'tlp' 'AMBER' is not one of"),
+            ({"tlp": "white"}, "'tlp' 'white' is not one of"),
             ({"jti": ""}, "1 to 128 characters"),
             ({"jti": "x" * 129}, "1 to 128 characters"),
         ],
@@ -205,7 +207,7 @@ class TestOpenPackage:
         assert opened.src == src
         assert (opened.jti, opened.tlp, opened.iss, opened.aud) == (
             sealed.package.jti,
-            "AMBER",
+            "amber",
             "atlas-broker",
             "ec3",
         )
@@ -434,6 +436,9 @@ class TestOpenPackage:
             ({"rcpt_kid": 1}, "'rcpt_kid'"),
             ({"stix": "bundle"}, "'stix'"),
             ({"src": None}, "src is not an object"),
+            ({"tlp": "banana"}, "'tlp' 'banana' is not one of"),
+            ({"tlp": ""}, "'tlp' '' is not one of"),
+            ({"tlp": "TLP:RED"}, "'tlp' 'TLP:RED' is not one of"),
         ],
     )
     def test_raises_malformed_when_claims_are_invalid(
@@ -496,7 +501,7 @@ class TestRoundTrip:
     @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(
         stix=st.dictionaries(st.text(max_size=10), json_tree, max_size=5),
-        tlp=st.sampled_from(["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]),
+        tlp=st.sampled_from(["clear", "green", "amber", "amber+strict", "red"]),
         aud=st.text(min_size=1, max_size=30),
         combo=st.sampled_from(COMBOS),
         use_orjson=st.booleans(),
