@@ -313,7 +313,13 @@ def register(
         state: Annotated[Path, typer.Option(help="State file (last cosigned checkpoint).")],
         log_key: LogKey = None,
         broker_jwks: BrokerJwks = None,
-        origin: Annotated[str | None, typer.Option(help="Only this log origin.")] = None,
+        origin: Annotated[
+            str | None,
+            typer.Option(
+                help="The log origin (<broker id>/log); cosign only its checkpoints. "
+                "Required with --broker-jwks."
+            ),
+        ] = None,
         once: Annotated[bool, typer.Option("--once", help="Catch up, then exit.")] = False,
     ) -> None:
         """Cosign checkpoints consistent with the last one cosigned; refuse any other."""
@@ -325,6 +331,11 @@ def register(
         from .errors import ConfigError
 
         async def _witness() -> Any:
+            if broker_jwks is not None and origin is None:
+                raise ConfigError(
+                    "--broker-jwks needs --origin (<broker id>/log): the log the witness "
+                    "cosigns for"
+                )
             logs = log_verifiers(log_key or [], broker_jwks, origin)
             if not logs:
                 raise ConfigError("give --log-key, or --broker-jwks with --origin")

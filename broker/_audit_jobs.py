@@ -77,12 +77,17 @@ def log_verifiers(
             keys = [PublicKey.from_jwk(jwk) for jwk in doc["keys"]]
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"{jwks}: not a JWK set ({exc})") from exc
-        for key in keys:
-            if key.kind == "Ed25519":
-                try:
-                    verifiers.append(NoteVerifier.from_public_key(origin, key, cosigner=cosigner))
-                except CheckpointInvalid as exc:
-                    raise ConfigError(f"{jwks}: {exc}") from exc
+        signing = [key for key in keys if key.kind == "Ed25519"]
+        if not signing:
+            raise ConfigError(
+                f"{jwks}: no Ed25519 key in the set; the log's checkpoints are signed with "
+                "the broker's Ed25519 key"
+            )
+        for key in signing:
+            try:
+                verifiers.append(NoteVerifier.from_public_key(origin, key, cosigner=cosigner))
+            except CheckpointInvalid as exc:
+                raise ConfigError(f"{jwks}: {exc}") from exc
     return verifiers
 
 

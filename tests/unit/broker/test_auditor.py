@@ -268,6 +268,27 @@ class TestCommandLine:
             ORIGIN, key.public
         )
 
+    def test_cli_vkey_refuses_a_jwk_set_without_an_ed25519_key(self, tmp_path: Path) -> None:
+        jwks = tmp_path / "broker.jwks.json"
+        jwks.write_bytes(orjson.dumps({"keys": [PrivateKey.generate("ES256").public.to_jwk()]}))
+        result = CliRunner().invoke(
+            app, ["audit", "vkey", "--broker-jwks", str(jwks), "--origin", ORIGIN]
+        )
+        assert result.exit_code != 0
+        assert "no Ed25519 key in the set" in result.output
+        assert f"{ORIGIN}+" not in result.output  # no verifier key printed
+
+    def test_cli_witness_with_a_jwk_set_asks_for_the_origin(self, tmp_path: Path) -> None:
+        jwks = tmp_path / "broker.jwks.json"
+        jwks.write_bytes(orjson.dumps({"keys": [PrivateKey.generate("Ed25519").public.to_jwk()]}))
+        result = CliRunner().invoke(
+            app,
+            ["witness", "--key", str(tmp_path / "w.pem"), "--name", "w.test/1",
+             "--state", str(tmp_path / "state.json"), "--broker-jwks", str(jwks)],
+        )  # fmt: skip
+        assert result.exit_code != 0
+        assert "--broker-jwks needs --origin" in result.output
+
 
 def test_chunks_fit_when_submission_logs_many_entries() -> None:
     assert CHUNK == 256
