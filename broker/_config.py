@@ -154,6 +154,10 @@ class BrokerKeySettings(_Section):
     signing_key: Path | None = None
     """PKCS#8 PEM private key the broker signs packages with (mode 0600)."""
     signing_key_passphrase: SecretStr | None = None
+    p256_signing_key: Path | None = None
+    """Optional P-256 key (ES256): packages to organisations whose current encryption key
+    is P-256 are signed with it, for agencies whose JOSE library has no EdDSA. Publish it
+    in the directory's [broker] keys; ``signing_key_passphrase`` applies to it too."""
     digest_key_file: Path | None = None
     """32+ random bytes keying the digests of object ids in the log (created if missing)."""
 

@@ -69,6 +69,7 @@ T = TypeVar("T")
 ROUTER_CONSUMER = "router"
 PKG_ID_HEADER = "Atlas-Pkg-Id"
 RCPT_KID_HEADER = "Atlas-Rcpt-Kid"
+BROKER_KID_HEADER = "Atlas-Broker-Kid"
 INTERNAL_ERROR_ATTEMPTS = 3
 """Deliveries of a submission that trips an unexpected error before it is refused."""
 _TRANSIENT = (nats.errors.Error, OSError, TimeoutError, DirectoryUnavailable)
@@ -93,6 +94,7 @@ class _Stored:
     jti: str
     jwe_sha256: str
     rcpt_kid: str
+    broker_kid: str
     new: bool
 
 
@@ -106,6 +108,7 @@ class Router:
         *,
         settings: Settings,
         signing_key: PrivateKey,
+        p256_signing_key: PrivateKey | None = None,
         digest_key: bytes,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: BrokerMetrics | None = None,
@@ -115,6 +118,8 @@ class Router:
         self._directory = directory
         self._settings = settings
         self._signing_key = signing_key
+        self._p256_signing_key = p256_signing_key
+        """Signs the packages of recipients whose encryption key is P-256 (ES256), if set."""
         self._digest_key = digest_key
         self._clock = clock
         self._ledger = Ledger(js, digest_key)
@@ -420,7 +425,6 @@ class Router:
                 **({"via": via} if via else {}),
             }
         ]
-        broker_kid = self._signing_key.public.thumbprint
         sealed: list[tuple[str, View, SealedPackage]] = []
         for recipient in sorted(views):
             view = views[recipient]
@@ -493,7 +497,7 @@ class Router:
                     "pkg": stored.jti,
                     "rcpt": recipient,
                     "rcpt_kid": stored.rcpt_kid,
-                    "broker_kid": broker_kid,
+                    "broker_kid": stored.broker_kid,
                     "src": src,
                     "view_sha256": hashlib.sha256(orjson.dumps(view.bundle)).hexdigest(),
                     "jwe_sha256": stored.jwe_sha256,
@@ -537,17 +541,29 @@ class Router:
 
     def _check_own_key(self, resolved: ResolvedDirectory, now: datetime) -> None:
         """Never sign with a key the directory does not publish, or has revoked."""
-        kid = self._signing_key.public.thumbprint
-        entry = resolved.broker_keyring.get(kid)
-        if entry is None:
-            raise DirectoryUnavailable(
-                f"the broker's signing key {kid} is not in the directory's [broker] keys"
-            )
-        revoked_at = entry[1]
-        if revoked_at is not None and revoked_at <= int(now.timestamp()):
-            raise DirectoryUnavailable(
-                f"the broker's signing key {kid} is revoked: configure a new broker.signing_key"
-            )
+        keys = [("broker.signing_key", self._signing_key)]
+        if self._p256_signing_key is not None:
+            keys.append(("broker.p256_signing_key", self._p256_signing_key))
+        for setting, key in keys:
+            kid = key.public.thumbprint
+            entry = resolved.broker_keyring.get(kid)
+            if entry is None:
+                raise DirectoryUnavailable(
+                    f"the broker's signing key {kid} ({setting}) is not in the directory's "
+                    "[broker] keys"
+                )
+            revoked_at = entry[1]
+            if revoked_at is not None and revoked_at <= int(now.timestamp()):
+                raise DirectoryUnavailable(
+                    f"the broker's signing key {kid} is revoked: configure a new {setting}"
+                )
+
+    def _signing_key_for(self, enc_key: PublicKey) -> PrivateKey:
+        """ES256 for a P-256 recipient when the broker has a P-256 key (an agency whose JOSE
+        library has P-256 but no EdDSA reads it), the Ed25519 key otherwise."""
+        if enc_key.kind == "P-256" and self._p256_signing_key is not None:
+            return self._p256_signing_key
+        return self._signing_key
 
     def _seal(
         self,
@@ -566,7 +582,7 @@ class Router:
                 aud=recipient,
                 src=src,
                 tlp=str(view.tlp) if view.tlp is not None else "clear",
-                signing_key=self._signing_key,
+                signing_key=self._signing_key_for(enc_key),
                 recipient_key=enc_key,
                 now=int(now.timestamp()),
                 ttl=self._settings.router.package_ttl,
@@ -604,6 +620,7 @@ class Router:
             **EXPECT_NEW_SUBJECT,
             PKG_ID_HEADER: sealed.jti,
             RCPT_KID_HEADER: sealed.rcpt_kid,
+            BROKER_KID_HEADER: sealed.signing_kid,
         }
         try:
             await self._js.publish(subject, sealed.token.encode(), headers=headers)
@@ -616,10 +633,15 @@ class Router:
                 jti=hdrs.get(PKG_ID_HEADER, ""),
                 jwe_sha256=hashlib.sha256(existing.data or b"").hexdigest(),
                 rcpt_kid=hdrs.get(RCPT_KID_HEADER, ""),
+                broker_kid=hdrs.get(BROKER_KID_HEADER, sealed.signing_kid),
                 new=False,
             )
         return _Stored(
-            jti=sealed.jti, jwe_sha256=sealed.jwe_sha256, rcpt_kid=sealed.rcpt_kid, new=True
+            jti=sealed.jti,
+            jwe_sha256=sealed.jwe_sha256,
+            rcpt_kid=sealed.rcpt_kid,
+            broker_kid=sealed.signing_kid,
+            new=True,
         )
 
 

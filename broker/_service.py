@@ -89,10 +89,27 @@ def broker_signing_key(settings: Settings) -> PrivateKey:
         # Packages could carry ES256, but the same key signs the log's checkpoints, and
         # C2SP signed notes (what auditors and witnesses verify) are Ed25519.
         raise ConfigError(
-            f"broker.signing_key {settings.broker.signing_key} is a {key.kind} key; the "
+            f"broker.signing_key {settings.broker.signing_key}: {key.kind} key; the "
             "broker's signing key must be Ed25519, because it also signs the log's "
             "checkpoints (C2SP signed notes): generate one with `atlas-broker keys generate "
             "--org atlas-broker --out DIR`"
+        )
+    return key
+
+
+def broker_p256_key(settings: Settings) -> PrivateKey | None:
+    """The optional ES256 key for P-256 recipients (``broker.p256_signing_key``)."""
+    path = settings.broker.p256_signing_key
+    if path is None:
+        return None
+    passphrase = settings.broker.signing_key_passphrase
+    key = load_private_key(
+        path, passphrase=passphrase.get_secret_value().encode() if passphrase else None
+    )
+    if key.kind != "ES256":
+        raise ConfigError(
+            f"broker.p256_signing_key {path}: {key.kind} key, not a P-256 signing key: "
+            "generate one with `atlas-broker keys generate --org atlas-broker --sign ES256`"
         )
     return key
 
@@ -118,6 +135,7 @@ async def run_router(
             watcher,
             settings=settings,
             signing_key=signing_key,
+            p256_signing_key=broker_p256_key(settings),
             digest_key=load_digest_key(settings),
             metrics=metrics,
         )
@@ -150,6 +168,7 @@ async def serve(settings: Settings, *, on_monitor: Callable[[str], None] | None 
     ``on_monitor`` is given the monitor's URL once it listens.
     """
     signing_key = broker_signing_key(settings)
+    broker_p256_key(settings)  # a wrong file stops serve here, not in the router
     metrics = BrokerMetrics(ROUTER_CONSUMER)
     async with nats_session(settings, embedded_ok=True, name="atlas-broker-serve") as (nc, js):
         if not settings.monitor.enabled:
