@@ -29,7 +29,9 @@ async def test_nothing_lost_or_doubled_when_a_worker_is_killed_mid_fan_out(
 ) -> None:
     await prime(js, community)
     load = Load(js, community)
-    await load.run(36)
+    # Enough work that the router spends a good while between storing a submission's
+    # packages and logging it, the moment the kill must hit.
+    await load.run(96)
     total = len(expected_views(community.doc, load.accepted))
     serve = rig.broker(rig.config("serve", url=nats_server.url))
     await serve.start()
