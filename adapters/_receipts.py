@@ -154,4 +154,4 @@ class ReceiptKeeper:
 def _size_of(checkpoint: str) -> int:
     """The tree size line of a checkpoint note (its second line)."""
     lines = checkpoint.split("\n")
-    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0
+    return int(lines[1]) if len(lines) > 1 and lines[1].isascii() and lines[1].isdigit() else 0

@@ -323,7 +323,7 @@ class _Server:
             )
         limit = self.backend.max_content_length
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise TaxiiHttpError(413, "Too large", f"the body exceeds {limit:,} bytes")
         body = bytearray()
         async for chunk in request.stream():

@@ -125,7 +125,11 @@ def parse_query(params: QueryParams, endpoint: str) -> tuple[Query, str | None]:
     limit_text = _one(params, "limit")
     limit = DEFAULT_PAGE
     if limit_text is not None:
-        if not limit_text.isdigit() or len(limit_text) > 9 or int(limit_text) < 1:
+        if (
+            not (limit_text.isascii() and limit_text.isdigit())
+            or len(limit_text) > 9
+            or int(limit_text) < 1
+        ):
             raise TaxiiHttpError(400, "Bad filter", "'limit' must be a positive integer")
         limit = min(int(limit_text), MAX_PAGE)
     added_after = _one(params, "added_after")

@@ -58,7 +58,7 @@ def parse_ts(text: str) -> str:
     core = text[:-1]
     if "." in core:
         head, _, frac = core.partition(".")
-        if not frac.isdigit() or len(frac) > 9:
+        if not (frac.isascii() and frac.isdigit()) or len(frac) > 9:
             raise ValueError(f"{text!r}: bad fraction of a second")
         core = f"{head}.{frac[:6].ljust(6, '0')}"
     else:

@@ -316,6 +316,8 @@ class TestReads:
             {"limit": "0"},
             {"limit": "ten"},
             {"limit": "-1"},
+            {"limit": "\u00b2"},  # superscript two: str.isdigit() but not int()
+            {"limit": "\uff13"},  # fullwidth three: int() reads it, TAXII does not
             {"added_after": "yesterday"},
             {"added_after": "2026-13-01T00:00:00Z"},
             {"match[version]": "latest"},
