@@ -3,12 +3,17 @@
 Per object id (keyed digest, never the raw id: SCO ids reveal their values) one record in
 the ``atlas_objects`` bucket::
 
-    {"v": {"<modified>": "<sha256 of canonical content>"}, "r": {"<recipient>": "<tlp>"}}
+    {"v": {"<modified>": "<sha256 of canonical content>"}, "r": {"<recipient>": "<tlp>"},
+     "o": "<owner>"}
 
 - ``v`` lets the router refuse a later submission that reuses an id and ``modified`` with
   different content (STIX forbids changing an object without a new version);
 - ``r`` records who received a version of the object and at which TLP level, so that a
-  revocation reaches those who received an earlier version.
+  revocation reaches those who received an earlier version;
+- ``o`` is the organisation that registered the object's first version: only it may add
+  versions later (supersede or revoke). Another organisation may relay a version that is
+  already registered, unchanged, but never add one. Records written before owners were kept
+  have none; the next organisation to add a version becomes the owner.
 
 Records are updated with revision checks and merged on conflict, so concurrent workers
 never lose each other's writes. Reads and writes of one submission run concurrently.
@@ -19,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.js.errors
@@ -43,6 +48,7 @@ class ObjectRecord:
     versions: dict[str, str]
     received: dict[str, str]
     revision: int | None
+    owner: str | None = None
 
 
 @dataclass
@@ -52,11 +58,15 @@ class Claim:
     ``before``: each object's record as it was before this submission (what earlier
     submissions left: who received which version). ``after``: as this claim left it, with
     its revision, so that :meth:`Ledger.record` can write without reading it again.
+    ``conflicts``: (id, modified) registered before with other content. ``foreign``: ids
+    whose new versions were not registered because the submitter may not add versions of
+    them (the id belongs to another organisation, or the submitter may only relay it).
     """
 
     before: dict[str, ObjectRecord]
     after: dict[str, ObjectRecord]
     conflicts: list[tuple[str, str]]
+    foreign: list[str] = field(default_factory=list)
 
 
 class Ledger:
@@ -67,7 +77,10 @@ class Ledger:
         self._limit = asyncio.Semaphore(_CONCURRENCY)
 
     def key_of(self, object_id: str) -> str:
-        return hmac.new(self._key, b"obj|" + object_id.encode(), hashlib.sha256).hexdigest()
+        # RFC 4122: UUIDs are case-insensitive on input, so X--ABCD and x--abcd are one object.
+        object_type, sep, uuid = object_id.partition("--")
+        normal = f"{object_type}{sep}{uuid.lower()}"
+        return hmac.new(self._key, b"obj|" + normal.encode(), hashlib.sha256).hexdigest()
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -85,49 +98,75 @@ class Ledger:
                 marker = absent.entry
                 return ObjectRecord({}, {}, marker.revision if marker is not None else None)
         data: dict[str, Any] = orjson.loads(entry.value or b"{}")
-        return ObjectRecord(dict(data.get("v", {})), dict(data.get("r", {})), entry.revision)
+        owner = data.get("o")
+        return ObjectRecord(
+            dict(data.get("v", {})),
+            dict(data.get("r", {})),
+            entry.revision,
+            owner if isinstance(owner, str) else None,
+        )
 
     async def load(self, object_ids: Iterable[str]) -> dict[str, ObjectRecord]:
         ids = sorted(set(object_ids))
         records = await asyncio.gather(*(self._get(i) for i in ids))
         return dict(zip(ids, records, strict=True))
 
-    async def claim(self, versions: Mapping[tuple[str, str], str]) -> Claim:
-        """Register this submission's versions atomically.
+    async def claim(
+        self,
+        versions: Mapping[tuple[str, str], str],
+        owner: str,
+        *,
+        relay_only: Collection[str] = (),
+    ) -> Claim:
+        """Register this submission's versions atomically, for ``owner``.
 
         A version is registered with a revision-checked write, so of two submissions racing
-        with the same (id, modified) and different content exactly one wins.
+        with the same (id, modified) and different content exactly one wins. A version new
+        to the ledger is registered only when ``owner`` owns the id (or it is new); ids in
+        ``relay_only`` never get new versions from this submission. Either refusal lists
+        the id in :attr:`Claim.foreign`; versions already registered pass unchanged.
         """
         by_id: dict[str, dict[str, str]] = {}
         for (object_id, modified), digest in versions.items():
             by_id.setdefault(object_id, {})[modified] = digest
         ids = sorted(by_id)
-        results = await asyncio.gather(*(self._claim_one(i, by_id[i]) for i in ids))
+        only = frozenset(relay_only)
+        results = await asyncio.gather(
+            *(self._claim_one(i, by_id[i], owner, i in only) for i in ids)
+        )
         claim = Claim({}, {}, [])
-        for object_id, (before, after, clashes) in zip(ids, results, strict=True):
+        for object_id, (before, after, clashes, foreign) in zip(ids, results, strict=True):
             claim.before[object_id] = before
             claim.after[object_id] = after
             claim.conflicts.extend((object_id, modified) for modified in clashes)
+            if foreign:
+                claim.foreign.append(object_id)
         return claim
 
     async def _claim_one(
-        self, object_id: str, versions: dict[str, str]
-    ) -> tuple[ObjectRecord, ObjectRecord, list[str]]:
-        # Most objects are new: create the record outright, one write and no read. The
-        # write expects no record at all, so an existing one makes it fail, never clobbered.
-        revision = await self._write(object_id, None, versions, {})
-        if revision is not None:
-            return ObjectRecord({}, {}, None), ObjectRecord(dict(versions), {}, revision), []
+        self, object_id: str, versions: dict[str, str], owner: str, relay_only: bool
+    ) -> tuple[ObjectRecord, ObjectRecord, list[str], bool]:
+        if not relay_only:
+            # Most objects are new: create the record outright, one write and no read. The
+            # write expects no record at all, so an existing one makes it fail, never
+            # clobbered.
+            revision = await self._write(object_id, None, versions, {}, owner)
+            if revision is not None:
+                after = ObjectRecord(dict(versions), {}, revision, owner)
+                return ObjectRecord({}, {}, None), after, [], False
         for _ in range(_ATTEMPTS):
             record = await self._get(object_id)
             clashes = [m for m, d in versions.items() if record.versions.get(m, d) != d]
             new = {m: d for m, d in versions.items() if m not in record.versions}
             if clashes or not new:
-                return record, record, clashes
+                return record, record, clashes, False
+            if relay_only or record.owner not in (None, owner):
+                return record, record, [], True
             merged = {**record.versions, **new}
-            revision = await self._write(object_id, record.revision, merged, record.received)
+            revision = await self._write(object_id, record.revision, merged, record.received, owner)
             if revision is not None:
-                return record, ObjectRecord(merged, dict(record.received), revision), []
+                after = ObjectRecord(merged, dict(record.received), revision, owner)
+                return record, after, [], False
         raise nats.js.errors.Error(f"object ledger: too much contention on {object_id[:12]}")
 
     async def _write(
@@ -136,12 +175,16 @@ class Ledger:
         revision: int | None,
         versions: dict[str, str],
         received: dict[str, str],
+        owner: str | None,
     ) -> int | None:
         """Revision-checked write: the new revision, or None when the record's revision is
         not ``revision`` any more (another worker wrote first). ``revision`` None: the
         write expects no record for the key at all."""
         kv = await self._bucket()
-        payload = orjson.dumps({"v": versions, "r": received})
+        record: dict[str, Any] = {"v": versions, "r": received}
+        if owner is not None:
+            record["o"] = owner
+        payload = orjson.dumps(record)
         async with self._limit:
             try:
                 return await kv.update(self.key_of(object_id), payload, last=revision)
@@ -175,7 +218,9 @@ class Ledger:
         for recipient, view in views.items():
             for decision in view.decisions:
                 delivered_id = digest_of.get(decision.object_digest)
-                if decision.action == "delivered" and delivered_id is not None:
+                # Only versioned objects can be revoked later: who received an unversioned
+                # one (an SCO) is never asked for, so it is not written.
+                if decision.action == "delivered" and delivered_id in updates:
                     level = str(decision.tlp) if decision.tlp is not None else "clear"
                     updates.setdefault(delivered_id, ({}, {}))[1][recipient] = level
         known = known or {}
@@ -195,6 +240,9 @@ class Ledger:
             merged_r = {**current.received, **received}
             if merged_v == current.versions and merged_r == current.received:
                 return
-            if await self._write(object_id, current.revision, merged_v, merged_r) is not None:
+            written = await self._write(
+                object_id, current.revision, merged_v, merged_r, current.owner
+            )
+            if written is not None:
                 return
         raise nats.js.errors.Error(f"object ledger: too much contention on {object_id[:12]}")

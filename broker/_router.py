@@ -390,13 +390,32 @@ class Router:
             feed=feed,
         )
         versions = policy.version_digests(bundle)
-        claim = await self._ledger.claim(versions)
+        relayed = policy.relay_only(bundle, directory=directory, originator=org)
+        untracked = sorted(set(relayed) - {object_id for object_id, _ in versions})
+        if untracked:
+            # Not versioned, so never registered: there is nothing such an object could relay.
+            raise SubmissionRefused("impersonation", f"{untracked[0]} {relayed[untracked[0]]}")
+        claim = await self._ledger.claim(versions, org, relay_only=relayed)
         records = claim.before
         if claim.conflicts:
             raise SubmissionRefused(
                 "version-conflict",
                 f"{len(claim.conflicts)} object(s) reuse an id and modified of an earlier "
                 "submission with different content",
+            )
+        if claim.foreign:
+            first = sorted(claim.foreign)[0]
+            if first in relayed:
+                raise SubmissionRefused(
+                    "impersonation",
+                    f"{len(claim.foreign)} object(s) are new versions only their author may "
+                    f"publish: {first} {relayed[first]}",
+                )
+            raise SubmissionRefused(
+                "not-owner",
+                f"{len(claim.foreign)} object(s) are new versions of objects another "
+                f"organisation published, e.g. {first}: only an object's originator may "
+                "supersede or revoke it",
             )
         recipients = policy.recipients(directory, submission) | _earlier_receivers(
             bundle, records, directory, org
@@ -509,9 +528,14 @@ class Router:
                     "tlp": str(view.tlp) if view.tlp is not None else None,
                 }
             )
+        # Decisions digest the id and modified as written (versions holds them normalised).
+        versioned = {object_id for object_id, _ in versions}
         digest_of = {
-            hmac.new(self._digest_key, f"{i}|{m}".encode(), hashlib.sha256).hexdigest(): i
-            for i, m in versions
+            hmac.new(
+                self._digest_key, f"{o['id']}|{o.get('modified', '')}".encode(), hashlib.sha256
+            ).hexdigest(): o["id"]
+            for o in bundle.get("objects", ())
+            if o["id"] in versioned
         }
         await self._ledger.record(versions, views, digest_of, known=claim.after)
         notice = _notice(views, recipients, bundle, org=org, sid=sid, ts=ts)

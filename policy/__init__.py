@@ -30,7 +30,9 @@ from ._view import (
     View,
     evaluate,
     evaluate_all,
+    normal_timestamp,
     recipients,
+    relay_only,
     version_digests,
 )
 
@@ -53,6 +55,8 @@ __all__ = [
     "View",
     "evaluate",
     "evaluate_all",
+    "normal_timestamp",
     "recipients",
+    "relay_only",
     "version_digests",
 ]

@@ -220,6 +220,17 @@ class Directory(_Frozen):
             for j, grp in enumerate(sub.groups):
                 if grp not in group_ids:
                     raise ValueError(f"subscriptions[{i}].groups[{j}]: unknown group {grp!r}")
+        identities: dict[str, str] = {}
+        identities[self.broker.stix_identity.lower()] = "the broker"
+        for i, entry in enumerate(self.organisations):
+            if entry.stix_identity is None:
+                continue
+            holder = identities.setdefault(entry.stix_identity.lower(), repr(entry.id))
+            if holder != repr(entry.id):
+                raise ValueError(
+                    f"organisations[{i}].stix_identity: {entry.stix_identity!r} is already "
+                    f"the identity of {holder}"
+                )
         for i, rule in enumerate(self.statement_rules):
             for j, org in enumerate(rule.deny_orgs):
                 if org not in seen:
@@ -249,6 +260,18 @@ class Directory(_Frozen):
             cache = {o.id: o for o in self.organisations}
             # Frozen model: store a derived index outside pydantic's field set.
             object.__setattr__(self, "_org_cache", cache)
+        return cache
+
+    def identity_owners(self) -> dict[str, str]:
+        """STIX identity id, lowercase → the organisation it stands for."""
+        cache: dict[str, str] | None = self.__dict__.get("_identity_cache")
+        if cache is None:
+            cache = {
+                org.stix_identity.lower(): org.id
+                for org in self.organisations
+                if org.stix_identity is not None
+            }
+            object.__setattr__(self, "_identity_cache", cache)
         return cache
 
     def group(self, group_id: str) -> Group | None:

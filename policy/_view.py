@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import hmac
+import re
 import uuid
 from collections.abc import Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -69,7 +70,9 @@ __all__ = [
     "View",
     "evaluate",
     "evaluate_all",
+    "normal_timestamp",
     "recipients",
+    "relay_only",
     "version_digests",
 ]
 
@@ -338,20 +341,62 @@ def evaluate_all(
 
 
 def version_digests(bundle: Mapping[str, Any]) -> dict[tuple[str, str], str]:
-    """(id, modified or "") → SHA-256 of the object's canonical JSON.
+    """(id, modified or "") → SHA-256 of the object's canonical JSON, per versioned object.
 
-    For the router's check across submissions. Two objects of the bundle with the same key
-    and different content raise ``BundleRejected``. Well-known TLP marking-definitions are
-    left out: the broker never reads their content.
+    For the router's checks across submissions: an (id, modified) never comes back with
+    other content, and only an id's owner adds versions. ``modified`` is normalised
+    (``…:00.000Z``, ``…:00Z`` and ``…:00.000000000Z`` are one instant, one version). Two
+    objects of the bundle with the same key and different content raise ``BundleRejected``.
+    Left out: well-known TLP marking-definitions (the broker never reads their content) and
+    objects without ``modified`` other than marking-definitions. Those are cyber
+    observables, which STIX does not version: their ids are derived from their values, so
+    two members legitimately send the same id with other optional properties, and nobody
+    owns it.
     """
     out: dict[tuple[str, str], str] = {}
     for obj, obj_id, obj_type, modified in stix_objects(bundle):
-        if obj_id in TLP_IDS:
+        if obj_id in TLP_IDS or (not modified and obj_type != "marking-definition"):
             continue
         digest = canonical_digest(obj)
-        key = (obj_id, modified)
+        key = (obj_id, normal_timestamp(modified))
         if out.setdefault(key, digest) != digest:
             raise BundleRejected(
                 f"two objects share an id and modified but differ in content (type {obj_type!r})"
             )
+    return out
+
+
+_TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?Z$")
+
+
+def normal_timestamp(value: str) -> str:
+    """A STIX timestamp without trailing zeros in its fraction; anything else unchanged."""
+    match = _TIMESTAMP_RE.match(value)
+    if match is None:
+        return value
+    fraction = (match.group(2) or "").rstrip("0")
+    return f"{match.group(1)}.{fraction}Z" if fraction else f"{match.group(1)}Z"
+
+
+def relay_only(
+    bundle: Mapping[str, Any], *, directory: Directory, originator: str
+) -> dict[str, str]:
+    """Ids the originator may relay unchanged but not create or version, with the reason.
+
+    An object that is another organisation's directory identity, or whose
+    ``created_by_ref`` names one, speaks for that organisation: the originator may pass on
+    a version the ledger already holds (content it received), never a new one, which would
+    put words in another member's mouth.
+    """
+    identities = directory.identity_owners()
+    out: dict[str, str] = {}
+    for obj, obj_id, _, _ in stix_objects(bundle):
+        owner = identities.get(obj_id.lower())
+        if owner is not None and owner != originator:
+            out[obj_id] = "is the STIX identity of another organisation"
+            continue
+        author = obj.get("created_by_ref")
+        owner = identities.get(author.lower()) if isinstance(author, str) else None
+        if owner is not None and owner != originator:
+            out[obj_id] = "has a created_by_ref naming another organisation's identity"
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,11 @@ async def js(nc: NATS) -> JetStreamContext:
     return context
 
 
+def stix_identity(org: str) -> str:
+    """The STIX identity id the test directories give an organisation."""
+    return f"identity--{uuid.uuid5(uuid.NAMESPACE_URL, f'https://atlas.test/orgs/{org}')}"
+
+
 @dataclass
 class Community:
     """Keys on disk and a directory document that tests adjust before loading."""
@@ -117,6 +123,7 @@ def make_community(tmp_path: Path) -> Callable[..., Community]:
                     "name": org.upper(),
                     "kind": "member" if org in members else "partner",
                     "in_community": org not in outside,
+                    "stix_identity": stix_identity(org),
                     "keys": [{"jwk": jwk, "use": jwk["use"]} for jwk in public[org]],
                 }
             )

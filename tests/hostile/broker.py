@@ -46,7 +46,7 @@ from broker._taxii_backend import STATUS_BUCKET
 from broker._taxii_service import run_taxii
 from keys import PrivateKey, PublicKey, generate_org_keys, load_private_key
 from policy import Directory
-from tests.conftest import Community
+from tests.conftest import Community, stix_identity
 from tests.hostile.cases import BEFORE_SID, ORIGINAL, Case, Ctx, Expect, Keys, bundle, ind
 
 MEMBERS = ("bank-a", "bank-b")
@@ -76,6 +76,7 @@ def build_community(root: Path) -> tuple[Community, Keys]:
                 "kind": "member" if org in MEMBERS else "partner",
                 "taxii_read": org == "lea-1",
                 "derived_copies": org == "bank-b",
+                "stix_identity": stix_identity(org),
                 "keys": entries,
             }
         )

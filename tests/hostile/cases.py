@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from broker._config import LimitSettings
 from keys import PrivateKey, sign_submission
-from tests.conftest import TLP2
+from tests.conftest import TLP2, stix_identity
 
 CORPUS = Path(__file__).parent / "corpus"
 NS = uuid.UUID("7b0d3c1e-5a4f-4e8b-9c2d-1f6a8e4b3c20")
@@ -1490,7 +1490,68 @@ def _behalf() -> list[Case]:
             "not in the directory",
         ),
     }
+    # Signed correctly by bank-b, but speaking for bank-a: its object, or in its name.
+    later = "2026-11-03T09:30:00.000Z"
+
+    def as_b(name: str, *objects: Any) -> Callable[[Ctx], bytes]:
+        return lambda ctx: signed(
+            ctx,
+            orjson.dumps(envelope(ctx, name, bundle(name, *objects), org="bank-b")),
+            by="bank-b",
+            org="bank-b",
+        )
+
+    bank_a = stix_identity("bank-a")
+    content_cases: dict[str, tuple[Callable[[Ctx], bytes], str, str]] = {
+        "revokes-other-members-object": (
+            as_b("behalf/14", {**ORIGINAL, "modified": later, "revoked": True}),
+            "not-owner",
+            "only an object's originator may supersede or revoke it",
+        ),
+        "supersedes-other-members-object": (
+            as_b("behalf/15", {**ORIGINAL, "modified": later, "name": "taken over"}),
+            "not-owner",
+            "new versions of objects another organisation published",
+        ),
+        "created-by-other-member": (
+            as_b("behalf/16", ind("behalf/16", created_by_ref=bank_a)),
+            "impersonation",
+            "created_by_ref naming another organisation's identity",
+        ),
+        "other-members-identity-object": (
+            as_b(
+                "behalf/17",
+                sdo("identity", "behalf/17", "clear", name="Bank A", identity_class="organization")
+                | {"id": bank_a},
+            ),
+            "impersonation",
+            "is the STIX identity of another organisation",
+        ),
+        "other-members-object-under-upper-case-id": (
+            as_b(
+                "behalf/18",
+                {
+                    **ORIGINAL,
+                    "id": "indicator--" + ORIGINAL["id"].partition("--")[2].upper(),
+                    "modified": later,
+                },
+            ),
+            "not-owner",
+            "only an object's originator",
+        ),
+    }
     out = [
+        Case(
+            f"nats/someone-elses-behalf/{name}",
+            "someone else's behalf",
+            "nats",
+            refused(reason, message),
+            token=token,
+            subject_org="bank-b",
+        )
+        for name, (token, reason, message) in content_cases.items()
+    ]
+    out += [
         Case(
             f"nats/someone-elses-behalf/{name}",
             "someone else's behalf",
@@ -1523,6 +1584,27 @@ def _behalf() -> list[Case]:
         ),
         "no-credentials": ({"auth": ("-", "")}, http(401, "valid credentials")),
     }
+    revoked = {**ORIGINAL, "modified": later, "revoked": True}
+    out.append(
+        Case(
+            "taxii/someone-elses-behalf/revokes-other-members-object",
+            "someone else's behalf",
+            "taxii",
+            taxii_refused("not-owner"),
+            body=taxii_body(revoked),
+            org="bank-b",
+        )
+    )
+    out.append(
+        Case(
+            "taxii/someone-elses-behalf/created-by-other-member",
+            "someone else's behalf",
+            "taxii",
+            taxii_refused("impersonation"),
+            body=taxii_body(ind("behalf/taxii-forged", created_by_ref=bank_a)),
+            org="bank-b",
+        )
+    )
     for name, (changes, expect) in taxii_cases.items():
         out.append(
             Case(

@@ -1,5 +1,6 @@
 """The object ledger against a real nats-server: one write per new object and phase, no
-lost writes between competing workers, conflicts found, hand-deleted records survived."""
+lost writes between competing workers, conflicts found, hand-deleted records survived, and
+only an object's owner adds versions."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ async def test_new_objects_take_one_write_per_phase_and_no_read(js: JetStreamCon
     ids = [f"indicator--{n:08d}-0000-4000-8000-000000000000" for n in range(5)]
     versions = {(i, T1): f"sha-{i}" for i in ids}
 
-    claim = await ledger.claim(versions)
+    claim = await ledger.claim(versions, "bank-a")
 
     assert claim.conflicts == []
     assert all(claim.before[i] == ObjectRecord({}, {}, None) for i in ids)
@@ -70,25 +71,33 @@ async def test_new_objects_take_one_write_per_phase_and_no_read(js: JetStreamCon
     assert ledger.reads == 0
     assert await _writes(js) == 10
     for i in ids:
-        assert await _stored(js, ledger, i) == {"v": {T1: f"sha-{i}"}, "r": {"ec3": "green"}}
+        assert await _stored(js, ledger, i) == {
+            "v": {T1: f"sha-{i}"},
+            "r": {"ec3": "green"},
+            "o": "bank-a",
+        }
 
 
 async def test_a_known_object_returns_what_earlier_submissions_left(js: JetStreamContext) -> None:
     ledger = Ledger(js, KEY)
     oid = "indicator--00000001-0000-4000-8000-000000000000"
-    first = await ledger.claim({(oid, T1): "sha-a"})
+    first = await ledger.claim({(oid, T1): "sha-a"}, "bank-a")
     await ledger.record(
         {(oid, T1): "sha-a"}, {"ec3": _delivered("ec3", ["d"])}, {"d": oid}, known=first.after
     )
 
-    again = await ledger.claim({(oid, T1): "sha-a"})
+    again = await ledger.claim({(oid, T1): "sha-a"}, "bank-a")
     assert again.conflicts == []
     assert again.before[oid].versions == {T1: "sha-a"}
     assert Ledger.received_before(again.before) == {"ec3": {oid: "green"}}
 
-    clash = await ledger.claim({(oid, T1): "sha-OTHER"})
+    clash = await ledger.claim({(oid, T1): "sha-OTHER"}, "bank-a")
     assert clash.conflicts == [(oid, T1)]
-    assert await _stored(js, ledger, oid) == {"v": {T1: "sha-a"}, "r": {"ec3": "green"}}
+    assert await _stored(js, ledger, oid) == {
+        "v": {T1: "sha-a"},
+        "r": {"ec3": "green"},
+        "o": "bank-a",
+    }
 
 
 async def test_competing_workers_lose_no_version_and_no_receiver(js: JetStreamContext) -> None:
@@ -96,7 +105,9 @@ async def test_competing_workers_lose_no_version_and_no_receiver(js: JetStreamCo
     oid = "indicator--00000002-0000-4000-8000-000000000000"
 
     # Both try to create the record at once: one create wins, the other merges after a read.
-    a, b = await asyncio.gather(one.claim({(oid, T1): "sha-1"}), two.claim({(oid, T2): "sha-2"}))
+    a, b = await asyncio.gather(
+        one.claim({(oid, T1): "sha-1"}, "bank-a"), two.claim({(oid, T2): "sha-2"}, "bank-a")
+    )
     assert a.conflicts == b.conflicts == []
 
     # Both record with what their own claim left: at least one of them is stale by now and
@@ -112,13 +123,14 @@ async def test_competing_workers_lose_no_version_and_no_receiver(js: JetStreamCo
     assert await _stored(js, one, oid) == {
         "v": {T1: "sha-1", T2: "sha-2"},
         "r": {"ec3": "green", "ncu": "green"},
+        "o": "bank-a",
     }
 
 
 async def test_a_stale_known_record_is_read_again_not_overwritten(js: JetStreamContext) -> None:
     ledger = Ledger(js, KEY)
     oid = "indicator--00000003-0000-4000-8000-000000000000"
-    claim = await ledger.claim({(oid, T1): "sha-1"})
+    claim = await ledger.claim({(oid, T1): "sha-1"}, "bank-a")
     # Another worker records a receiver after our claim.
     await Ledger(js, KEY).record(
         {(oid, T1): "sha-1"}, {"ncu": _delivered("ncu", ["d"])}, {"d": oid}
@@ -134,12 +146,72 @@ async def test_a_stale_known_record_is_read_again_not_overwritten(js: JetStreamC
 async def test_a_record_deleted_by_hand_is_started_afresh(js: JetStreamContext) -> None:
     ledger = Ledger(js, KEY)
     oid = "indicator--00000004-0000-4000-8000-000000000000"
-    await ledger.claim({(oid, T1): "sha-1"})
+    await ledger.claim({(oid, T1): "sha-1"}, "bank-a")
     kv = await js.key_value(OBJECTS_BUCKET)
     await kv.delete(ledger.key_of(oid))
 
-    claim = await ledger.claim({(oid, T2): "sha-2"})
+    claim = await ledger.claim({(oid, T2): "sha-2"}, "bank-a")
 
     assert claim.conflicts == []
     assert claim.before[oid].versions == {}
     assert (await _stored(js, ledger, oid))["v"] == {T2: "sha-2"}
+
+
+async def test_only_the_owner_adds_versions(js: JetStreamContext) -> None:
+    ledger = Ledger(js, KEY)
+    oid = "indicator--00000005-0000-4000-8000-000000000000"
+    await ledger.claim({(oid, T1): "sha-1"}, "bank-a")
+
+    takeover = await ledger.claim({(oid, T2): "sha-2"}, "bank-b")
+    relay = await ledger.claim({(oid, T1): "sha-1"}, "bank-b")
+    update = await ledger.claim({(oid, T2): "sha-2"}, "bank-a")
+
+    assert takeover.foreign == [oid] and takeover.conflicts == []
+    assert relay.foreign == [] and relay.conflicts == []
+    assert update.foreign == [] and update.conflicts == []
+    assert await _stored(js, ledger, oid) == {
+        "v": {T1: "sha-1", T2: "sha-2"},
+        "r": {},
+        "o": "bank-a",
+    }
+
+
+async def test_relay_only_ids_are_never_created_or_versioned(js: JetStreamContext) -> None:
+    ledger = Ledger(js, KEY)
+    known = "indicator--00000006-0000-4000-8000-000000000000"
+    unknown = "indicator--00000007-0000-4000-8000-000000000000"
+    await ledger.claim({(known, T1): "sha-1"}, "bank-a")
+    writes = await _writes(js)
+
+    claim = await ledger.claim(
+        {(known, T1): "sha-1", (unknown, T1): "sha-x"}, "bank-b", relay_only={known, unknown}
+    )
+    newer = await ledger.claim({(known, T2): "sha-2"}, "bank-b", relay_only={known})
+
+    assert claim.foreign == [unknown]
+    assert newer.foreign == [known]
+    assert await _writes(js) == writes
+
+
+async def test_two_organisations_racing_for_a_new_id_get_one_owner(js: JetStreamContext) -> None:
+    oid = "indicator--00000008-0000-4000-8000-000000000000"
+    a, b = await asyncio.gather(
+        Ledger(js, KEY).claim({(oid, T1): "sha-a"}, "bank-a"),
+        Ledger(js, KEY).claim({(oid, T2): "sha-b"}, "bank-b"),
+    )
+    stored = await _stored(js, Ledger(js, KEY), oid)
+    winner, loser = (a, b) if stored["o"] == "bank-a" else (b, a)
+    assert winner.foreign == [] and loser.foreign == [oid]
+    assert len(stored["v"]) == 1  # type: ignore[arg-type]
+
+
+async def test_uuid_case_does_not_make_another_object(js: JetStreamContext) -> None:
+    ledger = Ledger(js, KEY)
+    oid = "indicator--0000000a-0000-4000-8000-00000000abcd"
+    await ledger.claim({(oid, T1): "sha-1"}, "bank-a")
+
+    shouted = await ledger.claim(
+        {(oid.upper().replace("INDICATOR", "indicator"), T2): "x"}, "bank-b"
+    )
+
+    assert shouted.foreign == [oid.upper().replace("INDICATOR", "indicator")]

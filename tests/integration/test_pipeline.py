@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from broker._audit import read_log
 from broker._bus import DELIVERIES, deliver_subject, submit_subject
 from keys import PrivateKey, sign_submission
+from tests.conftest import stix_identity
 from tests.integration.helpers import (
     bundle,
     indicator,
@@ -281,6 +282,42 @@ class TestVersions:
         got = orjson.loads((tmp_path / "lea-1" / f"{sid}.json").read_bytes())
         assert [(o["id"], o.get("revoked")) for o in got["objects"]] == [(original["id"], True)]
         assert received_ids(tmp_path / "lea-2") == set()
+
+    async def test_only_the_author_versions_an_object_others_may_relay_it(
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        community = make_community()
+        settings = await running_router(community)
+        original = {**indicator("clear", "bank-a's"), "created_by_ref": stix_identity("bank-a")}
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(original))
+        await wait_routed(js, 1)
+        later = "2026-11-03T09:30:00.000Z"
+        attempts = [
+            ("bank-b", {**original, "modified": later, "revoked": True}),
+            ("bank-b", original),  # relayed unchanged: allowed
+            ("bank-b", {**indicator("clear", "forged"), "created_by_ref": stix_identity("bank-a")}),
+            ("bank-a", {**original, "modified": later, "revoked": True}),
+        ]
+        for n, (org, obj) in enumerate(attempts, start=2):
+            await publish(settings, js, community, tmp_path, org, bundle(obj))
+            await wait_routed(js, n)
+        results = [
+            (e["org"], e["result"], e.get("reason"))
+            for e in await _log(js)
+            if e["type"] == "submission"
+        ]
+        assert results == [
+            ("bank-a", "accepted", None),
+            # Authored by bank-a (created_by_ref): a new version in its name.
+            ("bank-b", "refused", "impersonation"),
+            ("bank-b", "accepted", None),
+            ("bank-b", "refused", "impersonation"),
+            ("bank-a", "accepted", None),
+        ]
 
 
 class TestPostQuantum:

@@ -10,10 +10,28 @@ from typing import Any
 
 import pytest
 
-from policy import BundleRejected, Directory, View, version_digests
+from policy import (
+    BundleRejected,
+    Directory,
+    DirectoryError,
+    View,
+    normal_timestamp,
+    relay_only,
+    version_digests,
+)
 from policy._bundle import canonical_digest
 
-from ._support import BROKER_IDENTITY, TLP2, TS, Stix, bundle, decision_for, ids_of
+from ._support import (
+    BANK_A_IDENTITY,
+    BROKER_IDENTITY,
+    TLP2,
+    TS,
+    Stix,
+    bundle,
+    community_doc,
+    decision_for,
+    ids_of,
+)
 
 ViewFor = Callable[..., View]
 GOOD_ID = "indicator--6ba7b810-9dad-41d1-80b4-00c04fd430c8"
@@ -79,10 +97,45 @@ class TestVersions:
         ip = stix.ipv4("192.0.2.5")
         digests = version_digests(bundle(ind, ip))
         canonical = json.dumps(ind, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # modified is normalised; the observable is not versioned, so not listed.
         assert digests == {
-            (ind["id"], TS): hashlib.sha256(canonical.encode()).hexdigest(),
-            (ip["id"], ""): canonical_digest(ip),
+            (ind["id"], normal_timestamp(TS)): hashlib.sha256(canonical.encode()).hexdigest(),
         }
+        assert normal_timestamp(TS) == "2024-05-01T00:00:00Z"
+
+    @pytest.mark.parametrize(
+        ("spelling", "normal"),
+        [
+            ("2024-05-01T00:00:00Z", "2024-05-01T00:00:00Z"),
+            ("2024-05-01T00:00:00.000Z", "2024-05-01T00:00:00Z"),
+            ("2024-05-01T00:00:00.000000000Z", "2024-05-01T00:00:00Z"),
+            ("2024-05-01T00:00:00.120Z", "2024-05-01T00:00:00.12Z"),
+            ("2024-05-01T00:00:00.000000001Z", "2024-05-01T00:00:00.000000001Z"),
+            ("yesterday", "yesterday"),
+        ],
+    )
+    def test_modified_spellings_of_one_instant_are_one_version(
+        self, stix: Stix, spelling: str, normal: str
+    ) -> None:
+        ind = {**stix.indicator("clear"), "modified": spelling}
+        assert list(version_digests(bundle(ind))) == [(ind["id"], normal)]
+
+    def test_two_spellings_of_one_version_with_other_content_rejected(self, stix: Stix) -> None:
+        ind = {**stix.indicator("clear"), "modified": "2024-05-01T00:00:00Z"}
+        other = {**ind, "modified": "2024-05-01T00:00:00.000Z", "name": "other"}
+        with pytest.raises(BundleRejected, match="differ in content"):
+            version_digests(bundle(ind, other))
+
+    def test_marking_definitions_are_versioned_without_modified(self, stix: Stix) -> None:
+        statement = {
+            "type": "marking-definition",
+            "spec_version": "2.1",
+            "id": "marking-definition--6ad8fb86-3c23-4a74-9c38-3bb3a4e12f8a",
+            "created": TS,
+            "definition_type": "statement",
+            "definition": {"statement": "Copyright Bank B"},
+        }
+        assert list(version_digests(bundle(statement))) == [(statement["id"], "")]
 
     def test_digest_independent_of_key_order(self, stix: Stix) -> None:
         ind = stix.indicator("clear")
@@ -177,3 +230,43 @@ class TestInheritanceDetails:
         view = view_for(bundle(first, second), "bank-b", directory=directory)
         assert ids_of(view) == {first["id"], second["id"]}
         assert decision_for(view, second).tlp is not None
+
+
+class TestRelayOnly:
+    """Objects that speak for another organisation may be relayed, never created."""
+
+    def test_own_objects_are_not_listed(self, stix: Stix, directory: Directory) -> None:
+        own = stix.indicator("clear", created_by_ref=BANK_A_IDENTITY)
+        ident = stix.identity("clear", id=BANK_A_IDENTITY)
+        assert relay_only(bundle(own, ident), directory=directory, originator="bank-a") == {}
+
+    def test_created_by_another_members_identity(self, stix: Stix, directory: Directory) -> None:
+        forged = stix.indicator("clear", created_by_ref=BANK_A_IDENTITY)
+        found = relay_only(bundle(forged), directory=directory, originator="bank-b")
+        assert found == {
+            forged["id"]: "has a created_by_ref naming another organisation's identity"
+        }
+
+    def test_another_members_identity_object(self, stix: Stix, directory: Directory) -> None:
+        upper = "identity--" + BANK_A_IDENTITY.partition("--")[2].upper()
+        ident = stix.identity("clear", id=upper)
+        found = relay_only(bundle(ident), directory=directory, originator="bank-b")
+        assert found == {upper: "is the STIX identity of another organisation"}
+
+    def test_unknown_authors_are_not_listed(self, stix: Stix, directory: Directory) -> None:
+        other = stix.indicator(
+            "clear", created_by_ref="identity--0e1f7d2c-5b7a-4b8e-8a3e-6f1c2d3e4f50"
+        )
+        assert relay_only(bundle(other), directory=directory, originator="bank-b") == {}
+
+    def test_directory_refuses_one_identity_for_two_organisations(self) -> None:
+        doc = community_doc()
+        doc["organisations"][1]["stix_identity"] = BANK_A_IDENTITY
+        with pytest.raises(DirectoryError, match="already the identity of 'bank-a'"):
+            Directory.from_mapping(doc)
+
+    def test_directory_refuses_the_brokers_identity(self) -> None:
+        doc = community_doc()
+        doc["organisations"][1]["stix_identity"] = BROKER_IDENTITY
+        with pytest.raises(DirectoryError, match="already the identity of the broker"):
+            Directory.from_mapping(doc)
