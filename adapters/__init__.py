@@ -8,7 +8,7 @@ from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
 from ._consumer import cancel_and_wait, durable_pull, supervised
 from ._errors import AdapterError, BridgeError, TaxiiProtocolError
 from ._receipts import ReceiptKeeper, ReceiptStats
-from ._stix import InvalidBundle, check_bundle, parse_bundle
+from ._stix import InvalidBundle, check_bundle, parse_bundle, parse_json
 
 __all__ = [
     "AdapterError",
@@ -25,5 +25,6 @@ __all__ = [
     "check_bundle",
     "durable_pull",
     "parse_bundle",
+    "parse_json",
     "supervised",
 ]

@@ -12,16 +12,24 @@ size; orjson cannot serialize those when it seals the recipients' packages.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from ._errors import AdapterError
 
-__all__ = ["InvalidBundle", "check_bundle", "parse_bundle"]
+__all__ = [
+    "InvalidBundle",
+    "check_bundle",
+    "parse_bundle",
+    "parse_json",
+    "value_problem",
+]
 
 _ID_RE = re.compile(
     r"^[a-z][a-z0-9-]*--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -38,6 +46,24 @@ class InvalidBundle(AdapterError):
     """The document is not a usable STIX 2.1 bundle; the message says what and where."""
 
 
+_LONG_NUMBER_RE = re.compile(rb"\d{19}")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse JSON with orjson, keeping integers exact.
+
+    orjson reads an integer beyond 64 bits as a float, which would change the document
+    silently (and then pass the 64-bit check). Only a run of 19 or more digits can be one,
+    so only then is the document read again with the standard library, which keeps every
+    integer as written (and ``check_bundle`` refuses what orjson cannot write back).
+    Raises ``orjson.JSONDecodeError``.
+    """
+    data = orjson.loads(raw)
+    if _LONG_NUMBER_RE.search(raw) is not None:
+        data = json.loads(raw)
+    return data
+
+
 def parse_bundle(
     raw: bytes, *, source: str = "bundle", max_bytes: int, max_objects: int
 ) -> dict[str, Any]:
@@ -47,7 +73,7 @@ def parse_bundle(
             f"{source}: {len(raw):,} bytes is over the size limit of {max_bytes:,} bytes"
         )
     try:
-        data = orjson.loads(raw)
+        data = parse_json(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidBundle(f"{source}: not JSON: {exc}") from exc
     check_bundle(data, source=source, max_objects=max_objects)
@@ -97,9 +123,60 @@ def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None
             raise InvalidBundle(
                 f"{where} ({obj_id}): 'spec_version' is {obj.get('spec_version')!r}, expected '2.1'"
             )
-        problem = _value_problem(obj, 0)
+        problem = _timestamps_problem(obj) or _value_problem(obj, 0)
         if problem is not None:
             raise InvalidBundle(f"{where} ({obj_id}): {problem}")
+
+
+_TIMESTAMP_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?Z$")
+
+
+def _instant(value: str) -> tuple[datetime, str] | None:
+    """A STIX timestamp as (whole seconds, fraction digits), or None if it is not one."""
+    match = _TIMESTAMP_RE.match(value)
+    if match is None:
+        return None
+    try:
+        year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+        seconds = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        return None
+    return seconds, (match.group(7) or ".")[1:].rstrip("0")
+
+
+def _timestamps_problem(obj: Mapping[str, Any]) -> str | None:
+    """Why ``created``/``modified`` are not usable STIX timestamps, or None.
+
+    The router tells versions apart by ``modified``: it must be a real instant, written
+    as STIX writes them (``2024-05-01T00:00:00Z``, any fraction of a second), and not
+    before ``created``.
+    """
+    found: dict[str, tuple[datetime, str]] = {}
+    for name in ("created", "modified"):
+        if name not in obj:
+            continue
+        value = obj[name]
+        instant = _instant(value) if isinstance(value, str) else None
+        if instant is None:
+            return (
+                f"'{name}' {_shown(value)} is not a STIX timestamp "
+                "(YYYY-MM-DDTHH:MM:SS[.fraction]Z, in UTC)"
+            )
+        found[name] = instant
+    if "created" in found and "modified" in found:
+        created, modified = found["created"], found["modified"]
+        width = max(len(created[1]), len(modified[1]))
+        if (modified[0], modified[1].ljust(width, "0")) < (
+            created[0],
+            created[1].ljust(width, "0"),
+        ):
+            return "'modified' is earlier than 'created'"
+    return None
+
+
+def value_problem(value: Any) -> str | None:
+    """Why a JSON value cannot be relayed as is (nesting, integer range, NaN), or None."""
+    return _value_problem(value, 0)
 
 
 def _value_problem(value: Any, level: int) -> str | None:
@@ -119,6 +196,11 @@ def _value_problem(value: Any, level: int) -> str | None:
     elif isinstance(value, float) and not math.isfinite(value):
         return "holds a number that is not finite (NaN or Infinity)"
     return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _kind(value: Any) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters import InvalidBundle, check_bundle
+from adapters import InvalidBundle, check_bundle, parse_json
 from keys import (
     PrivateKey,
     PublicKey,
@@ -158,7 +158,7 @@ def make_submission(
     if too_large is not None:
         raise SubmissionError(too_large)
     try:
-        bundle = orjson.loads(bundle_raw)
+        bundle = parse_json(bundle_raw)
     except orjson.JSONDecodeError as exc:
         raise SubmissionError(f"{source}: not JSON: {exc}") from exc
     too_many = over_object_limit(source, bundle, max_objects)

@@ -415,15 +415,21 @@ def _bundle_types() -> dict[str, tuple[Any, str]]:
     }
 
 
-def _numbers() -> dict[str, tuple[str, str, str]]:
+def _numbers() -> dict[str, tuple[str, str, Expect]]:
     """Numbers JSON parsers disagree on: (raw JSON value, router message, TAXII outcome)."""
     return {
-        "nan": ("NaN", "not finite", "not JSON"),
-        "infinity": ("Infinity", "not finite", "not JSON"),
-        "minus-infinity": ("-Infinity", "not finite", "not JSON"),
-        "overflowing-float": ("1e400", "not finite", "not JSON"),
-        "integer-over-64-bits": (str(2**64), "64-bit", ""),
-        "integer-under-64-bits": (str(-(2**63) - 1), "64-bit", ""),
+        "nan": ("NaN", "not finite", http(400, "not JSON")),
+        "infinity": ("Infinity", "not finite", http(400, "not JSON")),
+        "minus-infinity": ("-Infinity", "not finite", http(400, "not JSON")),
+        "overflowing-float": ("1e400", "not finite", http(400, "not JSON")),
+        # orjson alone would read these as floats and pass them on, changed.
+        "integer-over-64-bits": (str(2**64), "64-bit", http(422, "outside the 64-bit range")),
+        "integer-under-64-bits": (
+            str(-(2**63) - 1),
+            "64-bit",
+            http(422, "outside the 64-bit range"),
+        ),
+        "integer-of-40-digits": ("9" * 40, "64-bit", http(422, "outside the 64-bit range")),
     }
 
 
@@ -464,15 +470,37 @@ def _wrong_types() -> list[Case]:
                     body=taxii_body(*objects),
                 )
             )
-    for name, prop in (("modified-number", 20261102), ("modified-list", [T])):
+    timestamps: dict[str, tuple[dict[str, Any], str]] = {
+        "modified-number": ({"modified": 20261102}, "'modified' .* is not a STIX timestamp"),
+        "modified-list": ({"modified": [T]}, "'modified' .* is not a STIX timestamp"),
+        "modified-word": ({"modified": "yesterday"}, "'modified' 'yesterday' is not a STIX"),
+        "modified-unpadded": (
+            {"modified": "2024-1-1T0:0:0Z"},
+            "'modified' '2024-1-1T0:0:0Z' is not a STIX",
+        ),
+        "modified-offset": (
+            {"modified": "2026-11-02T10:00:00+01:00"},
+            "'modified' .* is not a STIX timestamp",
+        ),
+        "modified-no-such-day": (
+            {"modified": "2026-02-30T00:00:00Z"},
+            "'modified' .* is not a STIX timestamp",
+        ),
+        "created-null": ({"created": None}, "'created' None is not a STIX timestamp"),
+        "modified-before-created": (
+            {"modified": "2026-11-01T23:59:59.999Z"},
+            "'modified' is earlier than 'created'",
+        ),
+    }
+    for name, (props, message) in timestamps.items():
         case_name = f"wrong-types/{name}"
-        obj = ind(case_name, modified=prop)
+        obj = ind(case_name, **props)
         out.append(
             Case(
                 f"nats/{case_name}",
                 "wrong types",
                 "nats",
-                refused("bundle-rejected", "modified is not a string"),
+                refused("invalid-bundle", message),
                 token=good_token(case_name, bundle(case_name, obj)),
             )
         )
@@ -481,7 +509,7 @@ def _wrong_types() -> list[Case]:
                 f"taxii/{case_name}",
                 "wrong types",
                 "taxii",
-                taxii_refused("bundle-rejected"),
+                http(422, message),
                 body=taxii_body(obj),
             )
         )
@@ -498,11 +526,8 @@ def _wrong_types() -> list[Case]:
                 token=splice_token(case_name, raw),
             )
         )
-        if taxii:
-            body = taxii_body(obj).replace(b'"@@N@@"', value.encode())
-            out.append(
-                Case(f"taxii/{case_name}", "wrong types", "taxii", http(400, taxii), body=body)
-            )
+        body = taxii_body(obj).replace(b'"@@N@@"', value.encode())
+        out.append(Case(f"taxii/{case_name}", "wrong types", "taxii", taxii, body=body))
     return out
 
 

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from adapters import InvalidBundle, check_bundle
+from adapters import InvalidBundle, check_bundle, parse_json
+from adapters._stix import value_problem
 
 OBJ = {
     "type": "indicator",
@@ -83,3 +86,51 @@ class TestCheckBundle:
         # pydantic (the router's parser) reads these; sealing with orjson then crashed.
         with pytest.raises(InvalidBundle, match=rf"objects\[0\] \(indicator--.*\): .*{message}"):
             check_bundle(_bundle({**OBJ, "x_n": [{"n": number}]}), max_objects=10)
+
+
+class TestTimestamps:
+    @pytest.mark.parametrize(
+        ("created", "modified"),
+        [
+            ("2024-05-01T00:00:00Z", "2024-05-01T00:00:00Z"),
+            ("2024-05-01T00:00:00.5Z", "2024-05-01T00:00:00.500Z"),
+            ("2024-02-29T23:59:59.999999999Z", "2024-03-01T00:00:00Z"),
+        ],
+    )
+    def test_accepts_stix_timestamps(self, created: str, modified: str) -> None:
+        check_bundle(_bundle({**OBJ, "created": created, "modified": modified}), max_objects=1)
+
+    @pytest.mark.parametrize(
+        ("props", "message"),
+        [
+            ({"modified": "2024-05-01 00:00:00Z"}, "'modified' '2024-05-01 00:00:00Z' is not"),
+            ({"created": "2023-02-29T00:00:00Z"}, "'created' .* is not a STIX timestamp"),
+            ({"modified": "2024-05-01T00:00:00.Z"}, "is not a STIX timestamp"),
+            ({"modified": "2024-05-01T24:00:00Z"}, "is not a STIX timestamp"),
+            (
+                {"created": "2024-05-01T00:00:00.01Z", "modified": "2024-05-01T00:00:00.009Z"},
+                "'modified' is earlier than 'created'",
+            ),
+        ],
+    )
+    def test_refuses_what_is_not_one(self, props: dict[str, str], message: str) -> None:
+        with pytest.raises(InvalidBundle, match=message):
+            check_bundle(_bundle({**OBJ, **props}), max_objects=1)
+
+
+class TestParseJson:
+    @pytest.mark.parametrize(
+        "raw",
+        [b"[18446744073709551616]", b"[-9223372036854775809]", b'{"n": ' + b"9" * 40 + b"}"],
+    )
+    def test_integers_beyond_64_bits_stay_exact_and_are_refused(self, raw: bytes) -> None:
+        data = parse_json(raw)
+        value = data[0] if isinstance(data, list) else data["n"]
+        assert isinstance(value, int) and json.dumps(data).encode().replace(
+            b" ", b""
+        ) == raw.replace(b" ", b"")
+        assert value_problem(data) == "holds an integer outside the 64-bit range"
+
+    def test_long_digit_runs_in_strings_change_nothing(self) -> None:
+        raw = b'{"x": "12345678901234567890123", "n": 18446744073709551615, "f": 1.5}'
+        assert parse_json(raw) == {"x": "12345678901234567890123", "n": 2**64 - 1, "f": 1.5}
