@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
 log = structlog.get_logger()
 
 DELIVERIES = "DELIVERIES"
+SID_RE = re.compile(r"^[0-9a-f]{32}$")
+"""A submission id, as the broker writes it into subjects and claims (and file names here)."""
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
@@ -193,6 +196,22 @@ class Receiver:
             self._quarantine(msg, exc)
             await msg.ack_sync()
             return
+        src = opened.claims.get("src")
+        signed_sid = src.get("submission") if isinstance(src, dict) else None
+        if not (isinstance(signed_sid, str) and SID_RE.match(signed_sid)) or (
+            signed_sid != subject_sid
+        ):
+            # The subject is not signed, the claims are: a package republished under another
+            # subject is refused here, and the subject never names a file.
+            self._quarantine(
+                msg,
+                BridgeError(
+                    f"package for submission {str(signed_sid)[:40]!r} arrived on subject "
+                    f"{msg.subject[:120]!r}"
+                ),
+            )
+            await msg.ack_sync()
+            return
         if self._replay.seen(opened.jti, int(opened.claims["exp"])):
             self.stats.duplicates += 1
             log.info("package.duplicate", sub=subject_sid, jti=opened.jti)
@@ -206,10 +225,6 @@ class Receiver:
 
     def _store(self, sid: str, token: bytes, opened: OpenedPackage) -> None:
         src = opened.claims.get("src", {})
-        if src.get("submission") != sid:
-            raise BridgeError(
-                f"package for submission {src.get('submission')!r} arrived on {sid!r}"
-            )
         bundle_path = self._out / f"{sid}.json"
         atomic_write(bundle_path, orjson.dumps(opened.stix, option=orjson.OPT_INDENT_2))
         meta: dict[str, Any] = {
@@ -233,7 +248,7 @@ class Receiver:
         self.stats.by_tlp[tlp] = self.stats.by_tlp.get(tlp, 0) + 1
         log.info("package.stored", sub=sid, objects=len(objects), tlp=tlp)
 
-    def _quarantine(self, msg: Msg, exc: PackageError) -> None:
+    def _quarantine(self, msg: Msg, exc: PackageError | BridgeError) -> None:
         seq = msg.metadata.sequence.stream
         qdir = self._state / "quarantine"
         atomic_write(qdir / f"{seq}.jwe", msg.data, mode=0o600)

@@ -26,7 +26,7 @@ from nats.js import JetStreamContext
 
 from keys import PrivateKey, jws_sign
 
-from ._bridge import atomic_write
+from ._bridge import SID_RE, atomic_write
 from ._consumer import TRANSIENT_NATS, Backoff, durable_pull
 from ._errors import BridgeError
 
@@ -64,6 +64,7 @@ class ReceiptKeeper:
         self._check = check
         self._key = signing_key
         (self._state / "receipts").mkdir(parents=True, exist_ok=True)
+        (self._state / "quarantine").mkdir(parents=True, exist_ok=True)
         self.stats = ReceiptStats()
 
     @property
@@ -114,24 +115,25 @@ class ReceiptKeeper:
 
     async def handle(self, msg: Msg) -> None:
         sid = msg.subject.rsplit(".", 1)[-1]
+        if not SID_RE.match(sid):
+            # Never a file name: the subject is not signed and could hold "/" or "..".
+            await self._reject(msg, f"seq-{msg.metadata.sequence.stream}", "not a submission id")
+            return
         meta_path = self._state / "packages" / f"{sid}.json"
         if not meta_path.exists():
             self.stats.waiting += 1
             await msg.nak(delay=5)  # the package itself has not been stored yet
             return
-        meta = orjson.loads(meta_path.read_bytes())
         try:
-            entry = self._check(msg.data, meta["jti"], meta["aud"], meta["jwe_sha256"])
+            meta = orjson.loads(meta_path.read_bytes())
+            package = (meta["jti"], meta["aud"], meta["jwe_sha256"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            await self._reject(msg, sid, f"the stored package record {meta_path} is damaged: {exc}")
+            return
+        try:
+            entry = self._check(msg.data, *package)
         except BridgeError as exc:
-            self.stats.rejected += 1
-            atomic_write(
-                self._state / "quarantine" / f"receipt-{sid}.json",
-                orjson.dumps(
-                    {"subject": msg.subject, "error": type(exc).__name__, "detail": str(exc)}
-                ),
-            )
-            log.error("receipt.rejected", sub=sid, error=type(exc).__name__, detail=str(exc))
-            await msg.ack_sync()
+            await self._reject(msg, sid, str(exc), error=type(exc).__name__)
             return
         atomic_write(self._state / "receipts" / f"{sid}.json", msg.data, mode=0o600)
         self.stats.kept += 1
@@ -148,6 +150,18 @@ class ReceiptKeeper:
             await self._js.publish(f"atlas.ack.{self._org}", token.encode())
             self.stats.acknowledged += 1
         log.info("receipt.kept", sub=sid, index=entry.get("pkg"))
+        await msg.ack_sync()
+
+    async def _reject(
+        self, msg: Msg, name: str, detail: str, *, error: str = "BridgeError"
+    ) -> None:
+        """Quarantine a receipt that will never be kept, and ack it so it does not block."""
+        self.stats.rejected += 1
+        atomic_write(
+            self._state / "quarantine" / f"receipt-{name}.json",
+            orjson.dumps({"subject": msg.subject[:200], "error": error, "detail": detail}),
+        )
+        log.error("receipt.rejected", sub=name, error=error, detail=detail)
         await msg.ack_sync()
 
 

@@ -208,6 +208,29 @@ class TestPackages:
         assert orjson.loads(reasons[0].read_bytes())["error"] == "WrongRecipientKey"
         assert not list((tmp_path / "wrong").glob("*.json"))
 
+    async def test_a_genuine_package_under_another_subject_is_quarantined(
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        community = make_community()
+        settings = await running_router(community)
+        sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+        await wait_routed(js, 1)
+        genuine = await js.get_last_msg(DELIVERIES, deliver_subject("lea-1", sid))
+        # The subject is not signed: the same bytes republished under another submission id.
+        await js.publish(deliver_subject("lea-1", "f" * 32), genuine.data)
+
+        stats = await receive_all(settings, js, community, "lea-1", tmp_path / "out")
+
+        assert stats.received == 1 and stats.quarantined == 1
+        assert sorted(p.name for p in (tmp_path / "out").glob("*.json")) == [f"{sid}.json"]
+        reasons = list((tmp_path / "out" / ".atlas" / "quarantine").glob("*.reason.json"))
+        detail = orjson.loads(reasons[0].read_bytes())["detail"]
+        assert f"package for submission '{sid}' arrived on subject" in detail
+
     async def test_jwcrypto_opens_a_delivered_package(
         self,
         js: JetStreamContext,

@@ -117,3 +117,30 @@ async def test_a_tampered_receipt_is_rejected_and_not_kept(
     assert stats.receipts == 0
     assert not (out / ".atlas" / "receipts" / f"{sid}.json").exists()
     assert (out / ".atlas" / "quarantine" / f"receipt-{sid}.json").exists()
+
+
+async def test_a_receipt_whose_subject_is_no_submission_id_is_quarantined(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+    out = tmp_path / "lea-1"
+    await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
+    )
+    await js.purge_stream(RECEIPTS)
+    # Taken as a file name, "/x" would be an absolute path outside the partner's folder.
+    ack = await js.publish("atlas.receipt.lea-1./x", b"{}")
+
+    stats = await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
+    )
+
+    assert stats.receipts == 0
+    kept = out / ".atlas" / "quarantine" / f"receipt-seq-{ack.seq}.json"
+    assert orjson.loads(kept.read_bytes())["detail"] == "not a submission id"
