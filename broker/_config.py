@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -178,6 +179,22 @@ class TaxiiSettings(_Section):
     """32 random bytes keying the ``next`` tokens; share it between server instances behind a
     load balancer. Default ``data_dir/taxii-cursor.key`` (created on first use)."""
     api_root: str = Field(default="atlas", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    public_url: str | None = None
+    """The server's address as clients reach it (``https://taxii.example.org``), used in
+    discovery's API root URLs. Unset: taken from the request (its Host header), which is
+    right when clients reach the server directly."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL with a host")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{value!r}: no query, fragment or user name in a public URL")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _tls_or_loopback(self) -> TaxiiSettings:

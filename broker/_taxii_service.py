@@ -89,6 +89,7 @@ async def run_taxii(
             credentials,
             cursor_key=cursor_key,
             api_root=settings.taxii.api_root,
+            public_url=settings.taxii.public_url,
             rate_limit=limiter.retry_after if limiter.enabled else None,
         )
         cfg = settings.taxii

@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._stix import MAX_DEPTH
-from ._auth import Credentials
+from .._stix import MAX_DEPTH, parse_json, value_problem
+from ._auth import Credentials, FailedLogins
 from ._cursor import CursorCodec, InvalidCursor
 from ._http import (
     STIX_MEDIA_TYPE,
@@ -78,8 +78,11 @@ class _Server:
         api_root: str,
         title: str,
         rate_limit: Callable[[str], float] | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.backend = backend
+        self.public_url = public_url
+        self.failed_logins = FailedLogins()
         self.rate_limit = rate_limit
         """Seconds ``org`` must wait before its next POST (0: go ahead; takes a token)."""
         self.credentials = credentials
@@ -90,16 +93,37 @@ class _Server:
     async def authenticate(self, request: Request) -> str:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
-        org: str | None = None
+        user: str | None = None
+        token = ""
         if scheme.lower() == "basic":
             try:
-                user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+                user, _, token = base64.b64decode(value, validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError, ValueError):
-                user, password = "", ""
-            if user and password:
-                org = await self.credentials.verify(user, password)
-        elif scheme.lower() in ("bearer", "token") and value.strip():
-            org = await self.credentials.verify(None, value.strip())
+                user, token = "", ""
+            if not user:
+                token = ""
+        elif scheme.lower() in ("bearer", "token"):
+            token = value.strip()
+        claimed = (user if user is not None else token.split(".", 1)[0])[:64]
+        peer = request.client.host if request.client is not None else "-"
+        key = (peer, claimed)
+        org: str | None = None
+        if token:
+            wait = self.failed_logins.wait(key)
+            if wait > 0:
+                raise TaxiiHttpError(
+                    429,
+                    "Too many failed logins",
+                    f"{self.failed_logins.limit} failed logins for {claimed!r} from this "
+                    f"address in {self.failed_logins.window:.0f} s: retry in {math.ceil(wait)} s",
+                    {"Retry-After": str(math.ceil(wait))},
+                )
+            org = await self.credentials.verify(user, token)
+            if org is None:
+                self.failed_logins.failed(key)
+                log.warning("taxii.login_failed", org=claimed, peer=peer)
+            else:
+                self.failed_logins.succeeded(key)
         if org is None:
             raise TaxiiHttpError(
                 401,
@@ -115,6 +139,10 @@ class _Server:
             return await self.dispatch(request)
         except TaxiiHttpError as exc:
             return exc.response()
+        except ClientDisconnect:
+            # The client went away mid-body: nothing was submitted, and nobody reads this.
+            log.info("taxii.client_disconnected", path=request.url.path)
+            return TaxiiHttpError(400, "Incomplete request", "the client disconnected").response()
         except Exception:  # every answer stays a TAXII message
             log.exception("taxii.internal_error", path=request.url.path)
             return TaxiiHttpError(
@@ -170,7 +198,8 @@ class _Server:
         return (found[0], found[1]) if found else (None, [])
 
     async def discovery(self, request: Request, org: str, parts: Sequence[str]) -> Response:
-        root = f"{str(request.base_url).rstrip('/')}/{self.api_root}/"
+        base = self.public_url or str(request.base_url).rstrip("/")
+        root = f"{base}/{self.api_root}/"
         return taxii_response(
             {
                 "title": self.title,
@@ -331,7 +360,7 @@ class _Server:
             if len(body) > limit:
                 raise TaxiiHttpError(413, "Too large", f"the body exceeds {limit:,} bytes")
         try:
-            envelope = orjson.loads(bytes(body))
+            envelope = parse_json(bytes(body))
         except orjson.JSONDecodeError as exc:
             raise TaxiiHttpError(400, "Invalid JSON", f"the body is not JSON: {exc}") from None
         objects = envelope.get("objects") if isinstance(envelope, dict) else None
@@ -342,10 +371,12 @@ class _Server:
         try:
             objects_json = orjson.dumps(objects)
         except orjson.JSONEncodeError:
-            # orjson writes at most 255 levels; check_bundle would refuse far fewer anyway.
-            raise TaxiiHttpError(
-                422, "Not accepted", f"an object is nested deeper than {MAX_DEPTH} levels"
-            ) from None
+            # orjson writes at most 255 levels and 64-bit integers: say which it was.
+            problem = next(
+                (f"objects[{i}]: {p}" for i, o in enumerate(objects) if (p := value_problem(o))),
+                f"an object is nested deeper than {MAX_DEPTH} levels",
+            )
+            raise TaxiiHttpError(422, "Not accepted", problem) from None
         try:
             record = await self.backend.submit(org, objects_json, info.audience)
         except SubmitRefused as exc:
@@ -369,11 +400,13 @@ def create_app(
     api_root: str = "atlas",
     title: str = "Atlas broker TAXII 2.1",
     rate_limit: Callable[[str], float] | None = None,
+    public_url: str | None = None,
 ) -> ASGIApp:
     """The ASGI app: ``GET /openapi.json``, and TAXII for every other path and method.
 
     ``rate_limit(org)`` gives the seconds an organisation must wait before its next POST
-    (0: go ahead); a positive answer is a 429 with ``Retry-After``.
+    (0: go ahead); a positive answer is a 429 with ``Retry-After``. ``public_url``: the
+    address discovery advertises (default: the request's own).
     """
     server = _Server(
         backend,
@@ -382,6 +415,7 @@ def create_app(
         api_root=api_root,
         title=title,
         rate_limit=rate_limit,
+        public_url=public_url,
     )
     document = openapi_document(api_root=api_root, title=title)
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
+import functools
 import hashlib
 import hmac
 import re
 import secrets
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import tomli_w
@@ -31,7 +33,14 @@ import tomli_w
 from .._bridge import atomic_write
 from .._errors import AdapterError
 
-__all__ = ["Credentials", "CredentialsError", "hash_secret", "new_token", "set_secret"]
+__all__ = [
+    "Credentials",
+    "CredentialsError",
+    "FailedLogins",
+    "hash_secret",
+    "new_token",
+    "set_secret",
+]
 
 _N, _R, _P = 2**14, 8, 1
 _ORG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -68,6 +77,12 @@ def _check(token: str, stored: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
+@functools.cache
+def _decoy() -> str:
+    """Checked against when the organisation is unknown (equal work, never a match)."""
+    return hash_secret(secrets.token_urlsafe(24))
+
+
 def new_token(org: str) -> str:
     return f"{org}.{secrets.token_urlsafe(24)}"
 
@@ -95,26 +110,86 @@ class Credentials:
         return frozenset(self._hashes)
 
     def _verify_now(self, org: str, token: str) -> bool:
-        return any(_check(token, stored) for stored in self._hashes.get(org, ()))
+        stored = self._hashes.get(org)
+        if not stored:
+            # Unknown organisation: spend one scrypt all the same, so that the time an
+            # answer takes does not tell which organisation ids exist.
+            _check(token, _decoy())
+            return False
+        return any(_check(token, one) for one in stored)
 
     async def verify(self, user: str | None, token: str) -> str | None:
         """Basic (``user`` given) or bearer (``user`` None); the organisation, or ``None``."""
         org = token.split(".", 1)[0]
-        if user is not None and user != org:
-            return None
-        if org not in self._hashes or len(token) > 512:
+        if len(token) > 512:
             return None
         key = hmac.new(self._cache_key, token.encode(), hashlib.sha256).digest()
         hit = self._cache.get(key)
         now = time.monotonic()
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > now and (user is None or user == hit[0]):
             return hit[0]
-        if not await asyncio.to_thread(self._verify_now, org, token):
+        valid = await asyncio.to_thread(self._verify_now, org, token)
+        if not valid or (user is not None and user != org):
             return None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (org, now + _CACHE_TTL)
         return org
+
+
+class FailedLogins:
+    """Failed logins per (client address, claimed organisation), in a sliding window.
+
+    After ``limit`` failures within ``window`` seconds that pair must wait until the oldest
+    of them leaves the window; a success clears it. Keyed on the pair, so that a guesser
+    slows itself down without locking the organisation out for its other addresses. Behind
+    a proxy every client shares the proxy's address: rate-limit there too.
+    """
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window: float = 60.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10_000,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self._clock = clock
+        self._max_keys = max_keys
+        self._failures: dict[tuple[str, str], collections.deque[float]] = {}
+
+    def _recent(self, key: tuple[str, str]) -> collections.deque[float] | None:
+        times = self._failures.get(key)
+        if times is None:
+            return None
+        horizon = self._clock() - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return None
+        return times
+
+    def wait(self, key: tuple[str, str]) -> float:
+        """Seconds before ``key`` may try again (0: now)."""
+        times = self._recent(key)
+        if times is None or len(times) < self.limit:
+            return 0.0
+        return max(0.0, times[0] + self.window - self._clock())
+
+    def failed(self, key: tuple[str, str]) -> None:
+        if key not in self._failures and len(self._failures) >= self._max_keys:
+            for old in list(self._failures):
+                self._recent(old)
+            if len(self._failures) >= self._max_keys:
+                self._failures.clear()  # under a flood: forget rather than grow
+        times = self._failures.setdefault(key, collections.deque(maxlen=self.limit))
+        times.append(self._clock())
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._failures.pop(key, None)
 
 
 def _parse(data: Mapping[str, object], path: Path) -> dict[str, tuple[str, ...]]:

@@ -25,6 +25,17 @@ _ERRORS = {
         (406, "Accept header not satisfiable"),
     )
 }
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+_ERRORS["429"] = {
+    "description": "Too many failed logins for this organisation from this address",
+    "headers": _RETRY_AFTER,
+    **_json(_ERROR),
+}
 
 
 def _param(name: str, schema: dict[str, Any], where: str = "query") -> dict[str, Any]:
@@ -98,13 +109,9 @@ def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
                             )
                         },
                         "429": {
-                            "description": "Over the organisation's submission rate",
-                            "headers": {
-                                "Retry-After": {
-                                    "description": "Seconds to wait",
-                                    "schema": {"type": "integer", "minimum": 1},
-                                }
-                            },
+                            "description": "Over the organisation's submission rate, or too "
+                            "many failed logins from this address",
+                            "headers": _RETRY_AFTER,
                             **_json(_ERROR),
                         },
                     },

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from adapters._taxii import Credentials, MemoryBackend, create_app, hash_secret
+from adapters._taxii._auth import FailedLogins
 
 MT = "application/taxii+json;version=2.1"
 TOKENS = {org: f"{org}.secret-{org}" for org in ("bank-a", "bank-b", "lea-1")}
@@ -123,6 +124,59 @@ class TestAuthentication:
         resp = client.get("/taxii2/", headers=bearer("bank-a", scheme))
         assert resp.status_code == 200
         assert resp.headers["content-type"] == MT
+
+    def test_repeated_failures_are_slowed_down_per_address_and_org(self, client: AppClient) -> None:
+        for _ in range(10):
+            assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.x")), 401)
+        # Now even the right token waits, from this address, for this organisation only.
+        resp = client.get("/taxii2/", headers=basic("bank-a"))
+        body = assert_taxii_error(resp, 429)
+        assert "10 failed logins for 'bank-a'" in body["description"]
+        assert 1 <= int(resp.headers["retry-after"]) <= 60
+        assert client.get("/taxii2/", headers=basic("bank-b")).status_code == 200
+
+    def test_unknown_organisation_costs_one_scrypt_like_a_known_one(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from adapters._taxii import _auth
+
+        checked: list[str] = []
+        real = _auth._check
+
+        def counting(token: str, stored: str) -> bool:
+            checked.append(token)
+            return real(token, stored)
+
+        monkeypatch.setattr(_auth, "_check", counting)
+        creds = Credentials({"bank-a": (hash_secret(TOKENS["bank-a"], n=1024),)})
+        assert asyncio.run(creds.verify(None, "ghost.guess")) is None
+        assert asyncio.run(creds.verify(None, "bank-a.guess")) is None
+        assert checked == ["ghost.guess", "bank-a.guess"]
+
+
+class TestFailedLogins:
+    def test_window_slides_and_success_clears(self) -> None:
+        now = [0.0]
+        logins = FailedLogins(limit=3, window=60, clock=lambda: now[0])
+        key = ("192.0.2.1", "bank-a")
+        for t in (0.0, 10.0, 20.0):
+            now[0] = t
+            assert logins.wait(key) == 0
+            logins.failed(key)
+        assert logins.wait(key) == pytest.approx(40.0)
+        now[0] = 60.5  # the first failure left the window
+        assert logins.wait(key) == 0
+        logins.failed(key)
+        assert logins.wait(key) > 0
+        logins.succeeded(key)
+        assert logins.wait(key) == 0
+        assert logins.wait(("192.0.2.2", "bank-a")) == 0
+
+    def test_memory_stays_bounded_under_a_flood_of_addresses(self) -> None:
+        logins = FailedLogins(limit=2, window=60, max_keys=100)
+        for n in range(1_000):
+            logins.failed((f"10.0.{n // 256}.{n % 256}", "bank-a"))
+        assert len(logins._failures) <= 100
 
 
 class TestDiscovery:
@@ -345,3 +399,58 @@ class TestReads:
     def test_openapi_is_served_when_asked(self, client: AppClient) -> None:
         doc = client.get("/openapi.json").json()
         assert doc["openapi"].startswith("3.") and "/atlas/status/{statusId}/" in doc["paths"]
+
+
+def test_discovery_advertises_the_configured_public_url(backend: MemoryBackend) -> None:
+    creds = Credentials({"bank-a": (hash_secret(TOKENS["bank-a"], n=1024),)})
+    app = create_app(backend, creds, cursor_key=b"k" * 32, public_url="https://taxii.example.org")
+    with asyncio.Runner() as runner:
+        client = AppClient(app, runner)
+        body = client.get("/taxii2/", headers={**basic("bank-a"), "Host": "evil.example"}).json()
+    assert body["api_roots"] == ["https://taxii.example.org/atlas/"]
+    assert body["default"] == "https://taxii.example.org/atlas/"
+
+
+def test_a_client_that_disconnects_mid_body_is_no_internal_error(backend: MemoryBackend) -> None:
+    creds = Credentials({"bank-a": (hash_secret(TOKENS["bank-a"], n=1024),)})
+    app = create_app(backend, creds, cursor_key=b"k" * 32)
+    auth = basic("bank-a")["Authorization"].encode()
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/atlas/collections/x/objects/",
+        "raw_path": b"/atlas/collections/x/objects/",
+        "query_string": b"",
+        "headers": [(b"authorization", auth), (b"content-type", MT.encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        # The collection must exist for the body to be read: use bank-a's community one.
+        listing = await _collections_via(app, auth)
+        scope["path"] = f"/atlas/collections/{listing['community']}/objects/"
+        await app(scope, receive, send)
+
+    asyncio.run(run())
+    assert sent[0]["status"] == 400  # not a 500 "internal error"
+    assert orjson.loads(sent[1]["body"])["title"] == "Incomplete request"
+
+
+async def _collections_via(app: Any, auth: bytes) -> dict[str, str]:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as client:
+        resp = await client.get(
+            "/atlas/collections/", headers={"Authorization": auth.decode(), "Accept": MT}
+        )
+    return {c["title"]: c["id"] for c in resp.json()["collections"]}

@@ -39,6 +39,22 @@ class TestLoadSettings:
         with pytest.raises(ConfigError, match=r"router\.workers"):
             load_settings(path)
 
+    @pytest.mark.parametrize(
+        "url", ["taxii.example.org", "ftp://taxii.example.org", "https://h.example/?x=1"]
+    )
+    def test_error_names_taxii_public_url_when_not_a_plain_http_url(
+        self, tmp_path: Path, url: str
+    ) -> None:
+        path = tmp_path / "atlas.toml"
+        path.write_text(f'[taxii]\npublic_url = "{url}"\n')
+        with pytest.raises(ConfigError, match=r"taxii\.public_url"):
+            load_settings(path)
+
+    def test_taxii_public_url_loses_its_trailing_slash(self, tmp_path: Path) -> None:
+        path = tmp_path / "atlas.toml"
+        path.write_text('[taxii]\npublic_url = "https://taxii.example.org/"\n')
+        assert load_settings(path).taxii.public_url == "https://taxii.example.org"
+
     def test_error_when_file_is_missing(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="does not exist"):
             load_settings(tmp_path / "nope.toml")
