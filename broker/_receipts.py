@@ -161,9 +161,9 @@ class AckRecorder:
                 "type": "receipt",
                 "ts": timestamp(_now()),
                 "rcpt": org,
-                "pkg": str(ack["pkg"]),
-                "index": int(ack["index"]),
-                "size": int(ack["size"]),
+                "pkg": _ack_text(ack, "pkg"),
+                "index": _ack_count(ack, "index"),
+                "size": _ack_count(ack, "size"),
                 "ack_sha256": digest,
             }
         except (
@@ -187,6 +187,25 @@ class AckRecorder:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+_MAX_COUNT = 2**53 - 1
+"""Log entries are RFC 8785 JSON, whose numbers are exact only up to here."""
+
+
+def _ack_count(ack: Any, name: str) -> int:
+    """A tree index or size from a recipient's acknowledgement, or ValueError."""
+    value = ack[name]
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+        raise ValueError(f"acknowledgement '{name}' is not a whole number of the log")
+    return value
+
+
+def _ack_text(ack: Any, name: str) -> str:
+    value = ack[name]
+    if not isinstance(value, str) or not 0 < len(value) <= 128:
+        raise ValueError(f"acknowledgement '{name}' is not a package id")
+    return value
 
 
 def receipt_checker(

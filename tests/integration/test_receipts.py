@@ -18,6 +18,7 @@ from broker._logcopy import LiveLog
 from broker._note import NoteVerifier
 from broker._receipt import verify_receipt
 from broker._service import receive
+from keys import jws_sign, load_private_key
 from tests.integration.helpers import bundle, indicator, publish, wait_routed
 
 
@@ -144,3 +145,30 @@ async def test_a_receipt_whose_subject_is_no_submission_id_is_quarantined(
     assert stats.receipts == 0
     kept = out / ".atlas" / "quarantine" / f"receipt-seq-{ack.seq}.json"
     assert orjson.loads(kept.read_bytes())["detail"] == "not a submission id"
+
+
+async def test_an_acknowledgement_with_absurd_numbers_is_refused_and_the_broker_goes_on(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    key = load_private_key(community.sign_key("lea-1"))
+    # Beyond 2**53 a number cannot be written as RFC 8785 JSON: it once stopped the router.
+    for index in (2**60, -1, 1.5, True):
+        ack = {"v": 1, "pkg": "pkg-x", "index": index, "size": 3, "jwe_sha256": "0" * 64}
+        token = jws_sign(orjson.dumps(ack), key, {"typ": "atlas-ack+jws", "org": "lea-1"})
+        await js.publish("atlas.ack.lea-1", token.encode())
+
+    async def _refusals_logged() -> bool:
+        entries = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
+        return len(entries) >= 4
+
+    await _until(_refusals_logged)
+    receipts = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
+    assert [e.get("result") for e in receipts] == ["refused"] * 4
+    # Still routing.
+    await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
