@@ -38,7 +38,7 @@ __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
 log = structlog.get_logger()
 
 DELIVERIES = "DELIVERIES"
-SID_RE = re.compile(r"^[0-9a-f]{32}$")
+SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 """A submission id, as the broker writes it into subjects and claims (and file names here)."""
 
 
@@ -64,11 +64,18 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
 
 
 class DiskReplayGuard:
-    """Package ids already opened, kept on disk until their ``exp`` has passed."""
+    """Package ids already opened, kept on disk until their ``exp`` has passed.
 
-    def __init__(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
+    Kept ``leeway`` seconds longer: ``open_package`` accepts a package until ``exp`` plus
+    that clock-skew leeway, so an id forgotten at ``exp`` could be replayed in between.
+    """
+
+    def __init__(
+        self, path: Path, *, now: Callable[[], float] = time.time, leeway: int = 60
+    ) -> None:
         self._path = path
         self._now = now
+        self._leeway = leeway
         self._seen: dict[str, int] = {}
         if path.exists():
             for line in path.read_bytes().splitlines():
@@ -78,7 +85,7 @@ class DiskReplayGuard:
         self._compact()
 
     def _compact(self) -> None:
-        cutoff = int(self._now())
+        cutoff = int(self._now()) - self._leeway
         live = {jti: exp for jti, exp in self._seen.items() if exp > cutoff}
         if len(live) != len(self._seen) or not self._path.exists():
             self._seen = live

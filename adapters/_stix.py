@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 _ID_RE = re.compile(
-    r"^[a-z][a-z0-9-]*--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    r"^[a-z][a-z0-9-]*--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
 MAX_DEPTH = 32
 """Containers an object may nest (deeper is refused as ``invalid-bundle``)."""
@@ -128,7 +128,7 @@ def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None
             raise InvalidBundle(f"{where} ({obj_id}): {problem}")
 
 
-_TIMESTAMP_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?Z$")
+_TIMESTAMP_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?Z\Z")
 
 
 def _instant(value: str) -> tuple[datetime, str] | None:

@@ -27,7 +27,7 @@ from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, LOG_SEQ_HEADER, TRE
 
 __all__ = ["SAMPLE_ERRORS", "BrokerMetrics"]
 
-_DELIVER_FILTER = re.compile(r"^atlas\.deliver\.([a-z0-9][a-z0-9_-]{0,62})\.\*$")
+_DELIVER_FILTER = re.compile(r"^atlas\.deliver\.([a-z0-9][a-z0-9_-]{0,62})\.\*\Z")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _ROUTE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

@@ -50,8 +50,8 @@ __all__ = [
     "over_size_limit",
 ]
 
-SID_RE = re.compile(r"^[0-9a-f]{32}$")
-_AUDIENCE_RE = re.compile(r"^(org|group):[a-z0-9][a-z0-9_-]{0,62}$")
+SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
+_AUDIENCE_RE = re.compile(r"^(org|group):[a-z0-9][a-z0-9_-]{0,62}\Z")
 MAX_CLOCK_SKEW = 300
 
 

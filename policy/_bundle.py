@@ -70,7 +70,7 @@ DEFINITION_TYPES = frozenset({"marking-definition", "extension-definition"})
 
 _ID_RE = re.compile(
     r"^([a-z0-9][a-z0-9-]*)--"
-    r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+    r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\Z"
 )
 
 

@@ -42,9 +42,9 @@ __all__ = [
 
 # Organisation and group ids appear in NATS subjects (atlas.submit.<org>,
 # atlas.deliver.<recipient>.<submission>): no dots, no wildcards, no whitespace.
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 _STIX_ID_RE = re.compile(
-    r"^[a-z][a-z0-9-]+--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    r"^[a-z][a-z0-9-]+--[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
 )
 
 

@@ -366,7 +366,7 @@ def version_digests(bundle: Mapping[str, Any]) -> dict[tuple[str, str], str]:
     return out
 
 
-_TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?Z$")
+_TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?Z\Z")
 
 
 def normal_timestamp(value: str) -> str:

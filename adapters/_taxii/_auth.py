@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 _N, _R, _P = 2**14, 8, 1
-_ORG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_ORG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 _CACHE_TTL = 300.0
 
 

@@ -30,8 +30,8 @@ TAXII_MEDIA_TYPE = "application/taxii+json;version=2.1"
 STIX_MEDIA_TYPE = "application/stix+json;version=2.1"
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
-_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,249}$")
-_SPEC_RE = re.compile(r"^[0-9]{1,2}\.[0-9]{1,2}$")
+_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,249}\Z")
+_SPEC_RE = re.compile(r"^[0-9]{1,2}\.[0-9]{1,2}\Z")
 _FILTERS = {
     "objects": {"id", "type", "version", "spec_version"},
     "object": {"version", "spec_version"},

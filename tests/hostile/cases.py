@@ -343,6 +343,9 @@ _ENVELOPE_TYPES: dict[str, tuple[dict[str, Any], str, str]] = {
     "sid-31-hex": ({"sid": "a" * 31}, "malformed", "envelope sid"),
     "sid-path": ({"sid": "../../etc/passwd"}, "malformed", "envelope sid"),
     "sid-missing": ({"sid": DROP}, "malformed", "envelope sid"),
+    # "$" would match before a final newline, which then went into subjects and keys.
+    "sid-trailing-newline": ({"sid": "a" * 32 + "\n"}, "malformed", "envelope sid"),
+    "to-trailing-newline": ({"to": ["org:lea-1\n"]}, "malformed", "not org:<id> or group:<id>"),
     "org-number": ({"org": 7}, "malformed", "envelope org"),
     "org-null": ({"org": None}, "malformed", "envelope org"),
     "org-missing": ({"org": DROP}, "malformed", "envelope org"),
@@ -408,6 +411,10 @@ def _bundle_types() -> dict[str, tuple[Any, str]]:
         "id-missing": (changed("o9", id=DROP), "not a STIX identifier"),
         "id-number": (changed("o10", id=1), "not a STIX identifier"),
         "id-not-uuid": (changed("o11", id="indicator--x"), "not a STIX identifier"),
+        "id-trailing-newline": (
+            changed("o16", id=f"indicator--{uid('o16')}\n"),
+            "not a STIX identifier",
+        ),
         "id-other-type": (changed("o12", id=f"malware--{uid('o12')}"), "does not match type"),
         "spec-version-missing": (changed("o13", spec_version=DROP), "'spec_version'"),
         "spec-version-2.0": (changed("o14", spec_version="2.0"), "'spec_version'"),
