@@ -6,7 +6,7 @@ The copy is a folder an auditor can take away and check with nothing but public 
 ``entries.jsonl``    every entry exactly as logged (the bytes the Merkle tree hashes), one
                      per line, in log order; line ``i`` (0-based) is log index ``i``
 ``checkpoints.jsonl`` ``{"seq": <LOG stream seq>, "data": "<checkpoint message JSON>"}``
-``cosignatures.jsonl`` ``{"seq": <WITNESS seq>, "witness": name, "note": cosigned note}``
+``cosignatures.jsonl`` ``{"seq": <WITNESS seq>, "note": cosigned note}``
 ``messages.jsonl``   ``{"seq": s, "first": index, "count": n}`` per LOG entries message
                      (informational: maps indexes back to stream positions)
 ``manifest.json``    format name and version, origin, counts, export time
@@ -93,11 +93,14 @@ class LiveLog(LogSource):
             snap.checkpoints.append((msg.metadata.sequence.stream, msg.data))
         try:
             async for msg in read_stream(self._js, WITNESS_FILTER, stream=WITNESS_STREAM):
-                doc = orjson.loads(msg.data)
+                try:
+                    doc = orjson.loads(msg.data)
+                except orjson.JSONDecodeError:
+                    continue  # a record that is not ours; the ones after it still count
                 if isinstance(doc, dict) and isinstance(doc.get("note"), str):
                     snap.cosignatures.append((msg.metadata.sequence.stream, doc["note"]))
-        except (nats.js.errors.NotFoundError, orjson.JSONDecodeError):
-            pass  # no witness has run, or a record that is not ours: nothing cosigned
+        except nats.js.errors.NotFoundError:
+            pass  # no witness has run: nothing cosigned
         snap.origin, snap.expected_entries = _origin_of(snap.checkpoints)
         return snap
 

@@ -310,3 +310,17 @@ async def test_cli_witness_and_verify_work_when_run_as_commands(
         "audit", "verify", "--from", str(tmp_path / "copy"), "--log-key", log_key, cwd=tmp_path
     )
     assert code == 0 and "OK: 40 entries" in output, output
+
+
+async def test_a_foreign_witness_record_does_not_hide_the_cosignatures_after_it(
+    js: JetStreamContext,
+) -> None:
+    from broker._witness import ensure_witness_stream
+
+    await ensure_witness_stream(js)
+    await js.publish("atlas.witness.0000000000000001", b"not json")
+    await js.publish("atlas.witness.0000000000000002", b'{"note": "a later cosigned note"}')
+
+    snap = await LiveLog(js).snapshot()
+
+    assert [note for _, note in snap.cosignatures] == ["a later cosigned note"]
