@@ -704,12 +704,15 @@ def _notice(
     sid: str,
     ts: str,
 ) -> dict[str, Any] | None:
-    """Tell the originator when RED went to nobody named, or the submission to nobody."""
+    """Tell the originator when RED objects reached nobody (nobody was named), or the
+    submission nobody. RED withheld from the others while a named recipient has it is the
+    rule working, not news."""
+    decisions = [d for view in views.values() for d in view.decisions]
+    reached = {d.object_digest for d in decisions if d.action != "withheld"}
     red = {
         d.object_digest
-        for view in views.values()
-        for d in view.decisions
-        if d.reason == "red-not-named"
+        for d in decisions
+        if d.reason == "red-not-named" and d.object_digest not in reached
     }
     if red:
         reason, count = "red-not-named", len(red)

@@ -48,8 +48,11 @@ class TestTlpRouting:
         assert got1.received == 1 and got2.received == 1
         assert received_ids(tmp_path / "lea-1") == {red["id"], clear["id"]}
         assert received_ids(tmp_path / "lea-2") == {clear["id"]}
-        withheld = [e for e in await _log(js) if e["type"] == "withheld"]
+        entries = await _log(js)
+        withheld = [e for e in entries if e["type"] == "withheld"]
         assert [(e["rcpt"], e["tlp"]) for e in withheld] == [("lea-2", "red")]
+        # The named recipient has it: nothing for the originator to be told.
+        assert [e for e in entries if e["type"] == "notice"] == []
 
     async def test_red_with_nobody_named_is_withheld_from_everyone(
         self,
