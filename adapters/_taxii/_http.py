@@ -77,16 +77,28 @@ def _media_params(value: str) -> tuple[str, dict[str, str]]:
 
 
 def accepts_taxii(header: str | None) -> bool:
-    """``Accept``: TAXII 2.1 with or without a version; absent or wildcards are accepted."""
+    """``Accept``: TAXII 2.1 with or without a version; absent or wildcards are accepted.
+
+    A range with ``q=0`` is the client saying "not this" (RFC 9110, 12.4.2)."""
     if not header:
         return True
     for item in header.split(","):
         kind, params = _media_params(item)
+        if _refused(params.get("q")):
+            continue
         if kind in ("*/*", "application/*"):
             return True
         if kind == "application/taxii+json" and params.get("version", "2.1") == "2.1":
             return True
     return False
+
+
+def _refused(quality: str | None) -> bool:
+    """A qvalue of zero (``0``, ``0.0``, ``0.000``)."""
+    if quality is None:
+        return False
+    whole, _, fraction = quality.partition(".")
+    return whole == "0" and set(fraction) <= {"0"} and len(fraction) <= 3
 
 
 def is_taxii_content_type(header: str | None) -> bool:

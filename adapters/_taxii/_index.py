@@ -40,34 +40,22 @@ def format_ts(moment: datetime) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def parse_ts(text: str) -> str:
-    """Normalise an RFC 3339 timestamp to ``format_ts``; ``ValueError`` if it is not one.
+    """Normalise an RFC 3339 UTC timestamp to ``format_ts``; ``ValueError`` if it is not one.
 
-    Cached: the objects of a bundle, and their versions, share few timestamps."""
-    if not text or len(text) > 40 or not text.endswith(("Z", "z")):
-        raise ValueError(f"{text!r} is not an RFC 3339 UTC timestamp (…Z)")
-    fast = _CANONICAL.fullmatch(text)
-    if fast is not None:
-        # The usual shape (every STIX timestamp): checked without strptime, which is slow.
-        year, month, day, hour, minute, second, frac = fast.groups()
-        try:
-            datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
-        except ValueError:
-            raise ValueError(f"{text!r} is not an RFC 3339 UTC timestamp") from None
-        micro = (frac or "")[:6].ljust(6, "0")
-        return f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro}Z"
-    core = text[:-1]
-    if "." in core:
-        head, _, frac = core.partition(".")
-        if not (frac.isascii() and frac.isdigit()) or len(frac) > 9:
-            raise ValueError(f"{text!r}: bad fraction of a second")
-        core = f"{head}.{frac[:6].ljust(6, '0')}"
-    else:
-        core = f"{core}.000000"
+    RFC 3339's own shape only (two-digit fields, four-digit year, ``Z``; ``t`` and ``z`` may
+    be lower case): ``2024-1-1T0:0:0Z`` is refused rather than guessed at."""
+    if not text or len(text) > 40:
+        raise ValueError(f"{text[:40]!r} is not an RFC 3339 UTC timestamp (…Z)")
+    fast = _CANONICAL.fullmatch(text.upper())
+    if fast is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 UTC timestamp (YYYY-MM-DDTHH:MM:SS[.f]Z)")
+    year, month, day, hour, minute, second, frac = fast.groups()
     try:
-        moment = datetime.strptime(core, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
     except ValueError:
         raise ValueError(f"{text!r} is not an RFC 3339 UTC timestamp") from None
-    return format_ts(moment)
+    micro = (frac or "")[:6].ljust(6, "0")
+    return f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro}Z"
 
 
 class Entry(NamedTuple):

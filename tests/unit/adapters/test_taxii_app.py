@@ -194,6 +194,11 @@ class TestDiscovery:
     def test_partner_sees_only_its_views_when_listing(self, client: AppClient) -> None:
         assert set(collections(client, "lea-1")) == {"views:lea-1"}
 
+    def test_accepted_when_a_refused_range_sits_beside_taxii(self, client: AppClient) -> None:
+        accept = "text/html;q=0, application/taxii+json;version=2.1;q=0.5"
+        resp = client.get("/taxii2/", headers={**basic("bank-a"), "Accept": accept})
+        assert resp.status_code == 200
+
     def test_accepted_when_accept_has_no_version(self, client: AppClient) -> None:
         resp = client.get(
             "/taxii2/", headers={**basic("bank-a"), "Accept": "application/taxii+json"}
@@ -201,7 +206,14 @@ class TestDiscovery:
         assert resp.status_code == 200
 
     @pytest.mark.parametrize(
-        "accept", ["application/json", "application/taxii+json;version=2.0", "text/html"]
+        "accept",
+        [
+            "application/json",
+            "application/taxii+json;version=2.0",
+            "text/html",
+            "application/taxii+json;version=2.1;q=0",
+            "text/html, */*;q=0.000",
+        ],
     )
     def test_406_when_accept_is_not_taxii_21(self, client: AppClient, accept: str) -> None:
         resp = client.get("/taxii2/", headers={**basic("bank-a"), "Accept": accept})

@@ -47,8 +47,21 @@ class TestParseTs:
         with pytest.raises(ValueError, match=r"timestamp|fraction"):
             parse_ts(text)
 
-    def test_other_shapes_still_normalised_when_not_canonical(self) -> None:
-        assert parse_ts("2026-1-2t03:04:05z") == "2026-01-02T03:04:05.000000Z"
+    def test_lower_case_t_and_z_accepted_as_rfc_3339_allows(self) -> None:
+        assert parse_ts("2026-01-02t03:04:05.5z") == "2026-01-02T03:04:05.500000Z"
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "2026-1-2T03:04:05Z",
+            "2024-1-1T0:0:0Z",
+            "26-01-02T03:04:05Z",
+            "\uff12\uff10\uff12\uff16-01-02T03:04:05Z",
+        ],
+    )
+    def test_value_error_when_fields_are_not_rfc_3339_digits(self, text: str) -> None:
+        with pytest.raises(ValueError, match="not an RFC 3339 UTC timestamp"):
+            parse_ts(text)
 
     def test_format_is_utc_and_fixed_width_when_zone_is_not_utc(self) -> None:
         moment = datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=timezone(timedelta(hours=2)))
