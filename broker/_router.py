@@ -70,6 +70,8 @@ ROUTER_CONSUMER = "router"
 PKG_ID_HEADER = "Atlas-Pkg-Id"
 RCPT_KID_HEADER = "Atlas-Rcpt-Kid"
 BROKER_KID_HEADER = "Atlas-Broker-Kid"
+VIEW_HEADER = "Atlas-View"
+"""JSON: the view_sha256, objects and tlp of the package, for the delivery entry."""
 INTERNAL_ERROR_ATTEMPTS = 3
 """Deliveries of a submission that trips an unexpected error before it is refused."""
 _TRANSIENT = (nats.errors.Error, OSError, TimeoutError, DirectoryUnavailable)
@@ -96,6 +98,21 @@ class _Stored:
     rcpt_kid: str
     broker_kid: str
     new: bool
+    view: dict[str, Any]
+    """The delivery entry's view_sha256, objects and tlp: of the package actually stored."""
+
+
+def _view_summary(view: View) -> dict[str, Any]:
+    assert view.bundle is not None  # noqa: S101 - only sealed views are summarised
+    return {
+        "view_sha256": hashlib.sha256(orjson.dumps(view.bundle)).hexdigest(),
+        "objects": {
+            "delivered": view.delivered,
+            "withheld": view.withheld,
+            "derived": view.derived,
+        },
+        "tlp": str(view.tlp) if view.tlp is not None else None,
+    }
 
 
 class Router:
@@ -492,9 +509,12 @@ class Router:
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(
-                        self._bounded(gate, partial(self._store, recipient, sid, package))
+                        self._bounded(
+                            gate,
+                            partial(self._store, recipient, sid, package, _view_summary(view)),
+                        )
                     )
-                    for recipient, _, package in sealed
+                    for recipient, view, package in sealed
                 ]
                 for recipient, view, _ in sealed:
                     found = directory.organisation(recipient)
@@ -505,7 +525,7 @@ class Router:
         except ExceptionGroup as group_error:
             # Surface the first failure as itself so that transient NATS errors are retried.
             raise group_error.exceptions[0] from group_error
-        for (recipient, view, _), task in zip(sealed, tasks, strict=True):
+        for (recipient, _, _), task in zip(sealed, tasks, strict=True):
             stored = task.result()
             self.stats.deliveries += stored.new
             self.metrics.deliveries.inc(stored.new)
@@ -518,14 +538,8 @@ class Router:
                     "rcpt_kid": stored.rcpt_kid,
                     "broker_kid": stored.broker_kid,
                     "src": src,
-                    "view_sha256": hashlib.sha256(orjson.dumps(view.bundle)).hexdigest(),
                     "jwe_sha256": stored.jwe_sha256,
-                    "objects": {
-                        "delivered": view.delivered,
-                        "withheld": view.withheld,
-                        "derived": view.derived,
-                    },
-                    "tlp": str(view.tlp) if view.tlp is not None else None,
+                    **stored.view,
                 }
             )
         # Decisions digest the id and modified as written (versions holds them normalised).
@@ -637,14 +651,21 @@ class Router:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
 
-    async def _store(self, recipient: str, sid: str, sealed: SealedPackage) -> _Stored:
-        """Publish a package once; if an earlier attempt stored it, report that one."""
+    async def _store(
+        self, recipient: str, sid: str, sealed: SealedPackage, view: dict[str, Any]
+    ) -> _Stored:
+        """Publish a package once; if an earlier attempt stored it, report that one.
+
+        An earlier attempt may have evaluated differently (a derived copy carries the time it
+        was made; the directory may have changed): the view's summary travels in a header
+        so that the delivery entry describes the package actually stored."""
         subject = deliver_subject(recipient, sid)
         headers = {
             **EXPECT_NEW_SUBJECT,
             PKG_ID_HEADER: sealed.jti,
             RCPT_KID_HEADER: sealed.rcpt_kid,
             BROKER_KID_HEADER: sealed.signing_kid,
+            VIEW_HEADER: orjson.dumps(view).decode(),
         }
         try:
             await self._js.publish(subject, sealed.token.encode(), headers=headers)
@@ -659,6 +680,7 @@ class Router:
                 rcpt_kid=hdrs.get(RCPT_KID_HEADER, ""),
                 broker_kid=hdrs.get(BROKER_KID_HEADER, sealed.signing_kid),
                 new=False,
+                view=_stored_view(hdrs.get(VIEW_HEADER), view),
             )
         return _Stored(
             jti=sealed.jti,
@@ -666,7 +688,22 @@ class Router:
             rcpt_kid=sealed.rcpt_kid,
             broker_kid=sealed.signing_kid,
             new=True,
+            view=view,
         )
+
+
+def _stored_view(header: str | None, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The view summary an earlier attempt stored beside its package (or, for a package
+    stored before summaries were kept, this attempt's)."""
+    if header is None:
+        return fallback
+    try:
+        stored = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        return fallback
+    if not isinstance(stored, dict) or set(stored) != set(fallback):
+        return fallback
+    return stored
 
 
 def _live_broker_keys(resolved: ResolvedDirectory, now: int) -> dict[str, PublicKey]:

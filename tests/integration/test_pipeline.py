@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from nats.js import JetStreamContext
 
 from broker._audit import read_log
 from broker._bus import DELIVERIES, deliver_subject, submit_subject
-from keys import PrivateKey, sign_submission
+from broker._router import PKG_ID_HEADER, VIEW_HEADER
+from broker._submission import make_submission
+from keys import PrivateKey, load_private_key, sign_submission
 from tests.conftest import stix_identity
 from tests.integration.helpers import (
     bundle,
@@ -233,6 +236,46 @@ class TestPackages:
         reasons = list((tmp_path / "out" / ".atlas" / "quarantine").glob("*.reason.json"))
         detail = orjson.loads(reasons[0].read_bytes())["detail"]
         assert f"package for submission '{sid}' arrived on subject" in detail
+
+    async def test_delivery_entry_describes_the_package_an_earlier_attempt_stored(
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        community = make_community()
+        await running_router(community)
+        signed = make_submission(
+            orjson.dumps(bundle(indicator("clear"))),
+            org="bank-a",
+            key=load_private_key(community.sign_key("bank-a")),
+            to=(),
+            feed=None,
+            now=int(time.time()),
+            max_bytes=1 << 20,
+            max_objects=1000,
+        )
+        # What a worker killed after storing lea-1's package (and before logging) left.
+        earlier = {"view_sha256": "e" * 64, "objects": {"delivered": 1, "withheld": 0,
+                   "derived": 0}, "tlp": "clear"}  # fmt: skip
+        await js.publish(
+            deliver_subject("lea-1", signed.sid),
+            b"the earlier attempt's package",
+            headers={
+                PKG_ID_HEADER: "pkg-earlier",
+                VIEW_HEADER: orjson.dumps(earlier).decode(),
+                "Nats-Expected-Last-Subject-Sequence": "0",
+            },
+        )
+        await js.publish(submit_subject("bank-a"), signed.token)
+        await wait_routed(js, 1)
+
+        deliveries = {e["rcpt"]: e for e in await _log(js) if e["type"] == "delivery"}
+        assert deliveries["lea-1"]["pkg"] == "pkg-earlier"
+        assert deliveries["lea-1"]["view_sha256"] == "e" * 64
+        assert deliveries["lea-2"]["pkg"] != "pkg-earlier"
+        assert deliveries["lea-2"]["view_sha256"] != "e" * 64
 
     async def test_jwcrypto_opens_a_delivered_package(
         self,
