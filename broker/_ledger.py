@@ -15,6 +15,8 @@ the ``atlas_objects`` bucket::
   already registered, unchanged, but never add one. Records written before owners were kept
   have none; the next organisation to add a version becomes the owner.
 
+A submission writes each of its objects once, after its packages are sealed and before they
+are stored: versions, owner and receivers together (a new object: one create, no read).
 Records are updated with revision checks and merged on conflict, so concurrent workers
 never lose each other's writes. Reads and writes of one submission run concurrently.
 """
@@ -32,8 +34,6 @@ import nats.js.errors
 import orjson
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
-
-from policy import View
 
 from ._bus import OBJECTS_BUCKET
 
@@ -53,18 +53,16 @@ class ObjectRecord:
 
 @dataclass
 class Claim:
-    """What :meth:`Ledger.claim` found and wrote.
+    """What :meth:`Ledger.claim` found.
 
     ``before``: each object's record as it was before this submission (what earlier
-    submissions left: who received which version). ``after``: as this claim left it, with
-    its revision, so that :meth:`Ledger.record` can write without reading it again.
-    ``conflicts``: (id, modified) registered before with other content. ``foreign``: ids
-    whose new versions were not registered because the submitter may not add versions of
-    them (the id belongs to another organisation, or the submitter may only relay it).
+    submissions left). ``conflicts``: (id, modified) registered before with other content.
+    ``foreign``: ids whose new versions were not registered because the submitter may not
+    add versions of them (the id belongs to another organisation, or the submitter may only
+    relay it).
     """
 
     before: dict[str, ObjectRecord]
-    after: dict[str, ObjectRecord]
     conflicts: list[tuple[str, str]]
     foreign: list[str] = field(default_factory=list)
 
@@ -117,56 +115,71 @@ class Ledger:
         owner: str,
         *,
         relay_only: Collection[str] = (),
+        received: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Claim:
-        """Register this submission's versions atomically, for ``owner``.
+        """Register this submission's versions and receivers, for ``owner``, in one write
+        per object (none when nothing changes).
 
         A version is registered with a revision-checked write, so of two submissions racing
         with the same (id, modified) and different content exactly one wins. A version new
         to the ledger is registered only when ``owner`` owns the id (or it is new); ids in
         ``relay_only`` never get new versions from this submission. Either refusal lists
-        the id in :attr:`Claim.foreign`; versions already registered pass unchanged.
+        the id in :attr:`Claim.foreign`; versions already registered pass unchanged. An
+        object refused for any reason is not written at all, receivers included.
+
+        ``received``: object id → recipient → TLP level of what this submission's packages
+        carry (the router calls this after sealing, before storing the packages).
         """
         by_id: dict[str, dict[str, str]] = {}
         for (object_id, modified), digest in versions.items():
             by_id.setdefault(object_id, {})[modified] = digest
         ids = sorted(by_id)
         only = frozenset(relay_only)
+        receivers = received or {}
         results = await asyncio.gather(
-            *(self._claim_one(i, by_id[i], owner, i in only) for i in ids)
+            *(
+                self._claim_one(i, by_id[i], dict(receivers.get(i, {})), owner, i in only)
+                for i in ids
+            )
         )
-        claim = Claim({}, {}, [])
-        for object_id, (before, after, clashes, foreign) in zip(ids, results, strict=True):
+        claim = Claim({}, [])
+        for object_id, (before, clashes, foreign) in zip(ids, results, strict=True):
             claim.before[object_id] = before
-            claim.after[object_id] = after
             claim.conflicts.extend((object_id, modified) for modified in clashes)
             if foreign:
                 claim.foreign.append(object_id)
         return claim
 
     async def _claim_one(
-        self, object_id: str, versions: dict[str, str], owner: str, relay_only: bool
-    ) -> tuple[ObjectRecord, ObjectRecord, list[str], bool]:
+        self,
+        object_id: str,
+        versions: dict[str, str],
+        received: dict[str, str],
+        owner: str,
+        relay_only: bool,
+    ) -> tuple[ObjectRecord, list[str], bool]:
         if not relay_only:
             # Most objects are new: create the record outright, one write and no read. The
             # write expects no record at all, so an existing one makes it fail, never
             # clobbered.
-            revision = await self._write(object_id, None, versions, {}, owner)
-            if revision is not None:
-                after = ObjectRecord(dict(versions), {}, revision, owner)
-                return ObjectRecord({}, {}, None), after, [], False
+            if await self._write(object_id, None, versions, received, owner) is not None:
+                return ObjectRecord({}, {}, None), [], False
         for _ in range(_ATTEMPTS):
             record = await self._get(object_id)
             clashes = [m for m, d in versions.items() if record.versions.get(m, d) != d]
+            if clashes:
+                return record, clashes, False
             new = {m: d for m, d in versions.items() if m not in record.versions}
-            if clashes or not new:
-                return record, record, clashes, False
-            if relay_only or record.owner not in (None, owner):
-                return record, record, [], True
-            merged = {**record.versions, **new}
-            revision = await self._write(object_id, record.revision, merged, record.received, owner)
-            if revision is not None:
-                after = ObjectRecord(merged, dict(record.received), revision, owner)
-                return record, after, [], False
+            if new and (relay_only or record.owner not in (None, owner)):
+                return record, [], True
+            merged_r = {**record.received, **received}
+            if not new and merged_r == record.received:
+                return record, [], False
+            keeper = record.owner if record.owner is not None or not new else owner
+            merged_v = {**record.versions, **new}
+            written = await self._write(object_id, record.revision, merged_v, merged_r, keeper)
+            if written is not None:
+                return record, [], False
         raise nats.js.errors.Error(f"object ledger: too much contention on {object_id[:12]}")
 
     async def _write(
@@ -198,51 +211,3 @@ class Ledger:
             for recipient, level in record.received.items():
                 out.setdefault(recipient, {})[object_id] = level
         return out
-
-    async def record(
-        self,
-        versions: Mapping[tuple[str, str], str],
-        views: Mapping[str, View],
-        digest_of: Mapping[str, str],
-        known: Mapping[str, ObjectRecord] | None = None,
-    ) -> None:
-        """Merge this submission's versions and deliveries into the records.
-
-        ``known``: the records as the claim left them (:attr:`Claim.after`); the first write
-        of each builds on it instead of reading the record again, and falls back to reading
-        when another worker wrote in between.
-        """
-        updates: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
-        for (object_id, modified), digest in versions.items():
-            updates.setdefault(object_id, ({}, {}))[0][modified] = digest
-        for recipient, view in views.items():
-            for decision in view.decisions:
-                delivered_id = digest_of.get(decision.object_digest)
-                # Only versioned objects can be revoked later: who received an unversioned
-                # one (an SCO) is never asked for, so it is not written.
-                if decision.action == "delivered" and delivered_id in updates:
-                    level = str(decision.tlp) if decision.tlp is not None else "clear"
-                    updates.setdefault(delivered_id, ({}, {}))[1][recipient] = level
-        known = known or {}
-        await asyncio.gather(*(self._merge(i, v, r, known.get(i)) for i, (v, r) in updates.items()))
-
-    async def _merge(
-        self,
-        object_id: str,
-        versions: dict[str, str],
-        received: dict[str, str],
-        known: ObjectRecord | None,
-    ) -> None:
-        for _ in range(_ATTEMPTS):
-            current = known if known is not None else await self._get(object_id)
-            known = None
-            merged_v = {**versions, **current.versions}
-            merged_r = {**current.received, **received}
-            if merged_v == current.versions and merged_r == current.received:
-                return
-            written = await self._write(
-                object_id, current.revision, merged_v, merged_r, current.owner
-            )
-            if written is not None:
-                return
-        raise nats.js.errors.Error(f"object ledger: too much contention on {object_id[:12]}")

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -412,28 +412,12 @@ class Router:
         if untracked:
             # Not versioned, so never registered: there is nothing such an object could relay.
             raise SubmissionRefused("impersonation", f"{untracked[0]} {relayed[untracked[0]]}")
-        claim = await self._ledger.claim(versions, org, relay_only=relayed)
-        records = claim.before
-        if claim.conflicts:
-            raise SubmissionRefused(
-                "version-conflict",
-                f"{len(claim.conflicts)} object(s) reuse an id and modified of an earlier "
-                "submission with different content",
-            )
-        if claim.foreign:
-            first = sorted(claim.foreign)[0]
-            if first in relayed:
-                raise SubmissionRefused(
-                    "impersonation",
-                    f"{len(claim.foreign)} object(s) are new versions only their author may "
-                    f"publish: {first} {relayed[first]}",
-                )
-            raise SubmissionRefused(
-                "not-owner",
-                f"{len(claim.foreign)} object(s) are new versions of objects another "
-                f"organisation published, e.g. {first}: only an object's originator may "
-                "supersede or revoke it",
-            )
+        # Only a revocation's view depends on what the ledger holds (who received the
+        # versions it revokes, at which level): only then is it read before evaluating.
+        revoked = {o["id"] for o in bundle.get("objects", ()) if o.get("revoked") is True} & {
+            object_id for object_id, _ in versions
+        }
+        records = await self._ledger.load(revoked) if revoked else {}
         recipients = policy.recipients(directory, submission) | _earlier_receivers(
             bundle, records, directory, org
         )
@@ -462,14 +446,12 @@ class Router:
             }
         ]
         sealed: list[tuple[str, View, SealedPackage]] = []
+        unsealable: list[tuple[str, int]] = []
         for recipient in sorted(views):
             view = views[recipient]
             for decision in view.decisions:
                 if decision.action == "delivered":
                     continue
-                if decision.action == "withheld":
-                    self.stats.withheld += 1
-                    self.metrics.withheld.labels(decision.reason or "unknown").inc()
                 entries.append(
                     {
                         "type": decision.action,
@@ -496,11 +478,47 @@ class Router:
                         "objects": view.delivered,
                     }
                 )
-                self.metrics.withheld.labels("no-encryption-key").inc(view.delivered)
-                log.warning("delivery.no_key", rcpt=recipient)
+                unsealable.append((recipient, view.delivered))
                 continue
             sealed.append((recipient, view, self._seal(recipient, view, src, enc_key, now)))
         self._check_package_sizes(sealed)
+        # Every refusal for the content happens here, before anything is stored: version
+        # conflicts and owners are checked by the same writes that record the versions and
+        # who is about to receive them.
+        claim = await self._ledger.claim(
+            versions,
+            org,
+            relay_only=relayed,
+            received=self._receivers(bundle, versions, sealed),
+        )
+        if claim.conflicts:
+            raise SubmissionRefused(
+                "version-conflict",
+                f"{len(claim.conflicts)} object(s) reuse an id and modified of an earlier "
+                "submission with different content",
+            )
+        if claim.foreign:
+            first = sorted(claim.foreign)[0]
+            if first in relayed:
+                raise SubmissionRefused(
+                    "impersonation",
+                    f"{len(claim.foreign)} object(s) are new versions only their author may "
+                    f"publish: {first} {relayed[first]}",
+                )
+            raise SubmissionRefused(
+                "not-owner",
+                f"{len(claim.foreign)} object(s) are new versions of objects another "
+                f"organisation published, e.g. {first}: only an object's originator may "
+                "supersede or revoke it",
+            )
+        for view in views.values():
+            for decision in view.decisions:
+                if decision.action == "withheld":
+                    self.stats.withheld += 1
+                    self.metrics.withheld.labels(decision.reason or "unknown").inc()
+        for recipient, count in unsealable:
+            self.metrics.withheld.labels("no-encryption-key").inc(count)
+            log.warning("delivery.no_key", rcpt=recipient)
         # Packages of one submission are stored concurrently: with fsync on every write
         # the server's latency, not our CPU, bounds a sequential fan-out. At most
         # limits.max_inflight_publishes at once, so a wide fan-out cannot flood the server.
@@ -542,16 +560,6 @@ class Router:
                     **stored.view,
                 }
             )
-        # Decisions digest the id and modified as written (versions holds them normalised).
-        versioned = {object_id for object_id, _ in versions}
-        digest_of = {
-            hmac.new(
-                self._digest_key, f"{o['id']}|{o.get('modified', '')}".encode(), hashlib.sha256
-            ).hexdigest(): o["id"]
-            for o in bundle.get("objects", ())
-            if o["id"] in versioned
-        }
-        await self._ledger.record(versions, views, digest_of, known=claim.after)
         notice = _notice(views, recipients, bundle, org=org, sid=sid, ts=ts)
         if notice is not None:
             entries.append(notice)
@@ -602,6 +610,32 @@ class Router:
         if enc_key.kind == "P-256" and self._p256_signing_key is not None:
             return self._p256_signing_key
         return self._signing_key
+
+    def _receivers(
+        self,
+        bundle: dict[str, Any],
+        versions: Mapping[tuple[str, str], str],
+        sealed: list[tuple[str, View, SealedPackage]],
+    ) -> dict[str, dict[str, str]]:
+        """Versioned object id → recipient → TLP level, for the objects the packages carry
+        as they are (what a later revocation must reach)."""
+        versioned = {object_id for object_id, _ in versions}
+        # Decisions digest the id and modified as written (versions holds them normalised).
+        id_of = {
+            hmac.new(
+                self._digest_key, f"{o['id']}|{o.get('modified', '')}".encode(), hashlib.sha256
+            ).hexdigest(): o["id"]
+            for o in bundle.get("objects", ())
+            if o["id"] in versioned
+        }
+        out: dict[str, dict[str, str]] = {}
+        for recipient, view, _ in sealed:
+            for decision in view.decisions:
+                object_id = id_of.get(decision.object_digest)
+                if decision.action == "delivered" and object_id is not None:
+                    level = str(decision.tlp) if decision.tlp is not None else "clear"
+                    out.setdefault(object_id, {})[recipient] = level
+        return out
 
     def _seal(
         self,

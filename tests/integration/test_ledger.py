@@ -1,4 +1,4 @@
-"""The object ledger against a real nats-server: one write per new object and phase, no
+"""The object ledger against a real nats-server: one write per new object, no
 lost writes between competing workers, conflicts found, hand-deleted records survived, and
 only an object's owner adds versions."""
 
@@ -11,7 +11,6 @@ from nats.js import JetStreamContext
 
 from broker._bus import OBJECTS_BUCKET
 from broker._ledger import Ledger, ObjectRecord
-from policy import Decision, Tlp, View
 
 KEY = b"k" * 32
 T1, T2 = "2026-01-01T00:00:00.000Z", "2026-02-01T00:00:00.000Z"
@@ -29,20 +28,6 @@ class CountingLedger(Ledger):
         return await super()._get(object_id)
 
 
-def _delivered(recipient: str, digests: list[str]) -> View:
-    decisions = tuple(
-        Decision(
-            object_digest=d,
-            object_type="indicator",
-            action="delivered",
-            reason="tlp",
-            tlp=Tlp.GREEN,
-        )
-        for d in digests
-    )
-    return View(recipient, {"type": "bundle"}, decisions, Tlp.GREEN, len(digests), 0, 0)
-
-
 async def _stored(js: JetStreamContext, ledger: Ledger, object_id: str) -> dict[str, object]:
     kv = await js.key_value(OBJECTS_BUCKET)
     entry = await kv.get(ledger.key_of(object_id))
@@ -53,23 +38,19 @@ async def _writes(js: JetStreamContext) -> int:
     return (await js.stream_info(f"KV_{OBJECTS_BUCKET}")).state.last_seq
 
 
-async def test_new_objects_take_one_write_per_phase_and_no_read(js: JetStreamContext) -> None:
+async def test_new_objects_take_one_write_each_and_no_read(js: JetStreamContext) -> None:
     ledger = CountingLedger(js)
     ids = [f"indicator--{n:08d}-0000-4000-8000-000000000000" for n in range(5)]
     versions = {(i, T1): f"sha-{i}" for i in ids}
 
-    claim = await ledger.claim(versions, "bank-a")
+    claim = await ledger.claim(versions, "bank-a", received={i: {"ec3": "green"} for i in ids})
 
-    assert claim.conflicts == []
+    assert claim.conflicts == [] and claim.foreign == []
     assert all(claim.before[i] == ObjectRecord({}, {}, None) for i in ids)
-    assert await _writes(js) == 5
-    digest_of = {f"d-{i}": i for i in ids}
-    await ledger.record(
-        versions, {"ec3": _delivered("ec3", list(digest_of))}, digest_of, known=claim.after
-    )
-
     assert ledger.reads == 0
-    assert await _writes(js) == 10
+    assert await _writes(js) == 5
+    info = await js.stream_info(f"KV_{OBJECTS_BUCKET}")
+    assert info.state.num_deleted in (0, None)  # nothing superseded, no interior deletes
     for i in ids:
         assert await _stored(js, ledger, i) == {
             "v": {T1: f"sha-{i}"},
@@ -81,17 +62,16 @@ async def test_new_objects_take_one_write_per_phase_and_no_read(js: JetStreamCon
 async def test_a_known_object_returns_what_earlier_submissions_left(js: JetStreamContext) -> None:
     ledger = Ledger(js, KEY)
     oid = "indicator--00000001-0000-4000-8000-000000000000"
-    first = await ledger.claim({(oid, T1): "sha-a"}, "bank-a")
-    await ledger.record(
-        {(oid, T1): "sha-a"}, {"ec3": _delivered("ec3", ["d"])}, {"d": oid}, known=first.after
-    )
+    await ledger.claim({(oid, T1): "sha-a"}, "bank-a", received={oid: {"ec3": "green"}})
+    writes = await _writes(js)
 
-    again = await ledger.claim({(oid, T1): "sha-a"}, "bank-a")
+    again = await ledger.claim({(oid, T1): "sha-a"}, "bank-a", received={oid: {"ec3": "green"}})
     assert again.conflicts == []
     assert again.before[oid].versions == {T1: "sha-a"}
     assert Ledger.received_before(again.before) == {"ec3": {oid: "green"}}
+    assert await _writes(js) == writes  # nothing new: nothing written
 
-    clash = await ledger.claim({(oid, T1): "sha-OTHER"}, "bank-a")
+    clash = await ledger.claim({(oid, T1): "sha-OTHER"}, "bank-a", received={oid: {"ncu": "red"}})
     assert clash.conflicts == [(oid, T1)]
     assert await _stored(js, ledger, oid) == {
         "v": {T1: "sha-a"},
@@ -106,20 +86,11 @@ async def test_competing_workers_lose_no_version_and_no_receiver(js: JetStreamCo
 
     # Both try to create the record at once: one create wins, the other merges after a read.
     a, b = await asyncio.gather(
-        one.claim({(oid, T1): "sha-1"}, "bank-a"), two.claim({(oid, T2): "sha-2"}, "bank-a")
+        one.claim({(oid, T1): "sha-1"}, "bank-a", received={oid: {"ec3": "green"}}),
+        two.claim({(oid, T2): "sha-2"}, "bank-a", received={oid: {"ncu": "green"}}),
     )
-    assert a.conflicts == b.conflicts == []
 
-    # Both record with what their own claim left: at least one of them is stale by now and
-    # must read and merge instead of overwriting.
-    await asyncio.gather(
-        one.record(
-            {(oid, T1): "sha-1"}, {"ec3": _delivered("ec3", ["d1"])}, {"d1": oid}, known=a.after
-        ),
-        two.record(
-            {(oid, T2): "sha-2"}, {"ncu": _delivered("ncu", ["d2"])}, {"d2": oid}, known=b.after
-        ),
-    )
+    assert a.conflicts == b.conflicts == [] and a.foreign == b.foreign == []
     assert await _stored(js, one, oid) == {
         "v": {T1: "sha-1", T2: "sha-2"},
         "r": {"ec3": "green", "ncu": "green"},
@@ -127,20 +98,21 @@ async def test_competing_workers_lose_no_version_and_no_receiver(js: JetStreamCo
     }
 
 
-async def test_a_stale_known_record_is_read_again_not_overwritten(js: JetStreamContext) -> None:
+async def test_a_relay_adds_receivers_and_keeps_the_owner(js: JetStreamContext) -> None:
     ledger = Ledger(js, KEY)
     oid = "indicator--00000003-0000-4000-8000-000000000000"
-    claim = await ledger.claim({(oid, T1): "sha-1"}, "bank-a")
-    # Another worker records a receiver after our claim.
-    await Ledger(js, KEY).record(
-        {(oid, T1): "sha-1"}, {"ncu": _delivered("ncu", ["d"])}, {"d": oid}
+    await ledger.claim({(oid, T1): "sha-1"}, "bank-a", received={oid: {"ec3": "green"}})
+
+    relay = await ledger.claim(
+        {(oid, T1): "sha-1"}, "bank-b", relay_only={oid}, received={oid: {"ncu": "amber"}}
     )
 
-    await ledger.record(
-        {(oid, T1): "sha-1"}, {"ec3": _delivered("ec3", ["d"])}, {"d": oid}, known=claim.after
-    )
-
-    assert (await _stored(js, ledger, oid))["r"] == {"ec3": "green", "ncu": "green"}
+    assert relay.foreign == [] and relay.conflicts == []
+    assert await _stored(js, ledger, oid) == {
+        "v": {T1: "sha-1"},
+        "r": {"ec3": "green", "ncu": "amber"},
+        "o": "bank-a",
+    }
 
 
 async def test_a_record_deleted_by_hand_is_started_afresh(js: JetStreamContext) -> None:
@@ -162,7 +134,8 @@ async def test_only_the_owner_adds_versions(js: JetStreamContext) -> None:
     oid = "indicator--00000005-0000-4000-8000-000000000000"
     await ledger.claim({(oid, T1): "sha-1"}, "bank-a")
 
-    takeover = await ledger.claim({(oid, T2): "sha-2"}, "bank-b")
+    # Refused whole: the receivers of a refused submission are not recorded either.
+    takeover = await ledger.claim({(oid, T2): "sha-2"}, "bank-b", received={oid: {"x": "red"}})
     relay = await ledger.claim({(oid, T1): "sha-1"}, "bank-b")
     update = await ledger.claim({(oid, T2): "sha-2"}, "bank-a")
 
