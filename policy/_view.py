@@ -366,12 +366,14 @@ def version_digests(bundle: Mapping[str, Any]) -> dict[tuple[str, str], str]:
     return out
 
 
-_TIMESTAMP_RE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d+))?Z\Z")
+_TIMESTAMP_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?Z"
+)
 
 
 def normal_timestamp(value: str) -> str:
     """A STIX timestamp without trailing zeros in its fraction; anything else unchanged."""
-    match = _TIMESTAMP_RE.match(value)
+    match = _TIMESTAMP_RE.fullmatch(value)
     if match is None:
         return value
     fraction = (match.group(2) or "").rstrip("0")

@@ -107,6 +107,9 @@ class TestTimestamps:
             ({"created": "2023-02-29T00:00:00Z"}, "'created' .* is not a STIX timestamp"),
             ({"modified": "2024-05-01T00:00:00.Z"}, "is not a STIX timestamp"),
             ({"modified": "2024-05-01T24:00:00Z"}, "is not a STIX timestamp"),
+            ({"modified": "\uff12\uff10\uff12\uff14-05-01T00:00:00Z"}, "is not a STIX timestamp"),
+            ({"modified": "0000-05-01T00:00:00Z"}, "is not a STIX timestamp"),
+            ({"modified": "2024-05-01T00:00:00." + "0" * 60 + "Z"}, "is not a STIX timestamp"),
             (
                 {"created": "2024-05-01T00:00:00.01Z", "modified": "2024-05-01T00:00:00.009Z"},
                 "'modified' is earlier than 'created'",
