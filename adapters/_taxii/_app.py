@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -40,6 +41,17 @@ __all__ = ["create_app"]
 log = structlog.get_logger()
 
 _CHALLENGE = 'Basic realm="atlas-taxii", charset="UTF-8", Bearer realm="atlas-taxii"'
+
+
+def _network(host: str) -> str:
+    """An IPv6 client by its /64 (one host has them all), anything else as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _status_body(record: StatusRecord) -> dict[str, object]:
@@ -104,10 +116,17 @@ class _Server:
                 token = ""
         elif scheme.lower() in ("bearer", "token"):
             token = value.strip()
-        claimed = (user if user is not None else token.split(".", 1)[0])[:64]
-        peer = request.client.host if request.client is not None else "-"
+        # Keyed on the organisation the token names (Basic and Bearer alike) and the
+        # client's network. Only failures that cost a scrypt check count: a flood of cheap
+        # refusals (a token over 512 characters, a Basic user the token does not name)
+        # cannot push an organisation's failures out of the bounded table.
+        claimed = token.split(".", 1)[0][:64]
+        costly = len(token) <= 512 and user in (None, claimed)
+        peer = _network(request.client.host if request.client is not None else "-")
         key = (peer, claimed)
         org: str | None = None
+        if token and (org := self.credentials.cached(user, token)) is not None:
+            return org  # verified minutes ago: never held up by someone else's guesses
         if token:
             wait = self.failed_logins.wait(key)
             if wait > 0:
@@ -120,7 +139,8 @@ class _Server:
                 )
             org = await self.credentials.verify(user, token)
             if org is None:
-                self.failed_logins.failed(key)
+                if costly:
+                    self.failed_logins.failed(key)
                 log.warning("taxii.login_failed", org=claimed, peer=peer)
             else:
                 self.failed_logins.succeeded(key)

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import collections
-import functools
 import hashlib
 import hmac
 import re
@@ -77,23 +76,29 @@ def _check(token: str, stored: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
-@functools.cache
-def _decoy() -> str:
-    """Checked against when the organisation is unknown (equal work, never a match)."""
-    return hash_secret(secrets.token_urlsafe(24))
-
-
 def new_token(org: str) -> str:
     return f"{org}.{secrets.token_urlsafe(24)}"
 
 
 class Credentials:
-    """Hashed secrets per organisation; ``verify`` returns the organisation or ``None``."""
+    """Hashed secrets per organisation; ``verify`` returns the organisation or ``None``.
 
-    def __init__(self, hashes: Mapping[str, tuple[str, ...]]) -> None:
+    A failed check always costs the same: as many scrypt runs as the organisation with the
+    most secrets has (two while one rotates), with its parameters, whether the organisation
+    exists or not, so that the time an answer takes tells neither. At most
+    ``max_parallel`` scrypt checks run at once (each takes tens of milliseconds and 16 MiB):
+    a flood of guesses queues instead of taking the machine.
+    """
+
+    def __init__(self, hashes: Mapping[str, tuple[str, ...]], *, max_parallel: int = 2) -> None:
         self._hashes = dict(hashes)
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[bytes, tuple[str, float]] = {}
+        self._checks = max((len(v) for v in self._hashes.values()), default=1)
+        sample = next((v[0] for v in self._hashes.values() if v), None)
+        n = int(sample.split("$")[1]) if sample is not None else _N
+        self._decoy = hash_secret(secrets.token_urlsafe(24), n=n)
+        self._gate = asyncio.Semaphore(max_parallel)
 
     @classmethod
     def from_file(cls, path: Path) -> Credentials:
@@ -109,31 +114,40 @@ class Credentials:
     def orgs(self) -> frozenset[str]:
         return frozenset(self._hashes)
 
+    def cached(self, user: str | None, token: str) -> str | None:
+        """The organisation of a token verified in the last few minutes, without scrypt."""
+        hit = self._cache.get(self._cache_id(token))
+        if hit is not None and hit[1] > time.monotonic() and user in (None, hit[0]):
+            return hit[0]
+        return None
+
+    def _cache_id(self, token: str) -> bytes:
+        return hmac.new(self._cache_key, token.encode(), hashlib.sha256).digest()
+
     def _verify_now(self, org: str, token: str) -> bool:
-        stored = self._hashes.get(org)
-        if not stored:
-            # Unknown organisation: spend one scrypt all the same, so that the time an
-            # answer takes does not tell which organisation ids exist.
-            _check(token, _decoy())
-            return False
-        return any(_check(token, one) for one in stored)
+        stored = self._hashes.get(org, ())
+        padded = [*stored, *[self._decoy] * (self._checks - len(stored))]
+        # Every check runs (no early exit): the time does not say which one matched.
+        results = [_check(token, one) for one in padded]
+        return any(results[: len(stored)])
 
     async def verify(self, user: str | None, token: str) -> str | None:
         """Basic (``user`` given) or bearer (``user`` None); the organisation, or ``None``."""
-        org = token.split(".", 1)[0]
         if len(token) > 512:
             return None
-        key = hmac.new(self._cache_key, token.encode(), hashlib.sha256).digest()
-        hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[1] > now and (user is None or user == hit[0]):
-            return hit[0]
-        valid = await asyncio.to_thread(self._verify_now, org, token)
-        if not valid or (user is not None and user != org):
+        found = self.cached(user, token)
+        if found is not None:
+            return found
+        org = token.split(".", 1)[0]
+        if user is not None and user != org:
+            return None  # the token names another organisation: no scrypt needed to say no
+        async with self._gate:
+            valid = await asyncio.to_thread(self._verify_now, org, token)
+        if not valid:
             return None
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[key] = (org, now + _CACHE_TTL)
+        self._cache[self._cache_id(token)] = (org, time.monotonic() + _CACHE_TTL)
         return org
 
 
@@ -180,13 +194,14 @@ class FailedLogins:
         return max(0.0, times[0] + self.window - self._clock())
 
     def failed(self, key: tuple[str, str]) -> None:
-        if key not in self._failures and len(self._failures) >= self._max_keys:
-            for old in list(self._failures):
-                self._recent(old)
-            if len(self._failures) >= self._max_keys:
-                self._failures.clear()  # under a flood: forget rather than grow
-        times = self._failures.setdefault(key, collections.deque(maxlen=self.limit))
+        times = self._failures.pop(key, None)
+        if times is None:
+            times = collections.deque(maxlen=self.limit)
+            while len(self._failures) >= self._max_keys:
+                # Under a flood: forget the pair that failed least recently, never all.
+                del self._failures[next(iter(self._failures))]
         times.append(self._clock())
+        self._failures[key] = times  # re-inserted: the dict's order is the order of failures
 
     def succeeded(self, key: tuple[str, str]) -> None:
         self._failures.pop(key, None)

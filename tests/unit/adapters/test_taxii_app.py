@@ -153,6 +153,47 @@ class TestAuthentication:
         assert asyncio.run(creds.verify(None, "bank-a.guess")) is None
         assert checked == ["ghost.guess", "bank-a.guess"]
 
+    def test_failed_checks_cost_as_many_scrypts_as_the_most_secrets(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from adapters._taxii import _auth
+
+        checked: list[str] = []
+        real = _auth._check
+
+        def counting(token: str, stored: str) -> bool:
+            checked.append(token)
+            return real(token, stored)
+
+        monkeypatch.setattr(_auth, "_check", counting)
+        rotating = (hash_secret("bank-a.new", n=1024), hash_secret("bank-a.old", n=1024))
+        creds = Credentials({"bank-a": rotating, "bank-b": (hash_secret("bank-b.x", n=1024),)})
+        for token in ("ghost.guess", "bank-a.guess", "bank-b.guess"):
+            checked.clear()
+            assert asyncio.run(creds.verify(None, token)) is None
+            assert len(checked) == 2, token
+        # A Basic user the token does not name: refused without any scrypt.
+        checked.clear()
+        assert asyncio.run(creds.verify("bank-b", "bank-a.new")) is None
+        assert checked == []
+
+    def test_a_token_verified_before_is_not_held_up_by_others_guesses(
+        self, client: AppClient
+    ) -> None:
+        assert client.get("/taxii2/", headers=basic("bank-a")).status_code == 200
+        for _ in range(10):
+            assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.x")), 401)
+        assert client.get("/taxii2/", headers=basic("bank-a")).status_code == 200
+        assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.y")), 429)
+
+    def test_cheap_refusals_do_not_count(self, client: AppClient) -> None:
+        for n in range(30):
+            long_token = "bank-a." + "x" * 600
+            assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", long_token)), 401)
+            mismatch = basic("bank-b", f"bank-a.guess{n}")
+            assert_taxii_error(client.get("/taxii2/", headers=mismatch), 401)
+        assert client.get("/taxii2/", headers=basic("bank-a")).status_code == 200
+
 
 class TestFailedLogins:
     def test_window_slides_and_success_clears(self) -> None:
@@ -172,11 +213,16 @@ class TestFailedLogins:
         assert logins.wait(key) == 0
         assert logins.wait(("192.0.2.2", "bank-a")) == 0
 
-    def test_memory_stays_bounded_under_a_flood_of_addresses(self) -> None:
+    def test_memory_stays_bounded_and_the_latest_failures_stay(self) -> None:
         logins = FailedLogins(limit=2, window=60, max_keys=100)
+        for _ in range(2):
+            logins.failed(("192.0.2.1", "bank-a"))
         for n in range(1_000):
             logins.failed((f"10.0.{n // 256}.{n % 256}", "bank-a"))
+            if n % 50 == 0:
+                logins.failed(("192.0.2.1", "bank-a"))  # keeps failing: stays in the table
         assert len(logins._failures) <= 100
+        assert logins.wait(("192.0.2.1", "bank-a")) > 0
 
 
 class TestDiscovery:
@@ -466,3 +512,18 @@ async def _collections_via(app: Any, auth: bytes) -> dict[str, str]:
             "/atlas/collections/", headers={"Authorization": auth.decode(), "Accept": MT}
         )
     return {c["title"]: c["id"] for c in resp.json()["collections"]}
+
+
+@pytest.mark.parametrize(
+    ("host", "network"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_failed_logins_count_an_ipv6_client_by_its_64(host: str, network: str) -> None:
+    from adapters._taxii._app import _network
+
+    assert _network(host) == network
