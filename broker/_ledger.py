@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,8 @@ import nats.js.errors
 import orjson
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+
+from policy import Tlp
 
 from ._bus import OBJECTS_BUCKET
 
@@ -65,6 +67,8 @@ class Claim:
     before: dict[str, ObjectRecord]
     conflicts: list[tuple[str, str]]
     foreign: list[str] = field(default_factory=list)
+    written: dict[str, tuple[ObjectRecord, int]] = field(default_factory=dict)
+    """Per object this claim wrote: its record before, and the revision written."""
 
 
 class Ledger:
@@ -112,95 +116,131 @@ class Ledger:
     async def claim(
         self,
         versions: Mapping[tuple[str, str], str],
-        owner: str,
+        submitter: str,
         *,
-        relay_only: Collection[str] = (),
+        authors: Mapping[str, str | None] | None = None,
         received: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Claim:
-        """Register this submission's versions and receivers, for ``owner``, in one write
-        per object (none when nothing changes).
+        """Register this submission's versions and receivers in one write per object (none
+        when nothing changes).
 
         A version is registered with a revision-checked write, so of two submissions racing
-        with the same (id, modified) and different content exactly one wins. A version new
-        to the ledger is registered only when ``owner`` owns the id (or it is new); ids in
-        ``relay_only`` never get new versions from this submission. Either refusal lists
-        the id in :attr:`Claim.foreign`; versions already registered pass unchanged. An
-        object refused for any reason is not written at all, receivers included.
+        with the same (id, modified) and different content exactly one wins. Who may add a
+        version new to the ledger (see ``policy.authors``): for an id in ``authors`` with a
+        member, that member only (others may relay what is registered); with ``None``,
+        anyone; for an id not in ``authors``, the organisation that registered its first
+        version. An id refused that way is listed in :attr:`Claim.foreign` and not written.
 
         ``received``: object id → recipient → TLP level of what this submission's packages
-        carry (the router calls this after sealing, before storing the packages).
+        carry (the router calls this after sealing, before storing the packages). When the
+        claim finds conflicts or foreign ids, call :meth:`undo`: the objects it did write
+        must not stay registered for a submission that is refused.
         """
         by_id: dict[str, dict[str, str]] = {}
         for (object_id, modified), digest in versions.items():
             by_id.setdefault(object_id, {})[modified] = digest
         ids = sorted(by_id)
-        only = frozenset(relay_only)
+        rules = authors or {}
         receivers = received or {}
         results = await asyncio.gather(
             *(
-                self._claim_one(i, by_id[i], dict(receivers.get(i, {})), owner, i in only)
+                self._claim_one(
+                    i, by_id[i], dict(receivers.get(i, {})), submitter, rules.get(i, _FIRST)
+                )
                 for i in ids
             )
         )
         claim = Claim({}, [])
-        for object_id, (before, clashes, foreign) in zip(ids, results, strict=True):
+        for object_id, (before, clashes, foreign, revision) in zip(ids, results, strict=True):
             claim.before[object_id] = before
             claim.conflicts.extend((object_id, modified) for modified in clashes)
             if foreign:
                 claim.foreign.append(object_id)
+            if revision is not None:
+                claim.written[object_id] = (before, revision)
         return claim
+
+    async def undo(self, claim: Claim) -> None:
+        """Put back what ``claim`` wrote (a refused submission registers nothing).
+
+        Revision-checked: a record another submission wrote since (merging on top of this
+        claim's write) is left as it is, this claim's part in it included."""
+        kv = await self._bucket()
+
+        async def _one(object_id: str, before: ObjectRecord, revision: int) -> None:
+            key = self.key_of(object_id)
+            async with self._limit:
+                try:
+                    if not before.versions and not before.received:
+                        await kv.delete(key, last=revision)
+                    else:
+                        await kv.update(key, _payload(before), last=revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass
+                except nats.js.errors.BadRequestError as exc:
+                    # kv.delete does not translate the wrong-last-sequence answer.
+                    if exc.err_code not in _WRONG_LAST:
+                        raise
+
+        await asyncio.gather(*(_one(i, b, r) for i, (b, r) in claim.written.items()))
 
     async def _claim_one(
         self,
         object_id: str,
         versions: dict[str, str],
         received: dict[str, str],
-        owner: str,
-        relay_only: bool,
-    ) -> tuple[ObjectRecord, list[str], bool]:
-        if not relay_only:
+        submitter: str,
+        author: str | object | None,
+    ) -> tuple[ObjectRecord, list[str], bool, int | None]:
+        """(record before, clashing versions, foreign, revision written or None)."""
+        if author is _FIRST:
+            owner: str | None = submitter
+        elif author is None:
+            owner = None  # a third party's object: nobody owns it here
+        else:
+            owner = str(author)
+        may_create = owner in (None, submitter)
+        if may_create:
             # Most objects are new: create the record outright, one write and no read. The
             # write expects no record at all, so an existing one makes it fail, never
             # clobbered.
-            if await self._write(object_id, None, versions, received, owner) is not None:
-                return ObjectRecord({}, {}, None), [], False
+            record = ObjectRecord(dict(versions), received, None, owner)
+            revision = await self._write(object_id, None, record)
+            if revision is not None:
+                return ObjectRecord({}, {}, None), [], False, revision
         for _ in range(_ATTEMPTS):
             record = await self._get(object_id)
             clashes = [m for m, d in versions.items() if record.versions.get(m, d) != d]
             if clashes:
-                return record, clashes, False
+                return record, clashes, False, None
             new = {m: d for m, d in versions.items() if m not in record.versions}
-            if new and (relay_only or record.owner not in (None, owner)):
-                return record, [], True
-            merged_r = {**record.received, **received}
-            if not new and merged_r == record.received:
-                return record, [], False
-            keeper = record.owner if record.owner is not None or not new else owner
-            merged_v = {**record.versions, **new}
-            written = await self._write(object_id, record.revision, merged_v, merged_r, keeper)
-            if written is not None:
-                return record, [], False
+            if author is _FIRST:
+                allowed = record.owner in (None, submitter)
+                keeper = record.owner or (submitter if new else None)
+            else:
+                allowed = may_create
+                keeper = owner if owner is not None else record.owner
+            if new and not allowed:
+                return record, [], True, None
+            merged_r = _merge_received(record.received, received)
+            if not new and merged_r == record.received and keeper == record.owner:
+                return record, [], False, None
+            after = ObjectRecord({**record.versions, **new}, merged_r, None, keeper)
+            revision = await self._write(object_id, record.revision, after)
+            if revision is not None:
+                return record, [], False, revision
         raise nats.js.errors.Error(f"object ledger: too much contention on {object_id[:12]}")
 
     async def _write(
-        self,
-        object_id: str,
-        revision: int | None,
-        versions: dict[str, str],
-        received: dict[str, str],
-        owner: str | None,
+        self, object_id: str, revision: int | None, record: ObjectRecord
     ) -> int | None:
         """Revision-checked write: the new revision, or None when the record's revision is
         not ``revision`` any more (another worker wrote first). ``revision`` None: the
         write expects no record for the key at all."""
         kv = await self._bucket()
-        record: dict[str, Any] = {"v": versions, "r": received}
-        if owner is not None:
-            record["o"] = owner
-        payload = orjson.dumps(record)
         async with self._limit:
             try:
-                return await kv.update(self.key_of(object_id), payload, last=revision)
+                return await kv.update(self.key_of(object_id), _payload(record), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 return None
 
@@ -211,3 +251,27 @@ class Ledger:
             for recipient, level in record.received.items():
                 out.setdefault(recipient, {})[object_id] = level
         return out
+
+
+_WRONG_LAST = (10071, 10164)
+"""JetStream's error codes for a write whose expected last sequence did not hold."""
+_FIRST = object()
+"""No author named in the object: its owner is whoever registered its first version."""
+_RANK = {level.value: level.rank for level in Tlp}
+
+
+def _payload(record: ObjectRecord) -> bytes:
+    data: dict[str, Any] = {"v": record.versions, "r": record.received}
+    if record.owner is not None:
+        data["o"] = record.owner
+    return orjson.dumps(data)
+
+
+def _merge_received(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str]:
+    """Receivers of both; for one in both, the higher TLP level (what a revocation of the
+    object may be judged against must not drop because someone relayed it lower)."""
+    out = dict(old)
+    for recipient, level in new.items():
+        if _RANK.get(level, -1) > _RANK.get(out.get(recipient, ""), -1):
+            out[recipient] = level
+    return out

@@ -347,23 +347,27 @@ class Router:
                 await self._refuse(org, src_sha256, "bundle-rejected", str(exc), now)
 
     async def _claim(self, org: str, sid: str, src_sha256: str, seq: int) -> None:
-        """Dedupe per organisation: a sid is used once; a redelivery of the same message passes."""
+        """A sid is used once, across organisations (it names the log chunks, deliveries,
+        views and receipts of the submission); a redelivery of the same message passes.
+
+        The bucket's key is the organisation-specific ``sub.<sid>``; its value says who."""
         if self._submitted is None:  # looked up once: each lookup is a stream-info request
             self._submitted = await self._js.key_value(SUBMITTED_BUCKET)
         kv = self._submitted
-        value = f"{seq}:{src_sha256}".encode()
+        value = f"{seq}:{src_sha256}:{org}".encode()
         try:
-            await kv.create(f"{org}.{sid}", value)
+            await kv.create(f"sub.{sid}", value)
         except nats.js.errors.KeyWrongLastSequenceError:
-            existing = (await kv.get(f"{org}.{sid}")).value or b""
+            existing = (await kv.get(f"sub.{sid}")).value or b""
             if existing == value:
                 return  # our own earlier attempt: finish it idempotently
-            if existing.endswith(src_sha256.encode()):
+            if existing.endswith(f":{src_sha256}:{org}".encode()):
                 raise SubmissionRefused(
                     "replayed", f"submission {sid} was already received"
                 ) from None
+            # Whose it was is not said: a sid seen in a package says nothing more.
             raise SubmissionRefused(
-                "duplicate-id", f"submission id {sid} was already used by {org}"
+                "duplicate-id", f"submission id {sid} was already used"
             ) from None
 
     async def _refuse(
@@ -407,11 +411,14 @@ class Router:
             feed=feed,
         )
         versions = policy.version_digests(bundle)
-        relayed = policy.relay_only(bundle, directory=directory, originator=org)
-        untracked = sorted(set(relayed) - {object_id for object_id, _ in versions})
+        authors = policy.authors(bundle, directory=directory)
+        speaks_for = {i: a for i, a in authors.items() if a is not None and a != org}
+        untracked = sorted(set(speaks_for) - {object_id for object_id, _ in versions})
         if untracked:
             # Not versioned, so never registered: there is nothing such an object could relay.
-            raise SubmissionRefused("impersonation", f"{untracked[0]} {relayed[untracked[0]]}")
+            raise SubmissionRefused(
+                "impersonation", f"{untracked[0]} speaks for another organisation"
+            )
         # Only a revocation's view depends on what the ledger holds (who received the
         # versions it revokes, at which level): only then is it read before evaluating.
         revoked = {o["id"] for o in bundle.get("objects", ()) if o.get("revoked") is True} & {
@@ -488,9 +495,11 @@ class Router:
         claim = await self._ledger.claim(
             versions,
             org,
-            relay_only=relayed,
+            authors=authors,
             received=self._receivers(bundle, versions, sealed),
         )
+        if claim.conflicts or claim.foreign:
+            await self._ledger.undo(claim)
         if claim.conflicts:
             raise SubmissionRefused(
                 "version-conflict",
@@ -499,11 +508,12 @@ class Router:
             )
         if claim.foreign:
             first = sorted(claim.foreign)[0]
-            if first in relayed:
+            if first in speaks_for:
                 raise SubmissionRefused(
                     "impersonation",
                     f"{len(claim.foreign)} object(s) are new versions only their author may "
-                    f"publish: {first} {relayed[first]}",
+                    f"publish: {first} is another organisation's identity or names it in "
+                    "created_by_ref",
                 )
             raise SubmissionRefused(
                 "not-owner",
@@ -560,7 +570,9 @@ class Router:
                     **stored.view,
                 }
             )
-        notice = _notice(views, recipients, bundle, org=org, sid=sid, ts=ts)
+        notice = _notice(
+            views, recipients, bundle, org=org, sid=sid, ts=ts, sealed={r for r, _, _ in sealed}
+        )
         if notice is not None:
             entries.append(notice)
         await append_entries(self._js, log_subject(sid), entries)
@@ -774,12 +786,19 @@ def _notice(
     org: str,
     sid: str,
     ts: str,
+    sealed: set[str],
 ) -> dict[str, Any] | None:
-    """Tell the originator when RED objects reached nobody (nobody was named), or the
-    submission nobody. RED withheld from the others while a named recipient has it is the
-    rule working, not news."""
+    """Tell the originator when RED objects reached nobody (nobody was named, or nobody
+    named has a key to seal to), or the submission nobody. RED withheld from the others
+    while a named recipient has it is the rule working, not news."""
     decisions = [d for view in views.values() for d in view.decisions]
-    reached = {d.object_digest for d in decisions if d.action != "withheld"}
+    reached = {
+        d.object_digest
+        for recipient, view in views.items()
+        if recipient in sealed
+        for d in view.decisions
+        if d.action != "withheld"
+    }
     red = {
         d.object_digest
         for d in decisions

@@ -23,16 +23,17 @@ from ._directory import (
     Subscription,
 )
 from ._errors import BundleRejected, DirectoryError, PolicyError
+from ._observables import id_problem as observable_id_problem
 from ._tlp import Tlp
 from ._view import (
     Decision,
     Submission,
     View,
+    authors,
     evaluate,
     evaluate_all,
     normal_timestamp,
     recipients,
-    relay_only,
     version_digests,
 )
 
@@ -53,10 +54,11 @@ __all__ = [
     "Subscription",
     "Tlp",
     "View",
+    "authors",
     "evaluate",
     "evaluate_all",
     "normal_timestamp",
+    "observable_id_problem",
     "recipients",
-    "relay_only",
     "version_digests",
 ]

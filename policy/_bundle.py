@@ -188,7 +188,7 @@ def prepare(
     by_uuid: dict[str, tuple[str, ...]] = {}
     statements = {rule.marking for rule in directory.statement_rules}
     for (obj_id, _), (obj, _, obj_type, _) in unique.items():
-        if obj_id == broker_id:
+        if obj_id.lower() == broker_id.lower():
             raise BundleRejected("an object claims the broker's own identity id")
         uuid = obj_id.partition("--")[2].lower()
         known = by_uuid.get(uuid, ())

@@ -62,17 +62,18 @@ from ._derive import NAMESPACE, broker_identity, derived_from, stix_timestamp
 from ._directory import Directory, OrgKind
 from ._errors import BundleRejected, PolicyError
 from ._markings import TLP_IDS
+from ._observables import identifying
 from ._tlp import Tlp
 
 __all__ = [
     "Decision",
     "Submission",
     "View",
+    "authors",
     "evaluate",
     "evaluate_all",
     "normal_timestamp",
     "recipients",
-    "relay_only",
     "version_digests",
 ]
 
@@ -347,17 +348,24 @@ def version_digests(bundle: Mapping[str, Any]) -> dict[tuple[str, str], str]:
     other content, and only an id's owner adds versions. ``modified`` is normalised
     (``…:00.000Z``, ``…:00Z`` and ``…:00.000000000Z`` are one instant, one version). Two
     objects of the bundle with the same key and different content raise ``BundleRejected``.
-    Left out: well-known TLP marking-definitions (the broker never reads their content) and
-    objects without ``modified`` other than marking-definitions. Those are cyber
-    observables, which STIX does not version: their ids are derived from their values, so
-    two members legitimately send the same id with other optional properties, and nobody
-    owns it.
+    Well-known TLP marking-definitions are left out (the broker never reads their content).
+    Cyber observables (no ``modified``) are not versioned by STIX and two members
+    legitimately send one id with other optional properties: for them the digest covers
+    only their id-contributing properties, which may never differ (observables of a type
+    without such properties are left out).
     """
     out: dict[tuple[str, str], str] = {}
     for obj, obj_id, obj_type, modified in stix_objects(bundle):
-        if obj_id in TLP_IDS or (not modified and obj_type != "marking-definition"):
+        if obj_id in TLP_IDS:
             continue
-        digest = canonical_digest(obj)
+        if modified or obj_type == "marking-definition":
+            digest = canonical_digest(obj)
+        else:
+            # An observable: only what identifies it must never differ (see _observables).
+            fields = identifying(obj, obj_type)
+            if not fields:
+                continue
+            digest = canonical_digest(fields)
         key = (obj_id, normal_timestamp(modified))
         if out.setdefault(key, digest) != digest:
             raise BundleRejected(
@@ -380,25 +388,32 @@ def normal_timestamp(value: str) -> str:
     return f"{match.group(1)}.{fraction}Z" if fraction else f"{match.group(1)}Z"
 
 
-def relay_only(
-    bundle: Mapping[str, Any], *, directory: Directory, originator: str
-) -> dict[str, str]:
-    """Ids the originator may relay unchanged but not create or version, with the reason.
+def authors(bundle: Mapping[str, Any], *, directory: Directory) -> dict[str, str | None]:
+    """Who may add versions of an object, where the object says so itself.
 
-    An object that is another organisation's directory identity, or whose
-    ``created_by_ref`` names one, speaks for that organisation: the originator may pass on
-    a version the ledger already holds (content it received), never a new one, which would
-    put words in another member's mouth.
+    - an object that is a member's directory identity, or whose ``created_by_ref`` names
+      one, is that member's (the broker's identity counts as the broker's): only it may
+      create or version it, whoever registered it first; others may relay a version the
+      ledger already holds, never add one;
+    - an object whose ``created_by_ref`` names anyone else (MITRE's ATT&CK objects, a
+      vendor's published reports) belongs to no member: ``None``, anyone may relay its
+      versions, and the first to send one does not get to keep the others out;
+    - an object without ``created_by_ref`` is not listed: it belongs to the organisation
+      that registered its first version (the router's ledger keeps that).
+
+    Identities compare case-insensitively (UUIDs are).
     """
-    identities = directory.identity_owners()
-    out: dict[str, str] = {}
+    identities = {
+        **directory.identity_owners(),
+        directory.broker.stix_identity.lower(): directory.broker.id,
+    }
+    out: dict[str, str | None] = {}
     for obj, obj_id, _, _ in stix_objects(bundle):
         owner = identities.get(obj_id.lower())
-        if owner is not None and owner != originator:
-            out[obj_id] = "is the STIX identity of another organisation"
+        if owner is not None:
+            out[obj_id] = owner
             continue
         author = obj.get("created_by_ref")
-        owner = identities.get(author.lower()) if isinstance(author, str) else None
-        if owner is not None and owner != originator:
-            out[obj_id] = "has a created_by_ref naming another organisation's identity"
+        if isinstance(author, str):
+            out[obj_id] = identities.get(author.lower())
     return out

@@ -499,6 +499,65 @@ def _wrong_types() -> list[Case]:
             "'modified' is earlier than 'created'",
         ),
     }
+    forged_ip = {
+        "type": "ipv4-addr",
+        "spec_version": "2.1",
+        "id": "ipv4-addr--0198f97b-e65d-5025-87e5-58bc39d4bdb4",  # the UUIDv5 of 1.2.3.4
+        "value": "10.0.0.1",
+    }
+    unversioned = {k: v for k, v in ind("wrong-types/sdo-without-modified").items()}
+    del unversioned["modified"]
+    undated = {k: v for k, v in unversioned.items() if k != "created"}
+    for name, obj, message in (
+        ("sdo-without-modified", unversioned, "with 'created' needs 'modified'"),
+        ("observable-id-of-another-value", forged_ip, "UUIDv5 id is not the one its 'value'"),
+        ("sdo-without-created-and-modified", undated, "indicator objects need 'created' and"),
+        (
+            "created-by-ref-with-a-space",
+            ind("wrong-types/cbr-space", created_by_ref=stix_identity("bank-a") + " "),
+            "'created_by_ref' holds .* not a STIX identifier",
+        ),
+        (
+            "created-by-ref-not-an-identity",
+            ind("wrong-types/cbr-type", created_by_ref=f"indicator--{uid('x')}"),
+            "'created_by_ref' .* is not an identity",
+        ),
+        (
+            "created-by-ref-list",
+            ind("wrong-types/cbr-list", created_by_ref=[stix_identity("bank-a")]),
+            "'created_by_ref' holds .* not a STIX identifier",
+        ),
+        (
+            "source-ref-with-newline",
+            sdo(
+                "relationship",
+                "wrong-types/rel-newline",
+                relationship_type="indicates",
+                source_ref=f"indicator--{uid('a')}\n",
+                target_ref=f"malware--{uid('b')}",
+            ),
+            "'source_ref' holds .* not a STIX identifier",
+        ),
+    ):
+        case_name = f"wrong-types/{name}"
+        out.append(
+            Case(
+                f"nats/{case_name}",
+                "wrong types",
+                "nats",
+                refused("invalid-bundle", message),
+                token=good_token(case_name, bundle(case_name, obj)),
+            )
+        )
+        out.append(
+            Case(
+                f"taxii/{case_name}",
+                "wrong types",
+                "taxii",
+                http(422, message),
+                body=taxii_body(obj),
+            )
+        )
     for name, (props, message) in timestamps.items():
         case_name = f"wrong-types/{name}"
         obj = ind(case_name, **props)
@@ -896,8 +955,14 @@ def _duplicates() -> list[Case]:
     out: list[Case] = []
     a = ind("dup/a", description="first")
     b = {**a, "description": "second"}
-    nomod = {k: v for k, v in ind("dup/nomod").items() if k != "modified"}
-    nomod2 = {**nomod, "name": "other"}
+    # Observables have no modified: one id twice in a bundle, other content.
+    nomod = {
+        "type": "ipv4-addr",
+        "spec_version": "2.1",
+        "id": "ipv4-addr--4f3a1c2e-9b7d-4e21-8c55-0d1e2f3a4b5c",  # random (v4): not derived
+        "value": "198.51.100.7",
+    }
+    nomod2 = {**nomod, "value": "198.51.100.8"}
     third = {**a, "labels": ["x"]}
     tlp_dup = {**ind("dup/marking"), "object_marking_refs": [TLP2["clear"], TLP2["clear"]]}
     in_bundle: dict[str, list[Any]] = {
@@ -956,13 +1021,38 @@ def _duplicates() -> list[Case]:
             "nats/duplicate-ids/submission-id-reused",
             "duplicate ids",
             "nats",
-            refused("duplicate-id", "already used by bank-a"),
+            refused("duplicate-id", "was already used"),
             token=lambda ctx: signed(
                 ctx,
                 orjson.dumps(
                     envelope(ctx, "before/0", bundle("dup/sid", ind("dup/sid")), sid=BEFORE_SID)
                 ),
             ),
+        )
+    )
+    # Another member reusing a sid it saw in a package: it names log chunks, deliveries and
+    # receipts, so it is one submission's across all organisations.
+    out.append(
+        Case(
+            "nats/duplicate-ids/other-members-submission-id",
+            "duplicate ids",
+            "nats",
+            refused("duplicate-id", "was already used"),
+            token=lambda ctx: signed(
+                ctx,
+                orjson.dumps(
+                    envelope(
+                        ctx,
+                        "dup/other-sid",
+                        bundle("dup/other-sid", ind("dup/other-sid")),
+                        sid=BEFORE_SID,
+                        org="bank-b",
+                    )
+                ),
+                by="bank-b",
+                org="bank-b",
+            ),
+            subject_org="bank-b",
         )
     )
     return out
@@ -1548,7 +1638,7 @@ def _behalf() -> list[Case]:
         "created-by-other-member": (
             as_b("behalf/16", ind("behalf/16", created_by_ref=bank_a)),
             "impersonation",
-            "created_by_ref naming another organisation's identity",
+            "speaks for another organisation|names it in created_by_ref",
         ),
         "other-members-identity-object": (
             as_b(
@@ -1557,7 +1647,7 @@ def _behalf() -> list[Case]:
                 | {"id": bank_a},
             ),
             "impersonation",
-            "is the STIX identity of another organisation",
+            "is another organisation's identity",
         ),
         "other-members-object-under-upper-case-id": (
             as_b(

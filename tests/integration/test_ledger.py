@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
+import nats.js.errors
 import orjson
+import pytest
 from nats.js import JetStreamContext
 
 from broker._bus import OBJECTS_BUCKET
@@ -104,10 +106,13 @@ async def test_a_relay_adds_receivers_and_keeps_the_owner(js: JetStreamContext) 
     await ledger.claim({(oid, T1): "sha-1"}, "bank-a", received={oid: {"ec3": "green"}})
 
     relay = await ledger.claim(
-        {(oid, T1): "sha-1"}, "bank-b", relay_only={oid}, received={oid: {"ncu": "amber"}}
+        {(oid, T1): "sha-1"},
+        "bank-b",
+        received={oid: {"ncu": "amber", "ec3": "clear"}},  # a relay at a lower level
     )
 
     assert relay.foreign == [] and relay.conflicts == []
+    # ec3 keeps green: a later revocation is judged against the higher level it received.
     assert await _stored(js, ledger, oid) == {
         "v": {T1: "sha-1"},
         "r": {"ec3": "green", "ncu": "amber"},
@@ -149,21 +154,69 @@ async def test_only_the_owner_adds_versions(js: JetStreamContext) -> None:
     }
 
 
-async def test_relay_only_ids_are_never_created_or_versioned(js: JetStreamContext) -> None:
+async def test_a_members_objects_are_its_own_whoever_came_first(js: JetStreamContext) -> None:
+    """bank-a authored it (created_by_ref or its identity): bank-b may relay what is
+    registered, never add a version, even when bank-b registered it first."""
     ledger = Ledger(js, KEY)
     known = "indicator--00000006-0000-4000-8000-000000000000"
     unknown = "indicator--00000007-0000-4000-8000-000000000000"
-    await ledger.claim({(known, T1): "sha-1"}, "bank-a")
+    squatted = "identity--00000009-0000-4000-8000-000000000000"
+    authors = {known: "bank-a", unknown: "bank-a", squatted: "bank-a"}
+    await ledger.claim({(known, T1): "sha-1"}, "bank-a", authors=authors)
+    # Written before bank-a's identity was in the directory: first come, bank-b.
+    await ledger.claim({(squatted, T1): "forged"}, "bank-b")
     writes = await _writes(js)
 
-    claim = await ledger.claim(
-        {(known, T1): "sha-1", (unknown, T1): "sha-x"}, "bank-b", relay_only={known, unknown}
+    relay = await ledger.claim(
+        {(known, T1): "sha-1", (unknown, T1): "sha-x"}, "bank-b", authors=authors
     )
-    newer = await ledger.claim({(known, T2): "sha-2"}, "bank-b", relay_only={known})
-
-    assert claim.foreign == [unknown]
-    assert newer.foreign == [known]
+    newer = await ledger.claim({(known, T2): "sha-2"}, "bank-b", authors=authors)
+    assert relay.foreign == [unknown] and newer.foreign == [known]
     assert await _writes(js) == writes
+
+    own = await ledger.claim({(squatted, T2): "real"}, "bank-a", authors=authors)
+    assert own.foreign == []
+    assert (await _stored(js, ledger, squatted))["o"] == "bank-a"
+
+
+async def test_a_third_partys_objects_are_nobodys(js: JetStreamContext) -> None:
+    """created_by_ref names someone outside the directory (MITRE, say): whoever sends it
+    first does not keep the others from relaying its later versions."""
+    ledger = Ledger(js, KEY)
+    oid = "attack-pattern--0000000b-0000-4000-8000-000000000000"
+    first = await ledger.claim({(oid, T1): "v1"}, "bank-b", authors={oid: None})
+    later = await ledger.claim({(oid, T2): "v2"}, "bank-a", authors={oid: None})
+
+    assert first.foreign == later.foreign == []
+    assert await _stored(js, ledger, oid) == {"v": {T1: "v1", T2: "v2"}, "r": {}}
+
+
+async def test_undo_leaves_nothing_of_a_refused_submission(js: JetStreamContext) -> None:
+    ledger = Ledger(js, KEY)
+    theirs = "indicator--0000000c-0000-4000-8000-000000000000"
+    known = "indicator--0000000d-0000-4000-8000-000000000000"
+    fresh = "indicator--0000000e-0000-4000-8000-000000000000"
+    await ledger.claim({(theirs, T1): "t1"}, "bank-b")
+    await ledger.claim({(known, T1): "k1"}, "bank-a", received={known: {"ec3": "green"}})
+
+    # bank-a's submission: a RED object to lea-1, a relay of its own, and a takeover.
+    claim = await ledger.claim(
+        {(fresh, T1): "f1", (known, T1): "k1", (theirs, T2): "t2"},
+        "bank-a",
+        received={fresh: {"lea-1": "red"}, known: {"lea-1": "red"}},
+    )
+    assert claim.foreign == [theirs] and set(claim.written) == {fresh, known}
+    await ledger.undo(claim)
+
+    kv = await js.key_value(OBJECTS_BUCKET)
+    assert (await ledger.load([fresh]))[fresh].versions == {}
+    assert await _stored(js, ledger, known) == {
+        "v": {T1: "k1"},
+        "r": {"ec3": "green"},
+        "o": "bank-a",
+    }
+    with pytest.raises(nats.js.errors.KeyNotFoundError):
+        await kv.get(ledger.key_of(fresh))
 
 
 async def test_two_organisations_racing_for_a_new_id_get_one_owner(js: JetStreamContext) -> None:
@@ -188,3 +241,20 @@ async def test_uuid_case_does_not_make_another_object(js: JetStreamContext) -> N
     )
 
     assert shouted.foreign == [oid.upper().replace("INDICATOR", "indicator")]
+
+
+async def test_undo_leaves_a_record_written_on_top_of_it(js: JetStreamContext) -> None:
+    """Another submission merged after the refused one wrote: undo must neither clobber that
+    nor fail (a failure would be retried for ever, as a NATS error)."""
+    ledger = Ledger(js, KEY)
+    oid = "indicator--0000000f-0000-4000-8000-000000000000"
+    refused = await ledger.claim({(oid, T1): "v1"}, "bank-a", received={oid: {"lea-1": "red"}})
+    created = await ledger.claim({(oid, T1): "v1"}, "bank-a", received={oid: {"lea-2": "red"}})
+    updated = await ledger.claim({(oid, T2): "v2"}, "bank-a")
+    await ledger.claim({(oid, T2): "v2"}, "bank-a", received={oid: {"lea-3": "red"}})
+
+    await ledger.undo(refused)  # its create was followed by two writes: left alone
+    await ledger.undo(updated)  # likewise
+
+    assert set(created.written) == {oid}
+    assert (await _stored(js, ledger, oid))["r"] == {"lea-1": "red", "lea-2": "red", "lea-3": "red"}

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
 from adapters import InvalidBundle, check_bundle, parse_json
@@ -11,6 +12,8 @@ OBJ = {
     "type": "indicator",
     "spec_version": "2.1",
     "id": "indicator--8a1f0c55-7e0c-4b47-b8b8-0b4dd9b3e2a1",
+    "created": "2024-05-01T00:00:00.000Z",
+    "modified": "2024-05-01T00:00:00.000Z",
 }
 
 
@@ -137,3 +140,9 @@ class TestParseJson:
     def test_long_digit_runs_in_strings_change_nothing(self) -> None:
         raw = b'{"x": "12345678901234567890123", "n": 18446744073709551615, "f": 1.5}'
         assert parse_json(raw) == {"x": "12345678901234567890123", "n": 2**64 - 1, "f": 1.5}
+
+
+def test_deep_nesting_around_a_long_number_is_a_json_error_not_a_crash() -> None:
+    raw = b"[" * 1000 + b"1234567890123456789" + b"]" * 1000
+    with pytest.raises(orjson.JSONDecodeError, match="nested too deeply"):
+        parse_json(raw)

@@ -15,8 +15,8 @@ from policy import (
     Directory,
     DirectoryError,
     View,
+    authors,
     normal_timestamp,
-    relay_only,
     version_digests,
 )
 from policy._bundle import canonical_digest
@@ -74,10 +74,13 @@ class TestBundleShape:
         with pytest.raises(BundleRejected, match=message):
             version_digests(data)
 
+    @pytest.mark.parametrize(
+        "broker_id", [BROKER_IDENTITY, "identity--" + BROKER_IDENTITY[10:].upper()]
+    )
     def test_rejects_bundle_when_object_claims_broker_identity(
-        self, stix: Stix, view_for: ViewFor
+        self, stix: Stix, view_for: ViewFor, broker_id: str
     ) -> None:
-        fake = stix.identity("clear", id=BROKER_IDENTITY)
+        fake = stix.identity("clear", id=broker_id)
         with pytest.raises(BundleRejected, match="broker"):
             view_for(bundle(fake), "bank-b")
 
@@ -97,10 +100,18 @@ class TestVersions:
         ip = stix.ipv4("192.0.2.5")
         digests = version_digests(bundle(ind, ip))
         canonical = json.dumps(ind, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        # modified is normalised; the observable is not versioned, so not listed.
+        # modified is normalised; the observable by what identifies it, its value.
         assert digests == {
             (ind["id"], normal_timestamp(TS)): hashlib.sha256(canonical.encode()).hexdigest(),
+            (ip["id"], ""): canonical_digest({"value": "192.0.2.5"}),
         }
+
+    def test_observables_differ_only_in_what_does_not_identify_them(self, stix: Stix) -> None:
+        ip = stix.ipv4("192.0.2.5")
+        richer = {**ip, "resolves_to_refs": ["mac-addr--65cfcf98-8a6e-5a1b-8f61-379ac4f92d00"]}
+        other = {**ip, "value": "192.0.2.6"}
+        assert version_digests(bundle(ip)) == version_digests(bundle(richer))
+        assert version_digests(bundle(ip)) != version_digests(bundle(other))
         assert normal_timestamp(TS) == "2024-05-01T00:00:00Z"
 
     @pytest.mark.parametrize(
@@ -232,32 +243,29 @@ class TestInheritanceDetails:
         assert decision_for(view, second).tlp is not None
 
 
-class TestRelayOnly:
-    """Objects that speak for another organisation may be relayed, never created."""
+class TestAuthors:
+    """Objects that speak for an organisation belong to it; a third party's to nobody."""
 
-    def test_own_objects_are_not_listed(self, stix: Stix, directory: Directory) -> None:
+    def test_a_members_identity_and_what_names_it(self, stix: Stix, directory: Directory) -> None:
         own = stix.indicator("clear", created_by_ref=BANK_A_IDENTITY)
-        ident = stix.identity("clear", id=BANK_A_IDENTITY)
-        assert relay_only(bundle(own, ident), directory=directory, originator="bank-a") == {}
-
-    def test_created_by_another_members_identity(self, stix: Stix, directory: Directory) -> None:
-        forged = stix.indicator("clear", created_by_ref=BANK_A_IDENTITY)
-        found = relay_only(bundle(forged), directory=directory, originator="bank-b")
-        assert found == {
-            forged["id"]: "has a created_by_ref naming another organisation's identity"
-        }
-
-    def test_another_members_identity_object(self, stix: Stix, directory: Directory) -> None:
         upper = "identity--" + BANK_A_IDENTITY.partition("--")[2].upper()
         ident = stix.identity("clear", id=upper)
-        found = relay_only(bundle(ident), directory=directory, originator="bank-b")
-        assert found == {upper: "is the STIX identity of another organisation"}
+        assert authors(bundle(own, ident), directory=directory) == {
+            own["id"]: "bank-a",
+            upper: "bank-a",
+        }
 
-    def test_unknown_authors_are_not_listed(self, stix: Stix, directory: Directory) -> None:
-        other = stix.indicator(
-            "clear", created_by_ref="identity--0e1f7d2c-5b7a-4b8e-8a3e-6f1c2d3e4f50"
-        )
-        assert relay_only(bundle(other), directory=directory, originator="bank-b") == {}
+    def test_the_brokers_identity_is_the_brokers(self, stix: Stix, directory: Directory) -> None:
+        forged = stix.indicator("clear", created_by_ref=BROKER_IDENTITY.upper())
+        assert authors(bundle(forged), directory=directory) == {forged["id"]: "atlas-broker"}
+
+    def test_a_third_partys_objects_are_nobodys(self, stix: Stix, directory: Directory) -> None:
+        mitre = "identity--c78cb6e5-0c4b-4611-8297-d1b8b55e40b5"
+        other = stix.indicator("clear", created_by_ref=mitre)
+        assert authors(bundle(other), directory=directory) == {other["id"]: None}
+
+    def test_anonymous_objects_are_not_listed(self, stix: Stix, directory: Directory) -> None:
+        assert authors(bundle(stix.indicator("clear")), directory=directory) == {}
 
     def test_directory_refuses_one_identity_for_two_organisations(self) -> None:
         doc = community_doc()
