@@ -134,9 +134,8 @@ def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None
             )
         problem = (
             _timestamps_problem(obj, obj_type)
-            or _refs_problem(obj)
             or observable_id_problem(obj, obj_id, obj_type)
-            or _value_problem(obj, 0)
+            or _properties_problem(obj)
         )
         if problem is not None:
             raise InvalidBundle(f"{where} ({obj_id}): {problem}")
@@ -193,57 +192,78 @@ def _timestamps_problem(obj: Mapping[str, Any], obj_type: str) -> str | None:
     (``2024-05-01T00:00:00Z``, any fraction of a second), and not before ``created``.
     Marking-definitions have ``created`` and are never versioned.
     """
-    if obj_type in VERSIONED_TYPES and "created" not in obj:
-        return f"{obj_type} objects need 'created' and 'modified'"
-    if "created" in obj and "modified" not in obj and obj_type != "marking-definition":
+    created = obj.get("created", _ABSENT)
+    modified = obj.get("modified", _ABSENT)
+    if created is _ABSENT:
+        if obj_type in VERSIONED_TYPES:
+            return f"{obj_type} objects need 'created' and 'modified'"
+        if modified is _ABSENT:
+            return None  # an observable
+    elif modified is _ABSENT and obj_type != "marking-definition":
         return "an object with 'created' needs 'modified' (STIX versions objects by it)"
-    found: dict[str, tuple[str, str]] = {}
-    for name in ("created", "modified"):
-        if name not in obj:
-            continue
-        value = obj[name]
-        # Bounded before the cache sees it: a valid one is 20 to 30-odd characters.
-        instant = _instant(value) if isinstance(value, str) and len(value) <= 64 else None
-        if instant is None:
-            return (
-                f"'{name}' {_shown(value)} is not a STIX timestamp "
-                "(YYYY-MM-DDTHH:MM:SS[.fraction]Z, in UTC)"
-            )
-        found[name] = instant
-    if "created" in found and "modified" in found:
-        created, modified = found["created"], found["modified"]
-        width = max(len(created[1]), len(modified[1]))
-        if (modified[0], modified[1].ljust(width, "0")) < (
-            created[0],
-            created[1].ljust(width, "0"),
-        ):
+    first = _stamp(created, "created") if created is not _ABSENT else None
+    if isinstance(first, str):
+        return first
+    if modified is _ABSENT:
+        return None
+    last = first if modified == created else _stamp(modified, "modified")
+    if isinstance(last, str):
+        return last
+    if first is not None and last is not None and last is not first:
+        width = max(len(first[1]), len(last[1]))
+        if (last[0], last[1].ljust(width, "0")) < (first[0], first[1].ljust(width, "0")):
             return "'modified' is earlier than 'created'"
     return None
 
 
-def _refs_problem(obj: Mapping[str, Any]) -> str | None:
-    """Why a top-level ``*_ref`` or ``*_refs`` property does not hold STIX identifiers
-    (``object_marking_refs`` aside: markings the broker cannot read withhold the object).
+_ABSENT = object()
 
-    The broker compares references (who authored an object, what a view must carry): a
-    reference with a space, a newline or of another type than the spec says would slip
-    past those comparisons."""
+
+def _stamp(value: Any, name: str) -> tuple[str, str] | str:
+    """The instant of a timestamp property, or the problem with it."""
+    # Bounded before the cache sees it: a valid one is 20 to 30-odd characters.
+    instant = _instant(value) if isinstance(value, str) and len(value) <= 64 else None
+    if instant is None:
+        return (
+            f"'{name}' {_shown(value)} is not a STIX timestamp "
+            "(YYYY-MM-DDTHH:MM:SS[.fraction]Z, in UTC)"
+        )
+    return instant
+
+
+def _properties_problem(obj: Mapping[str, Any]) -> str | None:
+    """One pass over the properties: references, then values (see ``_value_problem``).
+
+    A top-level ``*_ref`` or ``*_refs`` must hold STIX identifiers (``object_marking_refs``
+    aside: markings the broker cannot read withhold the object). The broker compares
+    references (who authored an object, what a view must carry): a reference with a space,
+    a newline or of another type than the spec says would slip past those comparisons."""
     for name, value in obj.items():
-        if name == "object_marking_refs":
-            continue  # judged by the policy: an unreadable marking withholds the object
-        if name.endswith("_ref"):
-            refs = [value]
-        elif name.endswith("_refs"):
-            if not isinstance(value, list):
-                return f"'{name}' is a {_kind(value)}, expected a list of identifiers"
-            refs = value
-        else:
-            continue
-        for ref in refs:
-            if not isinstance(ref, str) or _ID_RE.match(ref) is None:
-                return f"'{name}' holds {_shown(ref)}, which is not a STIX identifier"
-        if name == "created_by_ref" and not value.startswith("identity--"):
-            return f"'created_by_ref' {_shown(value)} is not an identity"
+        if "_ref" in name and name != "object_marking_refs":
+            problem = _ref_problem(name, value)
+            if problem is not None:
+                return problem
+        if not isinstance(value, str):
+            problem = _value_problem(value, 1)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _ref_problem(name: str, value: Any) -> str | None:
+    if name.endswith("_ref"):
+        refs = [value]
+    elif name.endswith("_refs"):
+        if not isinstance(value, list):
+            return f"'{name}' is a {_kind(value)}, expected a list of identifiers"
+        refs = value
+    else:
+        return None
+    for ref in refs:
+        if not isinstance(ref, str) or _ID_RE.match(ref) is None:
+            return f"'{name}' holds {_shown(ref)}, which is not a STIX identifier"
+    if name == "created_by_ref" and not value.startswith("identity--"):
+        return f"'created_by_ref' {_shown(value)} is not an identity"
     return None
 
 
