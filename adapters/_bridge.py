@@ -264,5 +264,9 @@ class Receiver:
             orjson.dumps({"subject": msg.subject, "error": type(exc).__name__, "detail": str(exc)}),
             mode=0o600,
         )
+        sid = msg.subject.rsplit(".", 1)[-1]
+        if SID_RE.match(sid):
+            # Tells the receipt keeper not to wait for this package any longer.
+            atomic_write(self._state / "packages" / f"{sid}.quarantined", str(seq).encode())
         self.stats.quarantined += 1
         log.error("package.rejected", seq=seq, error=type(exc).__name__, detail=str(exc))

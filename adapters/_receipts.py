@@ -117,10 +117,13 @@ class ReceiptKeeper:
         sid = msg.subject.rsplit(".", 1)[-1]
         if not SID_RE.match(sid):
             # Never a file name: the subject is not signed and could hold "/" or "..".
-            await self._reject(msg, f"seq-{msg.metadata.sequence.stream}", "not a submission id")
+            await self._reject(msg, "no-sid", "not a submission id")
             return
         meta_path = self._state / "packages" / f"{sid}.json"
         if not meta_path.exists():
+            if meta_path.with_suffix(".quarantined").exists():
+                await self._reject(msg, sid, "its package was quarantined: nothing to prove")
+                return
             self.stats.waiting += 1
             await msg.nak(delay=5)  # the package itself has not been stored yet
             return
@@ -157,8 +160,10 @@ class ReceiptKeeper:
     ) -> None:
         """Quarantine a receipt that will never be kept, and ack it so it does not block."""
         self.stats.rejected += 1
+        # One file per message: a later rejection for the same submission keeps the first.
+        seq = msg.metadata.sequence.stream
         atomic_write(
-            self._state / "quarantine" / f"receipt-{name}.json",
+            self._state / "quarantine" / f"receipt-{name}-{seq}.json",
             orjson.dumps({"subject": msg.subject[:200], "error": error, "detail": detail}),
         )
         log.error("receipt.rejected", sub=name, error=error, detail=detail)

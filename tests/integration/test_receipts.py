@@ -117,7 +117,7 @@ async def test_a_tampered_receipt_is_rejected_and_not_kept(
     )
     assert stats.receipts == 0
     assert not (out / ".atlas" / "receipts" / f"{sid}.json").exists()
-    assert (out / ".atlas" / "quarantine" / f"receipt-{sid}.json").exists()
+    assert len(list((out / ".atlas" / "quarantine").glob(f"receipt-{sid}-*.json"))) == 1
 
 
 async def test_a_receipt_whose_subject_is_no_submission_id_is_quarantined(
@@ -143,7 +143,7 @@ async def test_a_receipt_whose_subject_is_no_submission_id_is_quarantined(
     )
 
     assert stats.receipts == 0
-    kept = out / ".atlas" / "quarantine" / f"receipt-seq-{ack.seq}.json"
+    kept = out / ".atlas" / "quarantine" / f"receipt-no-sid-{ack.seq}.json"
     assert orjson.loads(kept.read_bytes())["detail"] == "not a submission id"
 
 
@@ -172,3 +172,34 @@ async def test_an_acknowledgement_with_absurd_numbers_is_refused_and_the_broker_
     # Still routing.
     await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
     await wait_routed(js, 1)
+
+
+async def test_a_receipt_for_a_quarantined_package_is_not_waited_for(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+
+    async def _receipts_out() -> bool:
+        return (await js.stream_info(RECEIPTS)).state.messages >= 2
+
+    await _until(_receipts_out)
+    out = tmp_path / "lea-1"
+    # Opened with another partner's key: the package is quarantined, its receipt arrives.
+    first = await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-2")], out_dir=out, once=True, js=js
+    )
+    assert first.quarantined == 1
+    again = await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-2")], out_dir=out, once=True, js=js
+    )
+
+    assert again.receipts == 0
+    kept = list((out / ".atlas" / "quarantine").glob(f"receipt-{sid}-*.json"))
+    assert len(kept) == 1
+    assert "its package was quarantined" in orjson.loads(kept[0].read_bytes())["detail"]
