@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -139,10 +140,17 @@ class ReceiptPublisher:
 class AckRecorder:
     """Turns recipients' signed acknowledgements into ``receipt`` log entries."""
 
+    REFUSED_EVERY = 60.0
+    """Seconds between two refused-ack entries of one organisation; those in between are
+    counted into the next entry's ``suppressed`` (anything published on an organisation's
+    ack subject would otherwise grow the log without bound)."""
+
     def __init__(self, js: JetStreamContext, directory: DirectoryWatcher) -> None:
         self._js = js
         self._directory = directory
         self.recorded = 0
+        self._refused_at: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
 
     async def run(self) -> None:
         await _follow(self._js, RECEIPTS, "acks", "atlas.ack.*", self.handle)
@@ -150,7 +158,11 @@ class AckRecorder:
     async def handle(self, msg: Msg) -> None:
         org = msg.subject.rsplit(".", 1)[-1]
         resolved = self._directory.current
-        keys = resolved.orgs[org].signing(int(_now().timestamp())) if org in resolved.orgs else {}
+        if org not in resolved.orgs:
+            # Not an organisation: nobody whose receipt could be logged.
+            log.warning("receipt.ack_unknown_org", subject=msg.subject[:120])
+            return
+        keys = resolved.orgs[org].signing(int(_now().timestamp()))
         digest = hashlib.sha256(msg.data).hexdigest()
         try:
             header, payload = jws_verify(msg.data, keys)
@@ -174,6 +186,11 @@ class AckRecorder:
             ValueError,
         ) as exc:
             log.warning("receipt.ack_refused", org=org, error=str(exc))
+            now = time.monotonic()
+            if now - self._refused_at.get(org, -self.REFUSED_EVERY) < self.REFUSED_EVERY:
+                self._suppressed[org] = self._suppressed.get(org, 0) + 1
+                return
+            self._refused_at[org] = now
             entry = {
                 "type": "receipt",
                 "ts": timestamp(_now()),
@@ -181,6 +198,9 @@ class AckRecorder:
                 "result": "refused",
                 "ack_sha256": digest,
             }
+            suppressed = self._suppressed.pop(org, 0)
+            if suppressed:
+                entry["suppressed"] = suppressed
         await append_entries(self._js, log_subject("a" + digest[:32]), [entry])
         self.recorded += 1
 
