@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from policy import observable_id_problem
+from policy import OBSERVABLE_TYPES, observable_id_problem
 
 from ._errors import AdapterError
 
@@ -194,6 +194,10 @@ def _timestamps_problem(obj: Mapping[str, Any], obj_type: str) -> str | None:
     """
     created = obj.get("created", _ABSENT)
     modified = obj.get("modified", _ABSENT)
+    if obj_type in OBSERVABLE_TYPES and (created is not _ABSENT or modified is not _ABSENT):
+        # A 'modified' would make it a versioned object with an owner, and then one member
+        # could keep the others from sharing that address.
+        return "observables are not versioned: no 'created' or 'modified'"
     if created is _ABSENT:
         if obj_type in VERSIONED_TYPES:
             return f"{obj_type} objects need 'created' and 'modified'"

@@ -10,10 +10,11 @@ the ``atlas_objects`` bucket::
   different content (STIX forbids changing an object without a new version);
 - ``r`` records who received a version of the object and at which TLP level, so that a
   revocation reaches those who received an earlier version;
-- ``o`` is the organisation that registered the object's first version: only it may add
-  versions later (supersede or revoke). Another organisation may relay a version that is
-  already registered, unchanged, but never add one. Records written before owners were kept
-  have none; the next organisation to add a version becomes the owner.
+- ``o`` is the object's owner: the member that authored it (its identity, or named by
+  created_by_ref), else the organisation that registered its first version, or ``*`` for a
+  third party's object. Only the owner adds versions (supersede, revoke); ``*`` takes
+  versions that still name a third party. Others may relay a registered version, unchanged.
+  Records written before owners were kept have none; the next version sets it.
 
 A submission writes each of its objects once, after its packages are sealed and before they
 are stored: versions, owner and receivers together (a new object: one create, no read).
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,7 @@ class Ledger:
         submitter: str,
         *,
         authors: Mapping[str, str | None] | None = None,
+        sovereign: Collection[str] = (),
         received: Mapping[str, Mapping[str, str]] | None = None,
     ) -> Claim:
         """Register this submission's versions and receivers in one write per object (none
@@ -129,7 +131,10 @@ class Ledger:
         version new to the ledger (see ``policy.authors``): for an id in ``authors`` with a
         member, that member only (others may relay what is registered); with ``None``,
         anyone; for an id not in ``authors``, the organisation that registered its first
-        version. An id refused that way is listed in :attr:`Claim.foreign` and not written.
+        version; ids in ``sovereign`` (members' directory identities) their member, whoever
+        registered them first. Once a record has an owner, a new version's own
+        created_by_ref cannot change it (see ``_claim_one``). An id refused that way is
+        listed in :attr:`Claim.foreign` and not written.
 
         ``received``: object id → recipient → TLP level of what this submission's packages
         carry (the router calls this after sealing, before storing the packages). When the
@@ -142,10 +147,16 @@ class Ledger:
         ids = sorted(by_id)
         rules = authors or {}
         receivers = received or {}
+        own = frozenset(sovereign)
         results = await asyncio.gather(
             *(
                 self._claim_one(
-                    i, by_id[i], dict(receivers.get(i, {})), submitter, rules.get(i, _FIRST)
+                    i,
+                    by_id[i],
+                    dict(receivers.get(i, {})),
+                    submitter,
+                    rules.get(i, _FIRST),
+                    i in own,
                 )
                 for i in ids
             )
@@ -191,20 +202,30 @@ class Ledger:
         received: dict[str, str],
         submitter: str,
         author: str | object | None,
+        sovereign: bool,
     ) -> tuple[ObjectRecord, list[str], bool, int | None]:
-        """(record before, clashing versions, foreign, revision written or None)."""
+        """(record before, clashing versions, foreign, revision written or None).
+
+        Who may add a version: the owner the record holds decides, not what the new
+        version says of itself (its created_by_ref is the submitter's to choose). A
+        record owned by a member takes versions from that member only; one owned by
+        nobody (a third party's object, ``NOBODY``) only versions that still name a third
+        party; a record without owner (written before owners were kept) the first comer.
+        ``sovereign``: the id is a member's directory identity, whose owner the directory
+        decides whatever the record says.
+        """
         if author is _FIRST:
-            owner: str | None = submitter
+            want = submitter
         elif author is None:
-            owner = None  # a third party's object: nobody owns it here
+            want = NOBODY
         else:
-            owner = str(author)
-        may_create = owner in (None, submitter)
-        if may_create:
+            want = str(author)
+        may_add = want in (submitter, NOBODY)
+        if may_add:
             # Most objects are new: create the record outright, one write and no read. The
             # write expects no record at all, so an existing one makes it fail, never
             # clobbered.
-            record = ObjectRecord(dict(versions), received, None, owner)
+            record = ObjectRecord(dict(versions), received, None, want)
             revision = await self._write(object_id, None, record)
             if revision is not None:
                 return ObjectRecord({}, {}, None), [], False, revision
@@ -214,12 +235,12 @@ class Ledger:
             if clashes:
                 return record, clashes, False, None
             new = {m: d for m, d in versions.items() if m not in record.versions}
-            if author is _FIRST:
-                allowed = record.owner in (None, submitter)
-                keeper = record.owner or (submitter if new else None)
+            if sovereign:
+                allowed = want == submitter
+                keeper: str | None = want
             else:
-                allowed = may_create
-                keeper = owner if owner is not None else record.owner
+                allowed = may_add and record.owner in (None, want)
+                keeper = record.owner or (want if new else None)
             if new and not allowed:
                 return record, [], True, None
             merged_r = _merge_received(record.received, received)
@@ -255,6 +276,8 @@ class Ledger:
 
 _WRONG_LAST = (10071, 10164)
 """JetStream's error codes for a write whose expected last sequence did not hold."""
+NOBODY = "*"
+"""The owner of a third party's object: no member may add a version that stops naming one."""
 _FIRST = object()
 """No author named in the object: its owner is whoever registered its first version."""
 _RANK = {level.value: level.rank for level in Tlp}

@@ -412,6 +412,11 @@ class Router:
         )
         versions = policy.version_digests(bundle)
         authors = policy.authors(bundle, directory=directory)
+        identities = {
+            *directory.identity_owners(),
+            directory.broker.stix_identity.lower(),
+        }
+        sovereign = {i for i in authors if i.lower() in identities}
         speaks_for = {i: a for i, a in authors.items() if a is not None and a != org}
         untracked = sorted(set(speaks_for) - {object_id for object_id, _ in versions})
         if untracked:
@@ -496,6 +501,7 @@ class Router:
             versions,
             org,
             authors=authors,
+            sovereign=sovereign,
             received=self._receivers(bundle, versions, sealed),
         )
         if claim.conflicts or claim.foreign:

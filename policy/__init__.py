@@ -23,6 +23,7 @@ from ._directory import (
     Subscription,
 )
 from ._errors import BundleRejected, DirectoryError, PolicyError
+from ._observables import OBSERVABLE_TYPES
 from ._observables import id_problem as observable_id_problem
 from ._tlp import Tlp
 from ._view import (
@@ -45,6 +46,7 @@ __all__ = [
     "Directory",
     "DirectoryError",
     "Group",
+    "OBSERVABLE_TYPES",
     "OrgKind",
     "Organisation",
     "PolicyError",

@@ -44,14 +44,19 @@ ID_CONTRIBUTING: Final[Mapping[str, tuple[str, ...]]] = {
 """STIX 2.1's id-contributing properties per SCO type (``process`` has none)."""
 
 _PLAIN: Final = {t for t, props in ID_CONTRIBUTING.items() if len(props) == 1}
+OBSERVABLE_TYPES: Final = frozenset({*ID_CONTRIBUTING, "process"})
 
 
 def identifying(obj: Mapping[str, Any], obj_type: str) -> dict[str, Any] | None:
-    """The id-contributing properties the observable has; None for a type without any."""
-    props = ID_CONTRIBUTING.get(obj_type)
-    if props is None:
+    """What identifies an observable of a type identified by one plain property (``value``,
+    ``number``, ``path``, ``name``); None for the others.
+
+    For types with several (``file``: hashes, name, ...) producers derive the id from a
+    selection (stix2 takes one hash of several), so two correct observables with one id
+    can differ in them: comparing them would refuse correct submissions."""
+    if obj_type not in _PLAIN:
         return None
-    return {p: obj[p] for p in props if p in obj}
+    return {p: obj[p] for p in ID_CONTRIBUTING[obj_type] if p in obj}
 
 
 def id_problem(obj: Mapping[str, Any], obj_id: str, obj_type: str) -> str | None:

@@ -49,6 +49,8 @@ def _network(host: str) -> str:
         address = ipaddress.ip_address(host)
     except ValueError:
         return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)  # an IPv4 client of a dual-stack listener
     if address.version == 6:
         return str(ipaddress.ip_network(f"{address}/64", strict=False))
     return str(address)
@@ -95,6 +97,8 @@ class _Server:
         self.backend = backend
         self.public_url = public_url
         self.failed_logins = FailedLogins()
+        self.network_logins = FailedLogins(limit=30)
+        """Failed logins from one network whatever organisation they name."""
         self.rate_limit = rate_limit
         """Seconds ``org`` must wait before its next POST (0: go ahead; takes a token)."""
         self.credentials = credentials
@@ -128,22 +132,27 @@ class _Server:
         if token and (org := self.credentials.cached(user, token)) is not None:
             return org  # verified minutes ago: never held up by someone else's guesses
         if token:
-            wait = self.failed_logins.wait(key)
+            network = (peer, "")  # every organisation from this network together
+            wait = max(self.failed_logins.wait(key), self.network_logins.wait(network))
             if wait > 0:
                 raise TaxiiHttpError(
                     429,
                     "Too many failed logins",
-                    f"{self.failed_logins.limit} failed logins for {claimed!r} from this "
-                    f"address in {self.failed_logins.window:.0f} s: retry in {math.ceil(wait)} s",
+                    f"too many failed logins for {claimed!r} or from this address: retry in "
+                    f"{math.ceil(wait)} s",
                     {"Retry-After": str(math.ceil(wait))},
                 )
+            if costly:
+                # Counted before the check, so that concurrent guesses count as they start;
+                # a success takes its own attempt back.
+                self.failed_logins.failed(key)
+                self.network_logins.failed(network)
             org = await self.credentials.verify(user, token)
             if org is None:
-                if costly:
-                    self.failed_logins.failed(key)
                 log.warning("taxii.login_failed", org=claimed, peer=peer)
-            else:
+            elif costly:
                 self.failed_logins.succeeded(key)
+                self.network_logins.forgive(network)
         if org is None:
             raise TaxiiHttpError(
                 401,

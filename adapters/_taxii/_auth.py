@@ -206,6 +206,12 @@ class FailedLogins:
     def succeeded(self, key: tuple[str, str]) -> None:
         self._failures.pop(key, None)
 
+    def forgive(self, key: tuple[str, str]) -> None:
+        """Take back the latest failure (an attempt counted before it turned out right)."""
+        times = self._failures.get(key)
+        if times:
+            times.pop()
+
 
 def _parse(data: Mapping[str, object], path: Path) -> dict[str, tuple[str, ...]]:
     orgs = data.get("orgs", {})

@@ -511,6 +511,17 @@ def _wrong_types() -> list[Case]:
     for name, obj, message in (
         ("sdo-without-modified", unversioned, "with 'created' needs 'modified'"),
         ("observable-id-of-another-value", forged_ip, "UUIDv5 id is not the one its 'value'"),
+        (
+            "observable-with-modified",
+            {
+                "type": "ipv4-addr",
+                "spec_version": "2.1",
+                "id": "ipv4-addr--6b3e1f0e-1f9b-5a8f-8f3e-2b2f4c7a9d10",
+                "value": "203.0.113.5",
+                "modified": T,
+            },
+            "observables are not versioned",
+        ),
         ("sdo-without-created-and-modified", undated, "indicator objects need 'created' and"),
         (
             "created-by-ref-with-a-space",

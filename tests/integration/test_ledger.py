@@ -174,9 +174,34 @@ async def test_a_members_objects_are_its_own_whoever_came_first(js: JetStreamCon
     assert relay.foreign == [unknown] and newer.foreign == [known]
     assert await _writes(js) == writes
 
-    own = await ledger.claim({(squatted, T2): "real"}, "bank-a", authors=authors)
+    # Its directory identity is bank-a's whoever registered it; the rest is the record's.
+    own = await ledger.claim(
+        {(squatted, T2): "real"}, "bank-a", authors=authors, sovereign={squatted}
+    )
     assert own.foreign == []
     assert (await _stored(js, ledger, squatted))["o"] == "bank-a"
+
+
+async def test_a_new_versions_created_by_ref_does_not_change_the_owner(
+    js: JetStreamContext,
+) -> None:
+    """bank-a's object (no created_by_ref): bank-b's versions naming a stranger, or naming
+    bank-b, are refused; so are member versions of a third party's object."""
+    ledger = Ledger(js, KEY)
+    anonymous = "indicator--00000010-0000-4000-8000-000000000000"
+    mitre = "attack-pattern--00000011-0000-4000-8000-000000000000"
+    await ledger.claim({(anonymous, T1): "a1"}, "bank-a")
+    await ledger.claim({(mitre, T1): "m1"}, "bank-b", authors={mitre: None})
+
+    as_stranger = await ledger.claim({(anonymous, T2): "x"}, "bank-b", authors={anonymous: None})
+    as_self = await ledger.claim({(anonymous, T2): "x"}, "bank-b", authors={anonymous: "bank-b"})
+    taken = await ledger.claim({(mitre, T2): "x"}, "bank-a", authors={mitre: "bank-a"})
+    dropped = await ledger.claim({(mitre, T2): "x"}, "bank-a")
+
+    assert as_stranger.foreign == as_self.foreign == [anonymous]
+    assert taken.foreign == dropped.foreign == [mitre]
+    assert (await _stored(js, ledger, anonymous))["o"] == "bank-a"
+    assert (await _stored(js, ledger, mitre))["o"] == "*"
 
 
 async def test_a_third_partys_objects_are_nobodys(js: JetStreamContext) -> None:
@@ -188,7 +213,7 @@ async def test_a_third_partys_objects_are_nobodys(js: JetStreamContext) -> None:
     later = await ledger.claim({(oid, T2): "v2"}, "bank-a", authors={oid: None})
 
     assert first.foreign == later.foreign == []
-    assert await _stored(js, ledger, oid) == {"v": {T1: "v1", T2: "v2"}, "r": {}}
+    assert await _stored(js, ledger, oid) == {"v": {T1: "v1", T2: "v2"}, "r": {}, "o": "*"}
 
 
 async def test_undo_leaves_nothing_of_a_refused_submission(js: JetStreamContext) -> None:

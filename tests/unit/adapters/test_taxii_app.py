@@ -131,7 +131,7 @@ class TestAuthentication:
         # Now even the right token waits, from this address, for this organisation only.
         resp = client.get("/taxii2/", headers=basic("bank-a"))
         body = assert_taxii_error(resp, 429)
-        assert "10 failed logins for 'bank-a'" in body["description"]
+        assert "too many failed logins for 'bank-a'" in body["description"]
         assert 1 <= int(resp.headers["retry-after"]) <= 60
         assert client.get("/taxii2/", headers=basic("bank-b")).status_code == 200
 
@@ -185,6 +185,34 @@ class TestAuthentication:
             assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.x")), 401)
         assert client.get("/taxii2/", headers=basic("bank-a")).status_code == 200
         assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.y")), 429)
+
+    def test_guesses_naming_ever_new_organisations_are_slowed_down_too(
+        self, client: AppClient
+    ) -> None:
+        answers = [
+            client.get("/taxii2/", headers={"Authorization": f"Bearer fake{n}.x"}).status_code
+            for n in range(35)
+        ]
+        assert answers[:30] == [401] * 30 and set(answers[30:]) == {429}
+
+    def test_concurrent_guesses_count_as_they_start(self, backend: MemoryBackend) -> None:
+        creds = Credentials({"bank-a": (hash_secret(TOKENS["bank-a"], n=1024),)})
+        app = create_app(backend, creds, cursor_key=b"k" * 32)
+
+        async def guesses() -> list[int]:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as c:
+                answers = await asyncio.gather(
+                    *(
+                        c.get("/taxii2/", headers={"Authorization": f"Bearer bank-a.g{n}"})
+                        for n in range(25)
+                    )
+                )
+            return [a.status_code for a in answers]
+
+        answers = asyncio.run(guesses())
+        assert answers.count(401) == 10 and answers.count(429) == 15
 
     def test_cheap_refusals_do_not_count(self, client: AppClient) -> None:
         for n in range(30):
@@ -520,6 +548,7 @@ async def _collections_via(app: Any, auth: bytes) -> dict[str, str]:
         ("192.0.2.7", "192.0.2.7"),
         ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
         ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
         ("testclient", "testclient"),
     ],
 )

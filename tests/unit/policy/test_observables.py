@@ -35,3 +35,13 @@ def test_random_ids_and_types_with_several_properties_are_left_alone() -> None:
     assert observable_id_problem({"value": "10.0.0.1"}, v4, "ipv4-addr") is None
     made = _plain(stix2.File(name="a.exe"))
     assert observable_id_problem({**made, "name": "b.exe"}, str(made["id"]), "file") is None
+
+
+def test_files_with_other_hashes_under_one_id_are_not_compared() -> None:
+    from policy import version_digests
+
+    md5 = _plain(stix2.File(hashes={"MD5": "d41d8cd98f00b204e9800998ecf8427e"}))
+    both = {**md5, "hashes": {**md5["hashes"], "SHA-256": "e3b0c442" * 8}}  # type: ignore[dict-item]
+    bundle = {"type": "bundle", "id": "bundle--2f1b2b0a-5a2e-4c3e-9b1f-0c6d8e4a1b20"}
+    assert version_digests({**bundle, "objects": [md5]}) == {}
+    assert version_digests({**bundle, "objects": [both]}) == {}
