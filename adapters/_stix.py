@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from policy import OBSERVABLE_TYPES, observable_id_problem
+from policy import is_observable, observable_id_problem
 
 from ._errors import AdapterError
 
@@ -194,7 +194,7 @@ def _timestamps_problem(obj: Mapping[str, Any], obj_type: str) -> str | None:
     """
     created = obj.get("created", _ABSENT)
     modified = obj.get("modified", _ABSENT)
-    if obj_type in OBSERVABLE_TYPES and (created is not _ABSENT or modified is not _ABSENT):
+    if is_observable(obj_type) and (created is not _ABSENT or modified is not _ABSENT):
         # A 'modified' would make it a versioned object with an owner, and then one member
         # could keep the others from sharing that address.
         return "observables are not versioned: no 'created' or 'modified'"

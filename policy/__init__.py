@@ -23,8 +23,8 @@ from ._directory import (
     Subscription,
 )
 from ._errors import BundleRejected, DirectoryError, PolicyError
-from ._observables import OBSERVABLE_TYPES
 from ._observables import id_problem as observable_id_problem
+from ._observables import is_observable
 from ._tlp import Tlp
 from ._view import (
     Decision,
@@ -46,7 +46,6 @@ __all__ = [
     "Directory",
     "DirectoryError",
     "Group",
-    "OBSERVABLE_TYPES",
     "OrgKind",
     "Organisation",
     "PolicyError",
@@ -59,6 +58,7 @@ __all__ = [
     "authors",
     "evaluate",
     "evaluate_all",
+    "is_observable",
     "normal_timestamp",
     "observable_id_problem",
     "recipients",

@@ -44,7 +44,12 @@ ID_CONTRIBUTING: Final[Mapping[str, tuple[str, ...]]] = {
 """STIX 2.1's id-contributing properties per SCO type (``process`` has none)."""
 
 _PLAIN: Final = {t for t, props in ID_CONTRIBUTING.items() if len(props) == 1}
-OBSERVABLE_TYPES: Final = frozenset({*ID_CONTRIBUTING, "process"})
+_OBSERVABLE_TYPES: Final = frozenset({*ID_CONTRIBUTING, "process"})
+
+
+def is_observable(obj_type: str) -> bool:
+    """A STIX 2.1 cyber-observable type (they carry no created/modified)."""
+    return obj_type in _OBSERVABLE_TYPES
 
 
 def identifying(obj: Mapping[str, Any], obj_type: str) -> dict[str, Any] | None:
