@@ -23,7 +23,9 @@ from tests.faults.rig import (
 )
 
 
-@pytest.mark.timeout(120)
+# Above the sum of the bounded waits inside (60 s to catch the moment, 60 s for the restarted
+# router), so that a slow run fails on the wait that was slow, with its message.
+@pytest.mark.timeout(240)
 async def test_nothing_lost_or_doubled_when_a_worker_is_killed_mid_fan_out(
     js: JetStreamContext, nats_server: EmbeddedNats, rig: Rig, community: Community
 ) -> None:
