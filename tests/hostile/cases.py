@@ -440,6 +440,27 @@ def _numbers() -> dict[str, tuple[str, str, Expect]]:
     }
 
 
+def _refused_at_the_edge(name: str, obj: dict[str, Any], message: str) -> list[Case]:
+    """One object refused as invalid-bundle over NATS and as a 422 over TAXII."""
+    case_name = f"wrong-types/{name}"
+    return [
+        Case(
+            f"nats/{case_name}",
+            "wrong types",
+            "nats",
+            refused("invalid-bundle", message),
+            token=good_token(case_name, bundle(case_name, obj)),
+        ),
+        Case(
+            f"taxii/{case_name}",
+            "wrong types",
+            "taxii",
+            http(422, message),
+            body=taxii_body(obj),
+        ),
+    ]
+
+
 def _wrong_types() -> list[Case]:
     out: list[Case] = []
     for name, (changes, reason, message) in _ENVELOPE_TYPES.items():
@@ -550,46 +571,9 @@ def _wrong_types() -> list[Case]:
             "'source_ref' holds .* not a STIX identifier",
         ),
     ):
-        case_name = f"wrong-types/{name}"
-        out.append(
-            Case(
-                f"nats/{case_name}",
-                "wrong types",
-                "nats",
-                refused("invalid-bundle", message),
-                token=good_token(case_name, bundle(case_name, obj)),
-            )
-        )
-        out.append(
-            Case(
-                f"taxii/{case_name}",
-                "wrong types",
-                "taxii",
-                http(422, message),
-                body=taxii_body(obj),
-            )
-        )
+        out += _refused_at_the_edge(name, obj, message)
     for name, (props, message) in timestamps.items():
-        case_name = f"wrong-types/{name}"
-        obj = ind(case_name, **props)
-        out.append(
-            Case(
-                f"nats/{case_name}",
-                "wrong types",
-                "nats",
-                refused("invalid-bundle", message),
-                token=good_token(case_name, bundle(case_name, obj)),
-            )
-        )
-        out.append(
-            Case(
-                f"taxii/{case_name}",
-                "wrong types",
-                "taxii",
-                http(422, message),
-                body=taxii_body(obj),
-            )
-        )
+        out += _refused_at_the_edge(name, ind(f"wrong-types/{name}", **props), message)
     for name, (value, message, taxii) in _numbers().items():
         case_name = f"wrong-types/number-{name}"
         obj = ind(case_name, x_value="@@N@@")
