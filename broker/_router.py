@@ -458,6 +458,7 @@ class Router:
             }
         ]
         sealed: list[tuple[str, View, SealedPackage]] = []
+        view_json: dict[str, bytes] = {}
         unsealable: list[tuple[str, int]] = []
         for recipient in sorted(views):
             view = views[recipient]
@@ -492,7 +493,10 @@ class Router:
                 )
                 unsealable.append((recipient, view.delivered))
                 continue
-            sealed.append((recipient, view, self._seal(recipient, view, src, enc_key, now)))
+            # Serialized once: the package and the TAXII copy carry the same JSON.
+            view_json[recipient] = orjson.dumps(view.bundle)
+            package = self._seal(recipient, view, view_json[recipient], src, enc_key, now)
+            sealed.append((recipient, view, package))
         self._check_package_sizes(sealed)
         # Every refusal for the content happens here, before anything is stored: version
         # conflicts and owners are checked by the same writes that record the versions and
@@ -550,11 +554,14 @@ class Router:
                     )
                     for recipient, view, package in sealed
                 ]
-                for recipient, view, _ in sealed:
+                for recipient, _, _ in sealed:
                     found = directory.organisation(recipient)
                     if found is not None and found.taxii_read:
                         group.create_task(
-                            self._bounded(gate, partial(self._store_view, recipient, sid, view))
+                            self._bounded(
+                                gate,
+                                partial(self._store_view, recipient, sid, view_json[recipient]),
+                            )
                         )
         except ExceptionGroup as group_error:
             # Surface the first failure as itself so that transient NATS errors are retried.
@@ -595,10 +602,10 @@ class Router:
         without their log entries."""
         room = self._settings.nats.max_payload - _HEADER_ROOM
         for recipient, _, package in sealed:
-            if len(package.token) > room:
+            if len(package.data) > room:
                 raise SubmissionRefused(
                     "package-too-large",
-                    f"the package for {recipient} is {len(package.token):,} bytes, over what "
+                    f"the package for {recipient} is {len(package.data):,} bytes, over what "
                     f"one NATS message holds ({room:,} bytes of nats.max_payload "
                     f"{self._settings.nats.max_payload:,}); send a smaller bundle",
                 )
@@ -659,15 +666,15 @@ class Router:
         self,
         recipient: str,
         view: View,
+        stix: bytes,
         src: dict[str, str],
         enc_key: PublicKey,
         now: datetime,
     ) -> SealedPackage:
-        assert view.bundle is not None  # noqa: S101 - callers only seal non-empty views
         started = time.perf_counter()
         try:
             package = seal(
-                stix=view.bundle,
+                stix=stix,
                 iss=self._settings.broker.id,
                 aud=recipient,
                 src=src,
@@ -691,12 +698,12 @@ class Router:
             finally:
                 self.metrics.inflight_publishes.dec()
 
-    async def _store_view(self, recipient: str, sid: str, view: View) -> None:
+    async def _store_view(self, recipient: str, sid: str, view_json: bytes) -> None:
         """Keep the view readable over TAXII (only for recipients that chose it)."""
         try:
             await self._js.publish(
                 view_subject(recipient, sid),
-                orjson.dumps(view.bundle),
+                view_json,
                 headers={**EXPECT_NEW_SUBJECT, "Atlas-Submission": sid},
             )
         except nats.js.errors.BadRequestError as exc:
@@ -720,7 +727,7 @@ class Router:
             VIEW_HEADER: orjson.dumps(view).decode(),
         }
         try:
-            await self._js.publish(subject, sealed.token.encode(), headers=headers)
+            await self._js.publish(subject, sealed.data, headers=headers)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise

@@ -95,14 +95,26 @@ class BrokerKeyring(Mapping[str, tuple[PublicKey, int | None]]):
 
 @dataclass(frozen=True, slots=True)
 class SealedPackage:
-    token: str
+    data: bytes
+    """The compact JWE as ASCII bytes, as it is published."""
     jti: str
-    jwe_sha256: str
-    """Hex SHA-256 of the token's ASCII bytes (goes into the dissemination log)."""
     rcpt_kid: str
     signing_kid: str
     iat: int
     exp: int
+
+    # Derived on request, like OpenedPackage's: the digest is the dissemination log's
+    # (SHA-256 of a 64 KiB view's 117 KB token costs as much as the ES256 signature), and
+    # a publisher needs the bytes, not a str.
+    @property
+    def token(self) -> str:
+        """The compact JWE as text."""
+        return self.data.decode("ascii")
+
+    @property
+    def jwe_sha256(self) -> str:
+        """Hex SHA-256 of the token's ASCII bytes (what the dissemination log records)."""
+        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +193,7 @@ def _claims_problem(claims: Mapping[str, Any]) -> str | None:
 
 def seal(
     *,
-    stix: dict[str, Any],
+    stix: dict[str, Any] | bytes,
     iss: str,
     aud: str,
     src: dict[str, Any],
@@ -199,7 +211,10 @@ def seal(
     X-Wing (HPKE-9-KE); the signed ``rcpt_kid`` names it.
 
     ``dumps`` serializes the claims (``orjson.dumps`` is a drop-in); the receiver verifies
-    the bytes as sent, so the serializer never needs to be canonical.
+    the bytes as sent, so the serializer never needs to be canonical.  ``stix`` may be
+    given already serialized (the compact JSON of one object, as ``bytes``): a caller that
+    also stores or sends the view as JSON serializes it once, and the claims are written
+    around it.
     """
     if signing_key.use != "sig":
         raise InvalidKey(f"signing_key is a {signing_key.kind} key, not a signing key")
@@ -216,7 +231,7 @@ def seal(
         "exp": now + ttl,
         "src": src,
         "tlp": tlp,
-        "stix": stix,
+        "stix": {} if isinstance(stix, bytes) else stix,
     }
     problem = _claims_problem(claims)
     if problem is not None:
@@ -225,17 +240,31 @@ def seal(
         payload = dumps(claims)
     except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise KeyRegistryError(f"cannot seal package: claims are not JSON ({exc})") from exc
+    if isinstance(stix, bytes):
+        payload = _spliced(payload, stix)
     inner = jws_compact(payload, signing_key, {"typ": PACKAGE_TYP})
     token = jwe_compact(inner, recipient_key, {"cty": "JWT"})
     return SealedPackage(
-        token=token.decode("ascii"),
+        data=token,
         jti=claims["jti"],
-        jwe_sha256=hashlib.sha256(token).hexdigest(),
         rcpt_kid=recipient_key.thumbprint,
         signing_kid=signing_key.thumbprint,
         iat=now,
         exp=claims["exp"],
     )
+
+
+def _spliced(payload: bytes, stix: bytes) -> bytes:
+    """Claims serialized with ``"stix": {}`` last, the given view JSON put in its place.
+
+    Only the view's outline is checked (an object, no whitespace around it): the caller
+    serialized it; a receiver parses the whole and refuses a view that is not an object.
+    """
+    if not (stix.startswith(b"{") and stix.endswith(b"}")):
+        raise KeyRegistryError("cannot seal package: stix bytes are not one compact JSON object")
+    if not payload.endswith(b'"stix":{}}'):
+        raise KeyRegistryError("cannot seal package: dumps must write compact JSON")
+    return b"".join((memoryview(payload)[:-3], stix, b"}"))
 
 
 def _typ_ok(typ: object) -> bool:

@@ -115,6 +115,43 @@ class TestSeal:
         opened = _open(sealed.package.token, sealed.broker, sealed.recipient)
         assert opened.stix["objects"][0]["name"] == "Phishing domain \u2013 \u00fcn\u00efcode"
 
+    @pytest.mark.parametrize("dumps", [None, orjson.dumps])
+    def test_opens_to_the_same_claims_when_view_given_as_json(
+        self, make_sealed: Callable[..., Any], dumps: Callable[[Any], bytes] | None
+    ) -> None:
+        extra = {} if dumps is None else {"dumps": dumps}
+        as_dict = make_sealed(jti="pkg-1", **extra)
+        reference = _open(as_dict.package.token, as_dict.broker, as_dict.recipient)
+        as_json = make_sealed(
+            broker=as_dict.broker,
+            recipient=as_dict.recipient,
+            jti="pkg-1",
+            stix=orjson.dumps(reference.stix),
+            **extra,
+        )
+        opened = _open(as_json.package.token, as_json.broker, as_json.recipient)
+        assert opened.claims == reference.claims
+        assert list(opened.claims)[-1] == "stix"
+
+    @pytest.mark.parametrize(
+        ("stix", "dumps", "problem"),
+        [
+            (b"[1]", orjson.dumps, "not one compact JSON object"),
+            (b' {"a":1}', orjson.dumps, "not one compact JSON object"),
+            (b"", orjson.dumps, "not one compact JSON object"),
+            (b'{"a":1}', lambda o: json.dumps(o, indent=1).encode(), "compact JSON"),
+        ],
+    )
+    def test_refuses_view_json_when_not_one_compact_object(
+        self,
+        make_sealed: Callable[..., Any],
+        stix: bytes,
+        dumps: Callable[[Any], bytes],
+        problem: str,
+    ) -> None:
+        with pytest.raises(KeyRegistryError, match=problem):
+            make_sealed(stix=stix, dumps=dumps)
+
     def test_writes_claims_in_fixed_order_when_sealed(
         self, make_sealed: Callable[..., Any]
     ) -> None:
