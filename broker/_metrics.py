@@ -73,6 +73,13 @@ class BrokerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.gc_pause_seconds = Histogram(
+            "atlas_gc_pause_seconds",
+            "Pauses of Python's cycle collector, by generation (2 is a full collection).",
+            ["generation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.route_seconds = Histogram(
             "atlas_route_seconds",
             "Time to route one submission, from fetch to ack (every package and entry stored).",

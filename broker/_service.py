@@ -29,6 +29,7 @@ from ._checkpoint import log_origin
 from ._checkpointer import run_checkpointer
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
+from ._gc import CollectorWatch, freeze_startup
 from ._metrics import BrokerMetrics
 from ._monitor import Monitor
 from ._note import NoteVerifier
@@ -171,20 +172,28 @@ async def serve(settings: Settings, *, on_monitor: Callable[[str], None] | None 
     broker_p256_key(settings)  # a wrong file stops serve here, not in the router
     metrics = BrokerMetrics(ROUTER_CONSUMER)
     async with nats_session(settings, embedded_ok=True, name="atlas-broker-serve") as (nc, js):
-        if not settings.monitor.enabled:
-            await run_router(js, settings, signing_key=signing_key, metrics=metrics)
-            return
-        monitor = Monitor(
-            nc, js, metrics, settings=settings.monitor, data_dir=Path(settings.data_dir)
-        )
-        async with asyncio.TaskGroup() as group:
-            group.create_task(monitor.run(on_started=on_monitor), name="monitor")
-            group.create_task(
-                run_router(
-                    js, settings, signing_key=signing_key, metrics=metrics, attach=monitor.attach
-                ),
-                name="router",
+        with CollectorWatch(metrics.gc_pause_seconds):
+            # Started: what lives now (libraries, settings, the connection) lives as long
+            # as the process, and full collections need not walk it again.
+            log.debug("gc.frozen", objects=freeze_startup())
+            if not settings.monitor.enabled:
+                await run_router(js, settings, signing_key=signing_key, metrics=metrics)
+                return
+            monitor = Monitor(
+                nc, js, metrics, settings=settings.monitor, data_dir=Path(settings.data_dir)
             )
+            async with asyncio.TaskGroup() as group:
+                group.create_task(monitor.run(on_started=on_monitor), name="monitor")
+                group.create_task(
+                    run_router(
+                        js,
+                        settings,
+                        signing_key=signing_key,
+                        metrics=metrics,
+                        attach=monitor.attach,
+                    ),
+                    name="router",
+                )
 
 
 @dataclass(frozen=True, slots=True)
