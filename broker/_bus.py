@@ -38,7 +38,7 @@ from nats.js.api import (
 
 from ._config import Settings
 from ._embedded import EmbeddedNats, running_url
-from .errors import NatsUnavailable
+from .errors import ConfigError, NatsUnavailable
 
 __all__ = [
     "DELIVERIES",
@@ -169,15 +169,30 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
     )
 
 
+_NO_STORAGE = 10047
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError as exc:
-        # 10058: the stream exists with another configuration -> update it in place.
-        if exc.err_code != 10058:
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            # 10058: the stream exists with another configuration -> update it in place.
+            if exc.err_code != 10058:
+                raise
+            await js.update_stream(config)
+            log.info("stream.updated", stream=config.name)
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != _NO_STORAGE:
             raise
-        await js.update_stream(config)
-        log.info("stream.updated", stream=config.name)
+        size = f"{config.max_bytes:,} bytes" if config.max_bytes else "no byte limit"
+        raise ConfigError(
+            f"nats-server has no room for stream {config.name} ({size}): it reserves "
+            "each stream's maximum on its store's disk, and grants JetStream 75% of the "
+            "free space by default. Free disk space, lower nats.stream_max_bytes "
+            "(DELIVERIES and VIEWS each keep that much), or raise the server's "
+            "jetstream max_file_store"
+        ) from exc
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

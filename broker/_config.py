@@ -71,6 +71,10 @@ class NatsSettings(_Section):
     connect_timeout: float = Field(default=5.0, gt=0)
     replicas: int = Field(default=1, ge=1, le=5)
     """Replicas of every stream and bucket: 1 for one server, 3 for a 3-node cluster."""
+    stream_max_bytes: int = Field(default=8 * 1024 * _MiB, ge=64 * _MiB)
+    """Most bytes DELIVERIES and VIEWS each keep (when full, new packages are refused,
+    never old ones dropped). nats-server reserves both on its store's disk and, by
+    default, grants JetStream 75% of the disk's free space: lower this on a small disk."""
     inbox_prefix: str | None = Field(default=None, pattern=r"^_INBOX\.[a-z0-9][a-z0-9_-]{0,62}$")
     """Reply subjects prefix; with generated permissions: ``_INBOX.<your org id>``."""
 

@@ -54,6 +54,7 @@ def streams_for(settings: Settings) -> Streams:
         submissions_max_age=float(settings.router.package_ttl),
         max_msg_size=settings.limits.max_bundle_bytes,
         replicas=settings.nats.replicas,
+        deliveries_max_bytes=settings.nats.stream_max_bytes,
     )
 
 

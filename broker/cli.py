@@ -135,9 +135,24 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except ATLAS_ERRORS as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
+    except ExceptionGroup as group:
+        # A task of a group (serve's router, monitor) stopped on one of our errors.
+        ours, _ = group.split(ATLAS_ERRORS)
+        if ours is None:
+            raise
+        first = _leaves(ours)[0]
+        err.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from group
     except asyncio.CancelledError:
         err.print("stopped")
         raise typer.Exit(130) from None
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 @app.callback()

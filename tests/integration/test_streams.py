@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import nats
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
 from broker._bus import DELIVERIES, LOG, SUBMISSIONS, Streams, ensure_streams, log_subject
+from broker._embedded import EmbeddedNats
+from broker.errors import ConfigError
 
 
 async def test_ensure_streams_twice_changes_nothing(js: JetStreamContext) -> None:
@@ -37,3 +42,25 @@ async def test_oversize_submission_is_refused_by_the_server(js: JetStreamContext
     with pytest.raises(nats.js.errors.APIError):
         await js.publish("atlas.submit.bank-a", b"x" * 2048)
     assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
+
+
+async def test_names_the_setting_when_the_server_cannot_reserve_a_stream(
+    tmp_path: Path,
+) -> None:
+    small = EmbeddedNats(
+        tmp_path / "small",
+        publish_url=False,
+        extra_config="jetstream { max_file_store: 256MB }\n",
+    )
+    async with small:
+        nc = await nats.connect(small.url)
+        try:
+            js = nc.jetstream()
+            with pytest.raises(ConfigError, match=r"nats\.stream_max_bytes") as caught:
+                await ensure_streams(js, Streams(deliveries_max_bytes=1024**3))
+            assert "DELIVERIES" in str(caught.value)
+            await ensure_streams(js, Streams(deliveries_max_bytes=64 * 1024**2))
+            info = await js.stream_info(DELIVERIES)
+            assert info.config.max_bytes == 64 * 1024**2
+        finally:
+            await nc.close()
