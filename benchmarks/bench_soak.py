@@ -15,9 +15,21 @@ To tell where a latency tail comes from, each window also has the p99 of the sub
 publish acknowledgement (nats-server's write path alone), the CPU milliseconds the broker
 and nats-server spent per completed submission (work per message growing, or not), and
 per stream the number of subjects and interior deletes (the state nats-server's periodic
-index writes walk).
+index writes walk), and the broker's cycle-collector pauses in the window (from its
+``atlas_gc_pause_seconds`` metric): full collections, milliseconds paused in all, and
+pauses over 50 ms.
 
-Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration.
+The store's disk is measured beside it: a thread in this process writes 4 KiB and fsyncs
+it every 100 ms in the folder of nats-server's store, and each window records that
+probe's p99 and worst fsync and how many took over 50 ms. nats-server fsyncs every write
+(as the broker runs it), so a disk whose fsync stalls stalls every submission in flight;
+``p99_spike_windows_with_fsync_stall`` says how many of the windows whose p99 was over
+twice the median also saw the probe stall.
+
+Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration and
+``ATLAS_SOAK_STORE`` the folder under which the run's store is made (``/dev/shm`` puts it
+in memory, where fsync returns at once: the broker's and nats-server's own tail, without
+the disk's).
 """
 
 from __future__ import annotations
@@ -27,12 +39,15 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import nats
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker._bus import SUBMISSIONS, ensure_streams, submit_subject
 from broker._config import Settings
@@ -47,6 +62,7 @@ from .bench_pipeline import RECIPIENTS, _bundle, _community, _pct
 
 SAMPLE_EVERY = 10.0
 OBJECTS = 10
+STREAM_BYTES = 4 * 1024**3
 
 
 def _rss_mib(pid: int) -> float:
@@ -87,7 +103,11 @@ async def _drained(js: Any) -> bool:
 async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
     directory, broker_key_path = _community(root / "keys")
     member_key = load_private_key(root / "keys" / "member-1" / "member-1.sign.pem")
-    settings = Settings(data_dir=root / "data", log_level="error")
+    # 4 GiB per stream (the default 8 GiB twice needs 22 GB free on the store's disk; a
+    # 10-minute soak writes about 1.5 GB of packages).
+    settings = Settings(
+        data_dir=root / "data", log_level="error", nats={"stream_max_bytes": STREAM_BYTES}
+    )
     async with EmbeddedNats(root / "nats", publish_url=False) as server:
         nc = await nats.connect(server.url)
         js = nc.jetstream()
@@ -100,6 +120,8 @@ async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
             "ATLAS_BROKER__SIGNING_KEY": str(broker_key_path),
             "ATLAS_LOG_LEVEL": "warning",
             "ATLAS_LOG_FORMAT": "json",
+            "ATLAS_MONITOR__PORT": "0",
+            "ATLAS_NATS__STREAM_MAX_BYTES": str(STREAM_BYTES),
         }
         broker = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -111,9 +133,20 @@ async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
             stderr=(root / "serve.log").open("wb"),
         )
         try:
-            return await _measure(nc, js, broker.pid, server, member_key, settings, duration, burst)
+            with FsyncProbe(root) as probe:
+                return await _measure(
+                    nc, js, broker.pid, server, member_key, settings, duration, burst, probe
+                )
+        except Exception as exc:
+            if broker.returncode is not None:
+                tail = (root / "serve.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(
+                    f"atlas-broker serve exited ({broker.returncode}):\n{tail}"
+                ) from exc
+            raise
         finally:
-            broker.terminate()
+            if broker.returncode is None:
+                broker.terminate()
             await broker.wait()
             await nc.close()
 
@@ -127,6 +160,7 @@ async def _measure(
     settings: Settings,
     duration: float,
     burst: int,
+    probe: FsyncProbe,
 ) -> dict[str, Any]:
     async with asyncio.timeout(60):
         while True:
@@ -163,6 +197,8 @@ async def _measure(
     samples: list[dict[str, Any]] = []
     interval = 1 / rate
     cpu = {"broker": _cpu_s(broker_pid), "nats": _cpu_s(server.pid)}
+    gc_seen = await _gc_pauses(settings)
+    probe.take()  # the sustained phase's windows only
     start = time.perf_counter()
     next_sample = start + SAMPLE_EVERY
     sent = 0
@@ -178,6 +214,10 @@ async def _measure(
         if time.perf_counter() >= next_sample:
             next_sample += SAMPLE_EVERY
             sample = await _sample(nc, js, broker_pid, server, start, sent, window, acks, cpu)
+            sample["disk_fsync"] = probe.take()
+            gc_now = await _gc_pauses(settings)
+            sample["broker_gc"] = {k: round(gc_now[k] - gc_seen[k], 1) for k in gc_now}
+            gc_seen = gc_now
             samples.append(sample)
             window, acks = [], []
     async with asyncio.timeout(120):
@@ -232,6 +272,75 @@ async def _sample(
     }
 
 
+async def _gc_pauses(settings: Settings) -> dict[str, float]:
+    """The broker's cycle-collector pauses so far, from its /metrics."""
+    url = (Path(settings.data_dir) / "monitor" / "url").read_text().strip()
+
+    def fetch() -> str:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as reply:  # noqa: S310
+            return str(reply.read().decode())
+
+    totals = {"full_collections": 0.0, "paused_ms": 0.0, "pauses_over_50ms": 0.0}
+    for family in text_string_to_metric_families(await asyncio.to_thread(fetch)):
+        if family.name != "atlas_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = sample.labels.get("generation")
+            if sample.name.endswith("_sum"):
+                totals["paused_ms"] += sample.value * 1000
+            elif sample.name.endswith("_count") and generation == "2":
+                totals["full_collections"] += sample.value
+            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.05":
+                totals["pauses_over_50ms"] -= sample.value
+            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "+Inf":
+                totals["pauses_over_50ms"] += sample.value
+    return totals
+
+
+class FsyncProbe:
+    """Writes 4 KiB and fsyncs it every ``every`` seconds in ``folder``, from a thread."""
+
+    def __init__(self, folder: Path, every: float = 0.1) -> None:
+        self._path = folder / "fsync-probe"
+        self._every = every
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._window: list[float] = []
+        self._thread = threading.Thread(target=self._run, name="fsync-probe", daemon=True)
+
+    def _run(self) -> None:
+        fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while not self._stop.wait(self._every):
+                os.pwrite(fd, b"p" * 4096, 0)
+                t0 = time.perf_counter()
+                os.fsync(fd)
+                with self._lock:
+                    self._window.append((time.perf_counter() - t0) * 1000)
+        finally:
+            os.close(fd)
+            self._path.unlink(missing_ok=True)
+
+    def __enter__(self) -> FsyncProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def take(self) -> dict[str, float | int | None]:
+        """This window's figures (milliseconds), and a new window."""
+        with self._lock:
+            window, self._window = self._window, []
+        return {
+            "fsyncs": len(window),
+            "p99_ms": round(_pct(window, 99), 2) if window else None,
+            "max_ms": round(max(window), 1) if window else None,
+            "over_50ms": sum(v > 50 for v in window),
+        }
+
+
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
@@ -242,6 +351,8 @@ def _summary(
     half = samples[len(samples) // 2 :] or samples
     rss = [s["broker_rss_mib"] for s in half]
     p99s = [s["latency_ms_p99"] for s in samples if s["latency_ms_p99"] is not None]
+    typical = statistics.median(p99s) if p99s else 0.0
+    spikes = [s for s in samples if (s["latency_ms_p99"] or 0.0) > 2 * typical]
     return {
         "objects_per_bundle": OBJECTS,
         "recipients": RECIPIENTS,
@@ -260,9 +371,14 @@ def _summary(
         # Drift (the typical window getting slower) apart from rare outlier windows.
         "p99_ms_median_window_first_half": _median(p99s[: len(p99s) // 2]),
         "p99_ms_median_window_second_half": _median(p99s[len(p99s) // 2 :]),
-        "p99_windows_over_twice_the_median": (
-            sum(p > 2 * statistics.median(p99s) for p in p99s) if p99s else None
+        "p99_windows_over_twice_the_median": len(spikes),
+        "p99_spike_windows_with_fsync_stall": sum(s["disk_fsync"]["over_50ms"] > 0 for s in spikes),
+        "windows_with_fsync_stall": sum(s["disk_fsync"]["over_50ms"] > 0 for s in samples),
+        "disk_fsync_worst_ms": max(
+            (s["disk_fsync"]["max_ms"] or 0.0 for s in samples), default=None
         ),
+        "broker_gc_pauses_over_50ms": sum(s["broker_gc"]["pauses_over_50ms"] for s in samples),
+        "broker_gc_full_collections": sum(s["broker_gc"]["full_collections"] for s in samples),
         "nats_gogc": os.environ.get("GOGC", "default"),
         "samples": samples,
     }
@@ -271,5 +387,6 @@ def _summary(
 def run(quick: bool = False) -> dict[str, Any]:
     duration = float(os.environ.get("ATLAS_SOAK_SECONDS", 40 if quick else 600))
     burst = 100 if quick else 300
-    with tempfile.TemporaryDirectory(prefix="atlas-soak-") as tmp:
-        return asyncio.run(_soak(Path(tmp), duration, burst))
+    store = os.environ.get("ATLAS_SOAK_STORE") or None
+    with tempfile.TemporaryDirectory(prefix="atlas-soak-", dir=store) as tmp:
+        return {"store": tmp} | asyncio.run(_soak(Path(tmp), duration, burst))
