@@ -26,6 +26,12 @@ probe's p99 and worst fsync and how many took over 50 ms. nats-server fsyncs eve
 ``p99_spike_windows_with_fsync_stall`` says how many of the windows whose p99 was over
 twice the median also saw the probe stall.
 
+nats-server runs with ``GODEBUG=gctrace=1`` (one line per garbage collection on its
+stderr), and each window records its collections, the longest concurrent mark phase and
+the live heap after the last one: nats-server keeps an index entry for every stored
+subject, so its live heap and its mark phases grow with what is retained.
+``p99_spike_windows_with_nats_mark_over_100ms`` counts the spike windows that had one.
+
 Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration and
 ``ATLAS_SOAK_STORE`` the folder under which the run's store is made (``/dev/shm`` puts it
 in memory, where fsync returns at once: the broker's and nats-server's own tail, without
@@ -35,13 +41,16 @@ the disk's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +109,20 @@ async def _drained(js: Any) -> bool:
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
     directory, broker_key_path = _community(root / "keys")
     member_key = load_private_key(root / "keys" / "member-1" / "member-1.sign.pem")
@@ -108,47 +131,50 @@ async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
     settings = Settings(
         data_dir=root / "data", log_level="error", nats={"stream_max_bytes": STREAM_BYTES}
     )
-    async with EmbeddedNats(root / "nats", publish_url=False) as server:
-        nc = await nats.connect(server.url)
-        js = nc.jetstream()
-        await ensure_streams(js, streams_for(settings))
-        await store_directory(js, directory)
-        env = {
-            **os.environ,
-            "ATLAS_NATS__URL": server.url,
-            "ATLAS_DATA_DIR": str(root / "data"),
-            "ATLAS_BROKER__SIGNING_KEY": str(broker_key_path),
-            "ATLAS_LOG_LEVEL": "warning",
-            "ATLAS_LOG_FORMAT": "json",
-            "ATLAS_MONITOR__PORT": "0",
-            "ATLAS_NATS__STREAM_MAX_BYTES": str(STREAM_BYTES),
-        }
-        broker = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "broker",
-            "serve",
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=(root / "serve.log").open("wb"),
-        )
-        try:
-            with FsyncProbe(root) as probe:
-                return await _measure(
-                    nc, js, broker.pid, server, member_key, settings, duration, burst, probe
-                )
-        except Exception as exc:
-            if broker.returncode is not None:
-                tail = (root / "serve.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(
-                    f"atlas-broker serve exited ({broker.returncode}):\n{tail}"
-                ) from exc
-            raise
-        finally:
-            if broker.returncode is None:
-                broker.terminate()
-            await broker.wait()
-            await nc.close()
+    # nats-server inherits the environment (so does the broker, which ignores GODEBUG).
+    gctrace = ",".join(filter(None, [os.environ.get("GODEBUG"), "gctrace=1"]))
+    with _env(GODEBUG=gctrace):
+        async with EmbeddedNats(root / "nats", publish_url=False) as server:
+            nc = await nats.connect(server.url)
+            js = nc.jetstream()
+            await ensure_streams(js, streams_for(settings))
+            await store_directory(js, directory)
+            env = {
+                **os.environ,
+                "ATLAS_NATS__URL": server.url,
+                "ATLAS_DATA_DIR": str(root / "data"),
+                "ATLAS_BROKER__SIGNING_KEY": str(broker_key_path),
+                "ATLAS_LOG_LEVEL": "warning",
+                "ATLAS_LOG_FORMAT": "json",
+                "ATLAS_MONITOR__PORT": "0",
+                "ATLAS_NATS__STREAM_MAX_BYTES": str(STREAM_BYTES),
+            }
+            broker = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "broker",
+                "serve",
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=(root / "serve.log").open("wb"),
+            )
+            try:
+                with FsyncProbe(root) as probe:
+                    return await _measure(
+                        nc, js, broker.pid, server, member_key, settings, duration, burst, probe
+                    )
+            except Exception as exc:
+                if broker.returncode is not None:
+                    tail = (root / "serve.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(
+                        f"atlas-broker serve exited ({broker.returncode}):\n{tail}"
+                    ) from exc
+                raise
+            finally:
+                if broker.returncode is None:
+                    broker.terminate()
+                await broker.wait()
+                await nc.close()
 
 
 async def _measure(
@@ -199,6 +225,8 @@ async def _measure(
     cpu = {"broker": _cpu_s(broker_pid), "nats": _cpu_s(server.pid)}
     gc_seen = await _gc_pauses(settings)
     probe.take()  # the sustained phase's windows only
+    go_gc = GoGcTrace(server.store_dir.parent / "nats-server.stderr")
+    go_gc.take()
     start = time.perf_counter()
     next_sample = start + SAMPLE_EVERY
     sent = 0
@@ -215,6 +243,7 @@ async def _measure(
             next_sample += SAMPLE_EVERY
             sample = await _sample(nc, js, broker_pid, server, start, sent, window, acks, cpu)
             sample["disk_fsync"] = probe.take()
+            sample["nats_gc"] = go_gc.take()
             gc_now = await _gc_pauses(settings)
             sample["broker_gc"] = {k: round(gc_now[k] - gc_seen[k], 1) for k in gc_now}
             gc_seen = gc_now
@@ -341,6 +370,36 @@ class FsyncProbe:
         }
 
 
+_GCTRACE = re.compile(
+    rb"^gc \d+ @[\d.]+s \d+%: [\d.]+\+([\d.]+)\+[\d.]+ ms clock.*?->[\d]+->([\d]+) MB",
+    re.MULTILINE,
+)
+
+
+class GoGcTrace:
+    """nats-server's ``gctrace`` lines, read window by window from its stderr file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+
+    def take(self) -> dict[str, float | int | None]:
+        try:
+            with self._path.open("rb") as fh:
+                fh.seek(self._offset)
+                text = fh.read()
+        except FileNotFoundError:
+            text = b""
+        end = text.rfind(b"\n") + 1  # a line still being written waits for the next window
+        self._offset += end
+        found = [(float(mark), int(live)) for mark, live in _GCTRACE.findall(text[:end])]
+        return {
+            "collections": len(found),
+            "mark_ms_max": max((mark for mark, _ in found), default=None),
+            "live_heap_mb": found[-1][1] if found else None,
+        }
+
+
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
@@ -373,6 +432,13 @@ def _summary(
         "p99_ms_median_window_second_half": _median(p99s[len(p99s) // 2 :]),
         "p99_windows_over_twice_the_median": len(spikes),
         "p99_spike_windows_with_fsync_stall": sum(s["disk_fsync"]["over_50ms"] > 0 for s in spikes),
+        "p99_spike_windows_with_nats_mark_over_100ms": sum(
+            (s["nats_gc"]["mark_ms_max"] or 0.0) > 100 for s in spikes
+        ),
+        "nats_gc_mark_ms_max_first_last_window": [
+            samples[0]["nats_gc"]["mark_ms_max"] if samples else None,
+            samples[-1]["nats_gc"]["mark_ms_max"] if samples else None,
+        ],
         "windows_with_fsync_stall": sum(s["disk_fsync"]["over_50ms"] > 0 for s in samples),
         "disk_fsync_worst_ms": max(
             (s["disk_fsync"]["max_ms"] or 0.0 for s in samples), default=None
