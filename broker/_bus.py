@@ -227,6 +227,13 @@ def _servers(url: str) -> list[str]:
     return servers
 
 
+DRAIN_SECONDS = 5
+"""How long closing a connection waits for its subscriptions to drain. nats-py waits for
+every message already queued to a subscription to be taken (30 s by default): one that
+arrived for a worker cancelled on SIGTERM is never taken, and a stop would outlast
+systemd's and Kubernetes' grace periods. Unacknowledged work is redelivered anyway."""
+
+
 async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -> NATS:
     """Connect to ``url`` with the configured credentials and TLS options.
 
@@ -260,6 +267,7 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
                 allow_reconnect=True,
+                drain_timeout=DRAIN_SECONDS,
                 error_cb=_on_error,
                 disconnected_cb=_on_disconnect,
                 reconnected_cb=_on_reconnect,
