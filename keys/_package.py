@@ -214,7 +214,9 @@ def seal(
     the bytes as sent, so the serializer never needs to be canonical.  ``stix`` may be
     given already serialized (the compact JSON of one object, as ``bytes``): a caller that
     also stores or sends the view as JSON serializes it once, and the claims are written
-    around it.
+    around it.  Those bytes are not parsed again, so they must be a serializer's output for
+    one object; text that closes the object early and adds members would duplicate claims,
+    which ``open_package`` refuses.
     """
     if signing_key.use != "sig":
         raise InvalidKey(f"signing_key is a {signing_key.kind} key, not a signing key")

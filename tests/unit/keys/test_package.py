@@ -133,6 +133,13 @@ class TestSeal:
         assert opened.claims == reference.claims
         assert list(opened.claims)[-1] == "stix"
 
+    def test_package_is_refused_on_open_when_view_json_adds_claims(
+        self, make_sealed: Callable[..., Any]
+    ) -> None:
+        sealed = make_sealed(stix=b'{"type":"bundle"},"aud":"someone-else","x":{}')
+        with pytest.raises(MalformedPackage, match="duplicate"):
+            _open(sealed.package.token, sealed.broker, sealed.recipient)
+
     @pytest.mark.parametrize(
         ("stix", "dumps", "problem"),
         [
