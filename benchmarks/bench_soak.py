@@ -28,8 +28,8 @@ twice the median also saw the probe stall.
 
 nats-server runs with ``GODEBUG=gctrace=1`` (one line per garbage collection on its
 stderr), and each window records its collections, the longest concurrent mark phase and
-the live heap after the last one: nats-server keeps an index entry for every stored
-subject, so its live heap and its mark phases grow with what is retained.
+the live heap after the last one (it grows with what the store retains, and the mark
+phases with it).
 ``p99_spike_windows_with_nats_mark_over_100ms`` counts the spike windows that had one.
 
 Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration and
