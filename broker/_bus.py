@@ -51,6 +51,7 @@ __all__ = [
     "Streams",
     "connect",
     "deliver_subject",
+    "ensure_stream",
     "ensure_streams",
     "log_subject",
     "nats_session",
@@ -153,7 +154,7 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
         ),
     ]
     for config in configs:
-        await _ensure_stream(js, config)
+        await ensure_stream(js, config)
     await js.create_key_value(
         KeyValueConfig(bucket=DIRECTORY_BUCKET, history=16, replicas=streams.replicas)
     )
@@ -172,7 +173,8 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
 _NO_STORAGE = 10047
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one's configuration up to date."""
     try:
         try:
             await js.add_stream(config)

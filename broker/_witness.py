@@ -31,6 +31,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from keys import PrivateKey
 
+from ._bus import ensure_stream
 from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, CheckpointMessage, read_stream
 from ._log import decode_chunk
 from ._merkle import Frontier, consistency_proof_from_frontier, leaf_hash, verify_consistency
@@ -68,12 +69,7 @@ async def ensure_witness_stream(js: JetStreamContext, *, replicas: int = 1) -> N
         num_replicas=replicas,
         duplicate_window=600.0,  # a restarted witness republishes its last cosignature
     )
-    try:
-        await js.add_stream(config)
-    except nats.js.errors.BadRequestError as exc:
-        if exc.err_code != 10058:
-            raise
-        await js.update_stream(config)
+    await ensure_stream(js, config)
 
 
 @dataclass(frozen=True, slots=True)
