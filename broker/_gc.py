@@ -2,73 +2,86 @@
 
 A full (generation 2) collection walks every tracked object in the process; the imported
 libraries alone (stix2, pydantic, nats, cryptography's wrappers) are most of them, and
-they live as long as the process.  ``freeze_startup`` moves them to the permanent
-generation (``gc.freeze``) once the broker has started, so a full collection walks only
-what the work keeps, and ``CollectorWatch`` times every collection into the
-``atlas_gc_pause_seconds`` histogram and logs the long ones: a latency tail can be set
-against the collector's pauses instead of guessed at.
+they live as long as the process.  ``frozen_startup`` moves them to the permanent
+generation (``gc.freeze``) while the broker serves, so a full collection walks only what
+the work keeps, and ``CollectorWatch`` counts every collection's pause into the
+``atlas_gc_pause_seconds`` histogram: a latency tail can be set against the collector's
+pauses instead of guessed at.
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-import structlog
-from prometheus_client import Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
-__all__ = ["LONG_PAUSE", "CollectorWatch", "freeze_startup"]
+__all__ = ["PAUSE_BUCKETS", "CollectorWatch", "frozen_startup"]
 
-log = structlog.get_logger()
-
-LONG_PAUSE = 0.05
-"""Collections longer than this (seconds) are logged at info."""
+PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_GENERATIONS = 3
 
 
-def freeze_startup() -> int:
-    """Collect once, then move every object alive now out of later collections' reach.
-
-    Returns how many objects were frozen.  Objects frozen here are never collected, so
-    call it after start-up, not in the middle of work that leaves cycles behind.
-    """
+@contextmanager
+def frozen_startup() -> Iterator[int]:
+    """Collect once, then keep every object alive now out of later collections' reach
+    until the block ends (yields how many were frozen)."""
     gc.collect()
     gc.freeze()
-    return gc.get_freeze_count()
+    try:
+        yield gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
 
 
-class CollectorWatch:
-    """Times each collection of the cycle collector while active (a context manager).
+class CollectorWatch(Collector):
+    """Counts the cycle collector's pauses while active (a context manager), and is the
+    Prometheus collector that exposes them.
 
-    The callback runs inside the collector, on whichever thread allocates: it only reads
-    the clock and observes a histogram.
+    The gc callback runs inside whatever allocation started the collection, possibly in a
+    thread holding a lock of prometheus_client or of a logger: it takes no lock and
+    allocates nothing that could start a collection, only adds to preallocated counts.
     """
 
-    __slots__ = ("_histogram", "_started")
-
-    def __init__(self, histogram: Histogram) -> None:
-        self._histogram = histogram
-        self._started: float | None = None
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._started = 0.0
+        self._buckets = [[0] * (len(PAUSE_BUCKETS) + 1) for _ in range(_GENERATIONS)]
+        self._sums = [0.0] * _GENERATIONS
+        if registry is not None:
+            registry.register(self)
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
             return
-        started, self._started = self._started, None
-        if started is None:
+        seconds = time.perf_counter() - self._started
+        generation = info.get("generation", 0)
+        if not 0 <= generation < _GENERATIONS:
             return
-        seconds = time.perf_counter() - started
-        generation = int(info.get("generation", 0))
-        self._histogram.labels(str(generation)).observe(seconds)
-        if seconds >= LONG_PAUSE:
-            log.info(
-                "gc.pause",
-                generation=generation,
-                ms=round(seconds * 1000, 1),
-                collected=info.get("collected"),
-                frozen=gc.get_freeze_count(),
-            )
+        self._buckets[generation][bisect.bisect_left(PAUSE_BUCKETS, seconds)] += 1
+        self._sums[generation] += seconds
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "atlas_gc_pause_seconds",
+            "Pauses of Python's cycle collector, by generation (2 is a full collection).",
+            labels=["generation"],
+        )
+        for generation in range(_GENERATIONS):
+            counts = self._buckets[generation]
+            cumulative, running = [], 0
+            for bound, count in zip((*PAUSE_BUCKETS, float("inf")), counts, strict=True):
+                running += count
+                cumulative.append((_bound(bound), running))
+            family.add_metric([str(generation)], cumulative, self._sums[generation])
+        yield family
 
     def __enter__(self) -> CollectorWatch:
         gc.callbacks.append(self._callback)
@@ -82,3 +95,7 @@ class CollectorWatch:
     ) -> None:
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)

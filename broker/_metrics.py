@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ._bus import DELIVERIES, LOG, SUBMISSIONS
 from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, LOG_SEQ_HEADER, TREE_SIZE_HEADER
+from ._gc import CollectorWatch
 
 __all__ = ["SAMPLE_ERRORS", "BrokerMetrics"]
 
@@ -73,13 +74,8 @@ class BrokerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.gc_pause_seconds = Histogram(
-            "atlas_gc_pause_seconds",
-            "Pauses of Python's cycle collector, by generation (2 is a full collection).",
-            ["generation"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.gc_pauses = CollectorWatch(r)
+        """``atlas_gc_pause_seconds``: counted while it is entered (``serve`` does)."""
         self.route_seconds = Histogram(
             "atlas_route_seconds",
             "Time to route one submission, from fetch to ack (every package and entry stored).",

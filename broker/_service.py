@@ -29,7 +29,7 @@ from ._checkpoint import log_origin
 from ._checkpointer import run_checkpointer
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
-from ._gc import CollectorWatch, freeze_startup
+from ._gc import frozen_startup
 from ._metrics import BrokerMetrics
 from ._monitor import Monitor
 from ._note import NoteVerifier
@@ -173,10 +173,10 @@ async def serve(settings: Settings, *, on_monitor: Callable[[str], None] | None 
     broker_p256_key(settings)  # a wrong file stops serve here, not in the router
     metrics = BrokerMetrics(ROUTER_CONSUMER)
     async with nats_session(settings, embedded_ok=True, name="atlas-broker-serve") as (nc, js):
-        with CollectorWatch(metrics.gc_pause_seconds):
-            # Started: what lives now (libraries, settings, the connection) lives as long
-            # as the process, and full collections need not walk it again.
-            log.debug("gc.frozen", objects=freeze_startup())
+        # Started: what lives now (libraries, settings, the connection) lives as long as
+        # the process, and full collections need not walk it again.
+        with metrics.gc_pauses, frozen_startup() as frozen:
+            log.debug("gc.frozen", objects=frozen)
             if not settings.monitor.enabled:
                 await run_router(js, settings, signing_key=signing_key, metrics=metrics)
                 return
