@@ -170,7 +170,9 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
     )
 
 
-_NO_STORAGE = 10047
+# 10047: a server has no room for the stream's limits; 10023: no server (of a cluster)
+# has the resources to place it.
+_NO_STORAGE = frozenset({10047, 10023})
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -185,15 +187,16 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             await js.update_stream(config)
             log.info("stream.updated", stream=config.name)
     except nats.js.errors.APIError as exc:
-        if exc.err_code != _NO_STORAGE:
+        if exc.err_code not in _NO_STORAGE:
             raise
         size = f"{config.max_bytes:,} bytes" if config.max_bytes else "no byte limit"
         raise ConfigError(
-            f"nats-server has no room for stream {config.name} ({size}): it reserves "
-            "each stream's maximum on its store's disk, and grants JetStream 75% of the "
-            "free space by default. Free disk space, lower nats.stream_max_bytes "
-            "(DELIVERIES and VIEWS each keep that much), or raise the server's "
-            "jetstream max_file_store"
+            f"nats-server has no room for stream {config.name} ({size}; "
+            f"{exc.description or 'insufficient resources'}): it reserves each stream's "
+            "maximum on its store's disk (on every replica), and grants JetStream 75% of "
+            "the free space unless max_file_store says otherwise; an account's limits "
+            "also count. Free disk space, lower nats.stream_max_bytes (DELIVERIES and "
+            "VIEWS each keep that much), or raise the server's or account's limit"
         ) from exc
 
 

@@ -137,9 +137,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(1) from exc
     except ExceptionGroup as group:
         # A task of a group (serve's router, monitor) stopped on one of our errors.
-        ours, _ = group.split(ATLAS_ERRORS)
-        if ours is None:
-            raise
+        ours, rest = group.split(ATLAS_ERRORS)
+        if ours is None or rest is not None:
+            raise  # a bug beside our error keeps its traceback
         first = _leaves(ours)[0]
         err.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from group

@@ -35,3 +35,25 @@ def test_leaves_other_errors_of_a_task_group_alone() -> None:
     with pytest.raises(ExceptionGroup) as raised:
         run(_group_failing(ValueError("a bug")))
     assert isinstance(raised.value.exceptions[0], ValueError)
+
+
+async def _group_failing_twice() -> None:
+    async def ours() -> None:
+        raise ConfigError("lost the directory")
+
+    async def bug() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise KeyError("a bug in the monitor's clean-up") from None
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(bug())
+        await asyncio.sleep(0)  # bug() is waiting when ours() fails and the group stops it
+        group.create_task(ours())
+
+
+def test_keeps_the_traceback_of_a_bug_beside_our_error() -> None:
+    with pytest.raises(ExceptionGroup) as raised:
+        run(_group_failing_twice())
+    assert any(isinstance(e, KeyError) for e in raised.value.exceptions)
