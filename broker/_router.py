@@ -40,7 +40,7 @@ from nats.js.kv import KeyValue
 
 import policy
 from adapters import cancel_and_wait, supervised
-from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, seal
+from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, SerializedView, seal
 from policy import BundleRejected, View
 
 from ._bus import (
@@ -493,9 +493,7 @@ class Router:
                 )
                 unsealable.append((recipient, view.delivered))
                 continue
-            # Serialized once: the package and the TAXII copy carry the same JSON.
-            view_json[recipient] = orjson.dumps(view.bundle)
-            package = self._seal(recipient, view, view_json[recipient], src, enc_key, now)
+            package, view_json[recipient] = self._seal(recipient, view, src, enc_key, now)
             sealed.append((recipient, view, package))
         self._check_package_sizes(sealed)
         # Every refusal for the content happens here, before anything is stored: version
@@ -666,15 +664,18 @@ class Router:
         self,
         recipient: str,
         view: View,
-        stix: bytes,
         src: dict[str, str],
         enc_key: PublicKey,
         now: datetime,
-    ) -> SealedPackage:
+    ) -> tuple[SealedPackage, bytes]:
+        """The package, and the view's JSON it carries (serialized once: the TAXII copy
+        stores the same bytes)."""
+        assert view.bundle is not None  # noqa: S101 - callers only seal non-empty views
         started = time.perf_counter()
         try:
+            serialized = SerializedView(view.bundle)
             package = seal(
-                stix=stix,
+                stix=serialized,
                 iss=self._settings.broker.id,
                 aud=recipient,
                 src=src,
@@ -688,7 +689,7 @@ class Router:
         except KeyRegistryError as exc:
             raise SubmissionRefused("seal-failed", f"cannot seal to {recipient}: {exc}") from exc
         self.metrics.seal_seconds.observe(time.perf_counter() - started)
-        return package
+        return package, serialized.data
 
     async def _bounded(self, gate: asyncio.Semaphore, work: Callable[[], Awaitable[T]]) -> T:
         async with gate:

@@ -37,6 +37,7 @@ from ._package import (
     BrokerKeyring,
     OpenedPackage,
     SealedPackage,
+    SerializedView,
     open_package,
     seal,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "ReplayGuard",
     "RevokedSigningKey",
     "SealedPackage",
+    "SerializedView",
     "SignatureInvalid",
     "SubmissionSignatureInvalid",
     "UnknownSigningKey",

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from ._b64json import ascii_bytes, loads_object
 from ._errors import (
     InvalidKey,
@@ -42,6 +44,7 @@ __all__ = [
     "BrokerKeyring",
     "OpenedPackage",
     "SealedPackage",
+    "SerializedView",
     "open_package",
     "seal",
 ]
@@ -115,6 +118,25 @@ class SealedPackage:
     def jwe_sha256(self) -> str:
         """Hex SHA-256 of the token's ASCII bytes (what the dissemination log records)."""
         return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class SerializedView:
+    """A view serialized once (orjson), to be sealed and stored as the same bytes.
+
+    It is made only from a dict, so its bytes are the JSON of one object, and ``seal``
+    writes the claims around them without parsing them again."""
+
+    data: bytes
+
+    def __init__(self, view: dict[str, Any]) -> None:
+        if not isinstance(view, dict):
+            raise KeyRegistryError("cannot seal package: the view is not a JSON object")
+        try:
+            data = orjson.dumps(view)
+        except orjson.JSONEncodeError as exc:
+            raise KeyRegistryError(f"cannot seal package: the view is not JSON ({exc})") from exc
+        object.__setattr__(self, "data", data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +215,7 @@ def _claims_problem(claims: Mapping[str, Any]) -> str | None:
 
 def seal(
     *,
-    stix: dict[str, Any] | bytes,
+    stix: dict[str, Any] | SerializedView,
     iss: str,
     aud: str,
     src: dict[str, Any],
@@ -211,12 +233,9 @@ def seal(
     X-Wing (HPKE-9-KE); the signed ``rcpt_kid`` names it.
 
     ``dumps`` serializes the claims (``orjson.dumps`` is a drop-in); the receiver verifies
-    the bytes as sent, so the serializer never needs to be canonical.  ``stix`` may be
-    given already serialized (the compact JSON of one object, as ``bytes``): a caller that
-    also stores or sends the view as JSON serializes it once, and the claims are written
-    around it.  Those bytes are not parsed again, so they must be a serializer's output for
-    one object; text that closes the object early and adds members would duplicate claims,
-    which ``open_package`` refuses.
+    the bytes as sent, so the serializer never needs to be canonical.  ``stix`` may be a
+    :class:`SerializedView`: a caller that also stores the view as JSON serializes it once,
+    and the claims are written around its bytes.
     """
     if signing_key.use != "sig":
         raise InvalidKey(f"signing_key is a {signing_key.kind} key, not a signing key")
@@ -233,7 +252,7 @@ def seal(
         "exp": now + ttl,
         "src": src,
         "tlp": tlp,
-        "stix": {} if isinstance(stix, bytes) else stix,
+        "stix": {} if isinstance(stix, SerializedView) else stix,
     }
     problem = _claims_problem(claims)
     if problem is not None:
@@ -242,8 +261,8 @@ def seal(
         payload = dumps(claims)
     except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise KeyRegistryError(f"cannot seal package: claims are not JSON ({exc})") from exc
-    if isinstance(stix, bytes):
-        payload = _spliced(payload, stix)
+    if isinstance(stix, SerializedView):
+        payload = _spliced(payload, stix.data)
     inner = jws_compact(payload, signing_key, {"typ": PACKAGE_TYP})
     token = jwe_compact(inner, recipient_key, {"cty": "JWT"})
     return SealedPackage(
@@ -256,16 +275,10 @@ def seal(
     )
 
 
-def _spliced(payload: bytes, stix: bytes) -> bytes:
-    """Claims serialized with ``"stix": {}`` last, the given view JSON put in its place.
-
-    Only the view's outline is checked (an object, no whitespace around it): the caller
-    serialized it; a receiver parses the whole and refuses a view that is not an object.
-    """
-    if not (stix.startswith(b"{") and stix.endswith(b"}")):
-        raise KeyRegistryError("cannot seal package: stix bytes are not one compact JSON object")
-    if not payload.endswith(b'"stix":{}}'):
-        raise KeyRegistryError("cannot seal package: dumps must write compact JSON")
+def _spliced(payload: object, stix: bytes) -> bytes:
+    """Claims serialized with ``"stix": {}`` last, the serialized view put in its place."""
+    if not isinstance(payload, bytes) or not payload.endswith(b'"stix":{}}'):
+        raise KeyRegistryError("cannot seal package: dumps must write compact JSON bytes")
     return b"".join((memoryview(payload)[:-3], stix, b"}"))
 
 

@@ -26,6 +26,7 @@ from keys import (
     PackageReplayed,
     PrivateKey,
     RevokedSigningKey,
+    SerializedView,
     SignatureInvalid,
     UnknownSigningKey,
     WrongAudience,
@@ -116,7 +117,7 @@ class TestSeal:
         assert opened.stix["objects"][0]["name"] == "Phishing domain \u2013 \u00fcn\u00efcode"
 
     @pytest.mark.parametrize("dumps", [None, orjson.dumps])
-    def test_opens_to_the_same_claims_when_view_given_as_json(
+    def test_opens_to_the_same_claims_when_view_given_serialized(
         self, make_sealed: Callable[..., Any], dumps: Callable[[Any], bytes] | None
     ) -> None:
         extra = {} if dumps is None else {"dumps": dumps}
@@ -126,38 +127,35 @@ class TestSeal:
             broker=as_dict.broker,
             recipient=as_dict.recipient,
             jti="pkg-1",
-            stix=orjson.dumps(reference.stix),
+            stix=SerializedView(reference.stix),
             **extra,
         )
         opened = _open(as_json.package.token, as_json.broker, as_json.recipient)
         assert opened.claims == reference.claims
         assert list(opened.claims)[-1] == "stix"
 
-    def test_package_is_refused_on_open_when_view_json_adds_claims(
+    @pytest.mark.parametrize(
+        "view",
+        [b'{"type":"bundle"},"aud":"someone-else","x":{}', "{}", [{"type": "bundle"}]],
+        ids=["bytes", "str", "list"],
+    )
+    def test_serializes_only_a_dict_as_a_view(self, view: Any) -> None:
+        with pytest.raises(KeyRegistryError, match="not a JSON object"):
+            SerializedView(view)
+
+    @pytest.mark.parametrize("view", [{"bad": b"bytes"}, {1: "int key"}, {"deep": {1.5}}])
+    def test_refuses_a_view_orjson_cannot_write(self, view: dict[str, Any]) -> None:
+        with pytest.raises(KeyRegistryError, match="view is not JSON"):
+            SerializedView(view)
+
+    def test_refuses_a_serialized_view_when_claims_are_not_compact(
         self, make_sealed: Callable[..., Any]
     ) -> None:
-        sealed = make_sealed(stix=b'{"type":"bundle"},"aud":"someone-else","x":{}')
-        with pytest.raises(MalformedPackage, match="duplicate"):
-            _open(sealed.package.token, sealed.broker, sealed.recipient)
-
-    @pytest.mark.parametrize(
-        ("stix", "dumps", "problem"),
-        [
-            (b"[1]", orjson.dumps, "not one compact JSON object"),
-            (b' {"a":1}', orjson.dumps, "not one compact JSON object"),
-            (b"", orjson.dumps, "not one compact JSON object"),
-            (b'{"a":1}', lambda o: json.dumps(o, indent=1).encode(), "compact JSON"),
-        ],
-    )
-    def test_refuses_view_json_when_not_one_compact_object(
-        self,
-        make_sealed: Callable[..., Any],
-        stix: bytes,
-        dumps: Callable[[Any], bytes],
-        problem: str,
-    ) -> None:
-        with pytest.raises(KeyRegistryError, match=problem):
-            make_sealed(stix=stix, dumps=dumps)
+        with pytest.raises(KeyRegistryError, match="compact JSON bytes"):
+            make_sealed(
+                stix=SerializedView({"type": "bundle"}),
+                dumps=lambda o: json.dumps(o, indent=1).encode(),
+            )
 
     def test_writes_claims_in_fixed_order_when_sealed(
         self, make_sealed: Callable[..., Any]
