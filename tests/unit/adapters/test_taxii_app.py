@@ -106,6 +106,22 @@ def assert_taxii_error(resp: httpx.Response, status: int) -> dict[str, Any]:
     return body
 
 
+@pytest.fixture
+def scrypt_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens each scrypt check is run on, in order."""
+    from adapters._taxii import _auth
+
+    checked: list[str] = []
+    real = _auth._check
+
+    def counting(token: str, stored: str) -> bool:
+        checked.append(token)
+        return real(token, stored)
+
+    monkeypatch.setattr(_auth, "_check", counting)
+    return checked
+
+
 class TestAuthentication:
     def test_refused_with_challenge_when_no_credentials(self, client: AppClient) -> None:
         resp = client.get("/taxii2/")
@@ -136,36 +152,18 @@ class TestAuthentication:
         assert client.get("/taxii2/", headers=basic("bank-b")).status_code == 200
 
     def test_unknown_organisation_costs_one_scrypt_like_a_known_one(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, scrypt_checks: list[str]
     ) -> None:
-        from adapters._taxii import _auth
-
-        checked: list[str] = []
-        real = _auth._check
-
-        def counting(token: str, stored: str) -> bool:
-            checked.append(token)
-            return real(token, stored)
-
-        monkeypatch.setattr(_auth, "_check", counting)
+        checked = scrypt_checks
         creds = Credentials({"bank-a": (hash_secret(TOKENS["bank-a"], n=1024),)})
         assert asyncio.run(creds.verify(None, "ghost.guess")) is None
         assert asyncio.run(creds.verify(None, "bank-a.guess")) is None
         assert checked == ["ghost.guess", "bank-a.guess"]
 
     def test_failed_checks_cost_as_many_scrypts_as_the_most_secrets(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, scrypt_checks: list[str]
     ) -> None:
-        from adapters._taxii import _auth
-
-        checked: list[str] = []
-        real = _auth._check
-
-        def counting(token: str, stored: str) -> bool:
-            checked.append(token)
-            return real(token, stored)
-
-        monkeypatch.setattr(_auth, "_check", counting)
+        checked = scrypt_checks
         rotating = (hash_secret("bank-a.new", n=1024), hash_secret("bank-a.old", n=1024))
         creds = Credentials({"bank-a": rotating, "bank-b": (hash_secret("bank-b.x", n=1024),)})
         for token in ("ghost.guess", "bank-a.guess", "bank-b.guess"):
