@@ -44,15 +44,21 @@ __all__ = [
     "Envelope",
     "SignedSubmission",
     "SubmissionRefused",
+    "SubmissionTooLarge",
     "make_submission",
     "open_submission",
     "over_object_limit",
     "over_size_limit",
+    "sign_bundle",
 ]
 
 SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _AUDIENCE_RE = re.compile(r"^(org|group):[a-z0-9][a-z0-9_-]{0,62}\Z")
 MAX_CLOCK_SKEW = 300
+
+
+class SubmissionTooLarge(SubmissionError):
+    """The bundle, or its signed submission, is over ``limits.max_bundle_bytes``."""
 
 
 class SubmissionRefused(SubmissionError):
@@ -156,11 +162,42 @@ def make_submission(
     """
     too_large = over_size_limit(source, len(bundle_raw), max_bytes)
     if too_large is not None:
-        raise SubmissionError(too_large)
+        raise SubmissionTooLarge(too_large)
     try:
         bundle = parse_json(bundle_raw)
     except orjson.JSONDecodeError as exc:
         raise SubmissionError(f"{source}: not JSON: {exc}") from exc
+    return sign_bundle(
+        bundle,
+        org=org,
+        key=key,
+        to=to,
+        feed=feed,
+        now=now,
+        max_bytes=max_bytes,
+        max_objects=max_objects,
+        source=source,
+        via=via,
+    )
+
+
+def sign_bundle(
+    bundle: Any,
+    *,
+    org: str,
+    key: PrivateKey,
+    to: tuple[str, ...],
+    feed: str | None,
+    now: int,
+    max_bytes: int,
+    max_objects: int,
+    source: str = "bundle",
+    via: Literal["taxii", "taxii-pull"] | None = None,
+) -> SignedSubmission:
+    """``make_submission`` for a bundle already parsed (by ``parse_json``, integers exact).
+
+    The TAXII server parses each envelope once and hands the objects on; the size limit
+    applies to the signed submission (the stream's own limit)."""
     too_many = over_object_limit(source, bundle, max_objects)
     if too_many is not None:
         raise SubmissionError(too_many)
@@ -183,7 +220,7 @@ def make_submission(
     token = sign_submission(orjson.dumps(envelope), key, org=org, now=now).encode()
     too_large = over_size_limit(f"{source}: the signed submission", len(token), max_bytes)
     if too_large is not None:
-        raise SubmissionError(too_large)
+        raise SubmissionTooLarge(too_large)
     return SignedSubmission(sid=sid, token=token)
 
 

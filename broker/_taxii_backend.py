@@ -18,9 +18,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+import nats.errors
 import nats.js.errors
 import orjson
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
@@ -39,13 +42,17 @@ from keys import PrivateKey
 from ._bus import LOG, SUBMISSIONS, VIEWS, log_subject, submit_subject
 from ._directory_store import ResolvedDirectory
 from ._log import decode_chunk
-from ._submission import make_submission
+from ._submission import SignedSubmission, SubmissionTooLarge, sign_bundle
 from .errors import SubmissionError
 
 __all__ = ["STATUS_BUCKET", "NatsTaxiiBackend"]
 
+log = structlog.get_logger()
+
 STATUS_BUCKET = "atlas_taxii_status"
 _STATUS_TTL = 30 * 86400.0
+_STATUS_RETRY = (0.1, 0.5, 1.0, 2.0)
+"""Pauses before writing a status record again whose submission was stored."""
 
 
 def max_body_for(max_bundle_bytes: int) -> int:
@@ -100,19 +107,12 @@ class NatsTaxiiBackend:
             reader=org if found.taxii_read else None,
         )
 
-    async def submit(
-        self, org: str, objects_json: bytes, audience: tuple[str, ...]
-    ) -> StatusRecord:
-        bundle_raw = b'{"type":"bundle","id":"bundle--%s","objects":%s}' % (
-            str(uuid.uuid4()).encode(),
-            objects_json,
-        )
-        if len(bundle_raw) > self.max_content_length + 128:
-            raise SubmitRefused("too-large", "the objects do not fit in one submission")
+    async def submit(self, org: str, objects: list[Any], audience: tuple[str, ...]) -> StatusRecord:
         now = self._clock()
+        bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
         try:
-            signed = make_submission(
-                bundle_raw,
+            signed = sign_bundle(
+                bundle,
                 org=org,
                 key=self._key,
                 to=audience,
@@ -123,29 +123,68 @@ class NatsTaxiiBackend:
                 source="envelope",
                 via="taxii",
             )
+        except SubmissionTooLarge as exc:
+            raise SubmitRefused("too-large", str(exc)) from exc
         except SubmissionError as exc:
             raise SubmitRefused("invalid", str(exc)) from exc
         stamp = format_ts(datetime.fromtimestamp(now, UTC))
-        objects = [
-            (o["id"], version_of(o, stamp))
-            for o in orjson.loads(objects_json)
-            if isinstance(o, dict)
-        ]
+        pairs = [(o["id"], version_of(o, stamp)) for o in objects]  # checked: dicts with ids
         record = StatusRecord(
-            id=str(uuid.UUID(hex=signed.sid)), org=org, request_timestamp=stamp, objects=objects
+            id=str(uuid.UUID(hex=signed.sid)), org=org, request_timestamp=stamp, objects=pairs
         )
         stored = {
             "org": org,
             "ts": stamp,
             "sid": signed.sid,
             "sha": hashlib.sha256(signed.token).hexdigest()[:32],
-            "objects": objects,
+            "objects": pairs,
         }
-        # The record first: a status id is only ever handed out for a stored submission,
-        # and a record whose submission failed to store is never seen by anyone.
-        await self.kv.put(record.id, orjson.dumps(stored))
-        await self._js.publish(submit_subject(org), signed.token, stream=SUBMISSIONS)
+        await self._store(org, record.id, orjson.dumps(stored), signed)
         return record
+
+    async def _store(
+        self, org: str, status_id: str, status: bytes, signed: SignedSubmission
+    ) -> None:
+        """Store the status record and the submission, both before the 202.
+
+        The two writes go out together: each waits for its own fsync, and one after the
+        other took a third of a POST's time. A status id is handed out only once both are
+        stored. If the submission was not stored, nothing was accepted (a record whose id
+        nobody was given expires with the bucket). If only the record failed, it is written
+        again for a few seconds before the POST is answered 503: a repost would route the
+        objects a second time, an unanswerable status id would be worse."""
+        results = await asyncio.gather(
+            self.kv.put(status_id, status),
+            self._js.publish(submit_subject(org), signed.token, stream=SUBMISSIONS),
+            return_exceptions=True,
+        )
+        recorded, published = results
+        if isinstance(published, BaseException):
+            if not isinstance(published, nats.errors.Error | OSError | TimeoutError):
+                raise published
+            log.warning("taxii.submission_not_stored", error=str(published) or repr(published))
+            raise SubmitRefused(
+                "unavailable",
+                f"the submission could not be stored ({type(published).__name__}); "
+                "nothing was accepted, post it again",
+            )
+        if not isinstance(recorded, BaseException):
+            return
+        for delay in _STATUS_RETRY:
+            await asyncio.sleep(delay)
+            try:
+                await self.kv.put(status_id, status)
+                return
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                recorded = exc
+        log.error(
+            "taxii.status_not_recorded", sid=signed.sid, error=str(recorded) or repr(recorded)
+        )
+        raise SubmitRefused(
+            "unavailable",
+            f"submission {status_id} was stored and will be routed, but its status could not "
+            f"be recorded ({type(recorded).__name__})",
+        )
 
     async def status(self, org: str, status_id: str) -> StatusRecord | None:
         try:

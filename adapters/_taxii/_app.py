@@ -398,7 +398,7 @@ class _Server:
                 400, "Invalid envelope", 'expected a TAXII envelope {"objects": [ ... ]}'
             )
         try:
-            objects_json = orjson.dumps(objects)
+            orjson.dumps(objects)  # what the backend stores must serialize
         except orjson.JSONEncodeError:
             # orjson writes at most 255 levels and 64-bit integers: say which it was.
             problem = next(
@@ -407,8 +407,10 @@ class _Server:
             )
             raise TaxiiHttpError(422, "Not accepted", problem) from None
         try:
-            record = await self.backend.submit(org, objects_json, info.audience)
+            record = await self.backend.submit(org, objects, info.audience)
         except SubmitRefused as exc:
+            if exc.kind == "unavailable":
+                raise TaxiiHttpError(503, "Unavailable", str(exc), {"Retry-After": "5"}) from None
             status = 413 if exc.kind == "too-large" else 422
             raise TaxiiHttpError(status, "Not accepted", str(exc)) from None
         log.info("taxii.submitted", status_id=record.id, objects=len(record.objects))

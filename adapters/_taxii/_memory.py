@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from .._stix import InvalidBundle, check_bundle
 from ._index import ObjectIndex, format_ts, version_of
 from ._port import CollectionInfo, StatusRecord, SubmitRefused, collections_for
@@ -55,10 +53,7 @@ class MemoryBackend:
         self._seq += 1
         self._indexes[reader].add_message(self._seq, when or datetime.now(UTC), objects)
 
-    async def submit(
-        self, org: str, objects_json: bytes, audience: tuple[str, ...]
-    ) -> StatusRecord:
-        objects = orjson.loads(objects_json)
+    async def submit(self, org: str, objects: list[Any], audience: tuple[str, ...]) -> StatusRecord:
         bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
         try:
             check_bundle(bundle, source="envelope", max_objects=self._max_objects)

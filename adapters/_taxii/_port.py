@@ -11,7 +11,7 @@ import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .._errors import AdapterError
 from ._index import ObjectIndex
@@ -59,9 +59,11 @@ class StatusRecord:
 
 
 class SubmitRefused(AdapterError):
-    """The backend refuses a POST before storing it; ``kind`` picks the HTTP status."""
+    """The backend refuses a POST before storing it; ``kind`` picks the HTTP status.
 
-    def __init__(self, kind: Literal["too-large", "invalid"], msg: str) -> None:
+    ``unavailable``: the store could not be written now (503 with ``Retry-After``)."""
+
+    def __init__(self, kind: Literal["too-large", "invalid", "unavailable"], msg: str) -> None:
         super().__init__(msg)
         self.kind = kind
 
@@ -76,12 +78,11 @@ class TaxiiBackend(Protocol):
         """The collections ``org`` may see, readable or writable."""
         ...
 
-    async def submit(
-        self, org: str, objects_json: bytes, audience: tuple[str, ...]
-    ) -> StatusRecord:
-        """Sign and store a submission; return only once it is durably stored.
+    async def submit(self, org: str, objects: list[Any], audience: tuple[str, ...]) -> StatusRecord:
+        """Check, sign and store a submission; return only once it is durably stored.
 
-        ``objects_json`` is a JSON array of STIX objects. Raises ``SubmitRefused``.
+        ``objects``: the envelope's objects as parsed (``parse_json``: integers exact) and
+        known to serialize. Raises ``SubmitRefused``.
         """
         ...
 

@@ -13,11 +13,13 @@ import orjson
 import pytest
 import requests
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
 from adapters._taxii import set_secret
 from broker._bus import SUBMISSIONS
 from broker._config import Settings, TaxiiSettings
+from broker._taxii_backend import STATUS_BUCKET
 from broker._taxii_service import run_taxii
 from tests.conftest import Community
 from tests.integration.helpers import indicator, wait_routed
@@ -235,3 +237,62 @@ class TestRateLimit:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class TestStoreUnavailable:
+    """A POST is answered 202 only once the submission and its status record are stored."""
+
+    @staticmethod
+    def _post(front: Front) -> requests.Response:
+        mt = "application/taxii+json;version=2.1"
+        url = front.collection("bank-a", "community").url + "objects/"
+        body = b'{"objects": [%s]}' % orjson.dumps(indicator("clear"))
+        return requests.post(
+            url,
+            data=body,
+            auth=("bank-a", front.tokens["bank-a"]),
+            headers={"Content-Type": mt, "Accept": mt},
+            timeout=30,
+        )
+
+    async def test_503_and_nothing_accepted_when_the_submission_cannot_be_stored(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        await asyncio.to_thread(front.collection, "bank-a", "community")  # logged in
+        await js.delete_stream(SUBMISSIONS)
+        resp = await asyncio.to_thread(self._post, front)
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["Content-Type"] == "application/taxii+json;version=2.1"
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert "nothing was accepted" in resp.json()["description"]
+
+    async def test_202_once_the_status_record_is_written_again(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        await asyncio.to_thread(front.collection, "bank-a", "community")
+        await js.delete_key_value(STATUS_BUCKET)
+        posting = asyncio.create_task(asyncio.to_thread(self._post, front))
+        # The submission is stored at once; the record's writes fail until the bucket is back.
+        for _ in range(100):
+            if (await js.stream_info(SUBMISSIONS)).state.messages == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert not posting.done()
+        await js.create_key_value(KeyValueConfig(bucket=STATUS_BUCKET, history=1))
+        resp = await posting
+        assert resp.status_code == 202, resp.text
+        status_id = resp.json()["id"]
+        await wait_routed(js, 1)
+        status = await asyncio.to_thread(lambda: front.root("bank-a").get_status(status_id))
+        assert status.status == "complete" and status.success_count == 1
+        assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+
+    async def test_503_naming_the_stored_submission_when_its_record_cannot_be_written(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        await asyncio.to_thread(front.collection, "bank-a", "community")
+        await js.delete_key_value(STATUS_BUCKET)
+        resp = await asyncio.to_thread(self._post, front)
+        assert resp.status_code == 503, resp.text
+        assert "was stored and will be routed" in resp.json()["description"]
+        await wait_routed(js, 1)  # not lost: the router took it
