@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._stix import MAX_DEPTH, parse_json, value_problem
-from ._auth import Credentials, FailedLogins
+from ._auth import Credentials, FailedLogins, LoginsBusy
 from ._cursor import CursorCodec, InvalidCursor
 from ._http import (
     STIX_MEDIA_TYPE,
@@ -147,7 +147,13 @@ class _Server:
                 # a success takes its own attempt back.
                 self.failed_logins.failed(key)
                 self.network_logins.failed(network)
-            org = await self.credentials.verify(user, token)
+            try:
+                org = await self.credentials.verify(user, token)
+            except LoginsBusy as exc:
+                if costly:  # not checked, so not a failure
+                    self.failed_logins.forgive(key)
+                    self.network_logins.forgive(network)
+                raise TaxiiHttpError(503, "Busy", str(exc), {"Retry-After": "1"}) from None
             if org is None:
                 log.warning("taxii.login_failed", org=claimed, peer=peer)
             elif costly:

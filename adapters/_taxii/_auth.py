@@ -36,6 +36,7 @@ __all__ = [
     "Credentials",
     "CredentialsError",
     "FailedLogins",
+    "LoginsBusy",
     "hash_secret",
     "new_token",
     "set_secret",
@@ -44,6 +45,10 @@ __all__ = [
 _N, _R, _P = 2**14, 8, 1
 _ORG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 _CACHE_TTL = 300.0
+
+
+class LoginsBusy(AdapterError):
+    """Too many logins wait for their secret check; the client should retry shortly."""
 
 
 class CredentialsError(AdapterError):
@@ -86,11 +91,20 @@ class Credentials:
     A failed check always costs the same: as many scrypt runs as the organisation with the
     most secrets has (two while one rotates), with its parameters, whether the organisation
     exists or not, so that the time an answer takes tells neither. At most
-    ``max_parallel`` scrypt checks run at once (each takes tens of milliseconds and 16 MiB):
-    a flood of guesses queues instead of taking the machine.
+    ``max_parallel`` scrypt checks run at once (each takes tens of milliseconds and 16 MiB)
+    and at most ``max_waiting`` more wait for their turn: past that a login is refused at once
+    with ``LoginsBusy`` (a 503), so a flood of guesses from many addresses neither takes the
+    machine nor makes a real login wait behind thousands of others. Tokens verified in the
+    last minutes never queue.
     """
 
-    def __init__(self, hashes: Mapping[str, tuple[str, ...]], *, max_parallel: int = 2) -> None:
+    def __init__(
+        self,
+        hashes: Mapping[str, tuple[str, ...]],
+        *,
+        max_parallel: int = 2,
+        max_waiting: int = 64,
+    ) -> None:
         self._hashes = dict(hashes)
         self._cache_key = secrets.token_bytes(32)
         self._cache: dict[bytes, tuple[str, float]] = {}
@@ -99,6 +113,9 @@ class Credentials:
         n = int(sample.split("$")[1]) if sample is not None else _N
         self._decoy = hash_secret(secrets.token_urlsafe(24), n=n)
         self._gate = asyncio.Semaphore(max_parallel)
+        self._max_queued = max_parallel + max_waiting
+        self._queued = 0
+        """Checks running or waiting for the gate."""
 
     @classmethod
     def from_file(cls, path: Path) -> Credentials:
@@ -141,8 +158,14 @@ class Credentials:
         org = token.split(".", 1)[0]
         if user is not None and user != org:
             return None  # the token names another organisation: no scrypt needed to say no
-        async with self._gate:
-            valid = await asyncio.to_thread(self._verify_now, org, token)
+        if self._queued >= self._max_queued:
+            raise LoginsBusy(f"{self._queued} logins are being checked; retry in a second")
+        self._queued += 1
+        try:
+            async with self._gate:
+                valid = await asyncio.to_thread(self._verify_now, org, token)
+        finally:
+            self._queued -= 1
         if not valid:
             return None
         if len(self._cache) > 10_000:

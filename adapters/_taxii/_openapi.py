@@ -36,6 +36,12 @@ _ERRORS["429"] = {
     "headers": _RETRY_AFTER,
     **_json(_ERROR),
 }
+_ERRORS["503"] = {
+    "description": "Too many logins waiting for their secret check, or (POST) the store "
+    "could not be written; retry later",
+    "headers": _RETRY_AFTER,
+    **_json(_ERROR),
+}
 
 
 def _param(name: str, schema: dict[str, Any], where: str = "query") -> dict[str, Any]:

@@ -212,6 +212,37 @@ class TestAuthentication:
         answers = asyncio.run(guesses())
         assert answers.count(401) == 10 and answers.count(429) == 15
 
+    def test_logins_past_the_queue_are_refused_at_once_and_not_counted(
+        self, backend: MemoryBackend
+    ) -> None:
+        creds = Credentials(
+            {"bank-a": (hash_secret(TOKENS["bank-a"], n=1024),)}, max_parallel=1, max_waiting=1
+        )
+        app = create_app(backend, creds, cursor_key=b"k" * 32)
+
+        async def guesses() -> tuple[list[httpx.Response], list[int]]:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t"
+            ) as c:
+
+                def guess(n: int) -> Any:
+                    return c.get("/taxii2/", headers={"Authorization": f"Bearer bank-a.g{n}"})
+
+                burst = await asyncio.gather(*(guess(n) for n in range(6)))
+                # Two were checked (one ran, one waited) and count; the four refused at
+                # once did not: eight more failures are allowed before the lockout.
+                after = [(await guess(n)).status_code for n in range(10, 19)]
+            return burst, after
+
+        burst, after = asyncio.run(guesses())
+        codes = sorted(r.status_code for r in burst)
+        assert codes == [401, 401, 503, 503, 503, 503]
+        busy = next(r for r in burst if r.status_code == 503)
+        assert_taxii_error(busy, 503)
+        assert busy.headers["retry-after"] == "1"
+        assert "logins are being checked" in busy.json()["description"]
+        assert after == [401] * 8 + [429]
+
     def test_cheap_refusals_do_not_count(self, client: AppClient) -> None:
         for n in range(30):
             long_token = "bank-a." + "x" * 600
