@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-NAMES = ["pipeline", "policy", "seal", "log", "taxii"]
+NAMES = ["pipeline", "policy", "seal", "log", "taxii", "subjects"]
 
 
 def main() -> int:
