@@ -11,8 +11,10 @@ named to::
 ``<org>.<sid>`` in its own bucket, never on a stream-wide message id.
 
 Size and object count are limited on every path (``limits.max_bundle_bytes``,
-``limits.max_objects``): ``make_submission`` refuses before signing (the CLI, the TAXII
-front and the poller use it), the SUBMISSIONS stream refuses larger messages, and
+``limits.max_objects``): ``make_submission`` refuses before signing (the CLI and the
+poller use it; the TAXII front, whose body limit keeps the submission within the limit,
+uses ``sign_bundle`` on the envelope it parsed), the SUBMISSIONS stream refuses larger
+messages, and
 ``open_submission`` refuses again in the router (``too-large``, ``too-many-objects``) in
 case the stream was configured by a process with larger limits. Every message names the
 setting, the limit and the value.

@@ -2,8 +2,10 @@
 
 - POST: the envelope's objects become a bundle, signed on the member's behalf by the
   broker's key (``via: "taxii"``) and published on ``atlas.submit.<org>``; the 202 is sent
-  only once JetStream stored it. The status record (organisation, objects, digest of the
-  submission) is kept in the ``atlas_taxii_status`` bucket, so any server instance answers.
+  only once JetStream stored it and its status record (organisation, objects, digest of the
+  submission), kept in the ``atlas_taxii_status`` bucket so that any server instance
+  answers. Both are written at once; what a failure of either means for the client (post
+  again, or do not) is said by ``SubmitRefused``'s kind (``_publish``, ``_store_both``).
 - Status: pending until the router logged the submission (``atlas.log.entries.<sid>.0``
   when accepted, ``…r<sha256 of the token>.0`` when refused), then complete.
 - Reads: a reader's views come from the VIEWS stream (``atlas.view.<reader>.*``), indexed
@@ -51,8 +53,32 @@ log = structlog.get_logger()
 
 STATUS_BUCKET = "atlas_taxii_status"
 _STATUS_TTL = 30 * 86400.0
-_STATUS_RETRY = (0.1, 0.5, 1.0, 2.0)
-"""Pauses before writing a status record again whose submission was stored."""
+_RETRY = (0.1, 0.5, 1.0, 2.0)
+"""Pauses before writing a submission or a status record again."""
+_RECORD_BUDGET = 8.0
+"""Seconds to keep writing the status record of a stored submission before answering."""
+_NOT_SENT = (
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,  # nats-py's name for no responders on a publish
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+)
+"""Publish failures that say the message was not stored (others, a timeout above all,
+may hide a stored message whose acknowledgement was lost)."""
+
+
+def _text(exc: BaseException | None) -> str:
+    return (str(exc) or repr(exc)) if exc is not None else "-"
+
+
+def _forget_from(tasks: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
+    def done(task: asyncio.Future[None]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a POST that was cancelled no longer awaits it
+
+    return done
 
 
 def max_body_for(max_bundle_bytes: int) -> int:
@@ -83,6 +109,7 @@ class NatsTaxiiBackend:
         self._indexes: dict[str, ObjectIndex] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._final: dict[str, StatusRecord] = {}
+        self._storing: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         self._kv = await self._js.create_key_value(
@@ -147,43 +174,86 @@ class NatsTaxiiBackend:
     ) -> None:
         """Store the status record and the submission, both before the 202.
 
-        The two writes go out together: each waits for its own fsync, and one after the
+        Shielded: a POST cancelled mid-way (the client left, the server stops) still
+        finishes storing what it began, so a stored submission never lacks its record."""
+        task = asyncio.ensure_future(self._store_both(org, status_id, status, signed))
+        self._storing.add(task)
+        task.add_done_callback(_forget_from(self._storing))
+        await asyncio.shield(task)
+
+    async def _store_both(
+        self, org: str, status_id: str, status: bytes, signed: SignedSubmission
+    ) -> None:
+        """The two writes go out together: each waits for its own fsync, and one after the
         other took a third of a POST's time. A status id is handed out only once both are
-        stored. If the submission was not stored, nothing was accepted (a record whose id
-        nobody was given expires with the bucket). If only the record failed, it is written
-        again for a few seconds before the POST is answered 503: a repost would route the
-        objects a second time, an unanswerable status id would be worse."""
-        results = await asyncio.gather(
-            self.kv.put(status_id, status),
-            self._js.publish(submit_subject(org), signed.token, stream=SUBMISSIONS),
-            return_exceptions=True,
-        )
-        recorded, published = results
-        if isinstance(published, BaseException):
-            if not isinstance(published, nats.errors.Error | OSError | TimeoutError):
-                raise published
-            log.warning("taxii.submission_not_stored", error=str(published) or repr(published))
-            raise SubmitRefused(
-                "unavailable",
-                f"the submission could not be stored ({type(published).__name__}); "
-                "nothing was accepted, post it again",
-            )
+        stored; a record whose submission was not stored is never handed out and expires
+        with the bucket."""
+        put = asyncio.ensure_future(self.kv.put(status_id, status))
+        try:
+            await self._publish(org, status_id, signed)
+        finally:
+            (first,) = await asyncio.gather(put, return_exceptions=True)
+        recorded: object = first
+        deadline = time.monotonic() + _RECORD_BUDGET
+        for delay in _RETRY:
+            if not isinstance(recorded, BaseException):
+                return
+            log.warning("taxii.status_retry", sid=signed.sid, error=_text(recorded))
+            await asyncio.sleep(delay)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.kv.put(status_id, status)
+                recorded = None
+            except Exception as exc:  # retried, then reported below
+                recorded = exc
         if not isinstance(recorded, BaseException):
             return
-        for delay in _STATUS_RETRY:
-            await asyncio.sleep(delay)
-            try:
-                await self.kv.put(status_id, status)
-                return
-            except (nats.errors.Error, OSError, TimeoutError) as exc:
-                recorded = exc
-        log.error(
-            "taxii.status_not_recorded", sid=signed.sid, error=str(recorded) or repr(recorded)
-        )
+        log.error("taxii.status_not_recorded", sid=signed.sid, error=_text(recorded))
         raise SubmitRefused(
-            "unavailable",
-            f"submission {status_id} was stored and will be routed, but its status could not "
-            f"be recorded ({type(recorded).__name__})",
+            "uncertain",
+            f"submission {status_id} was stored and will be routed, but its status could "
+            f"not be recorded ({type(recorded).__name__}): do not post these objects again",
+        )
+
+    async def _publish(self, org: str, status_id: str, signed: SignedSubmission) -> None:
+        """Publish the signed submission, again after a failure that may hide a success.
+
+        Publishing the same token twice is safe: the router routes a sid once and logs
+        the second copy as a replay. A lost acknowledgement (a timeout) is thus resolved by
+        publishing again rather than by telling the client to post again."""
+        unsent = True
+        error: Exception | None = None
+        for delay in (0.0, *_RETRY):
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                await self._js.publish(submit_subject(org), signed.token, stream=SUBMISSIONS)
+                return
+            except nats.js.errors.APIError as exc:  # the stream answered no: not stored
+                log.warning("taxii.submission_refused_by_store", error=_text(exc))
+                raise SubmitRefused(
+                    "unavailable",
+                    f"the store refused the submission ({exc.description or exc}); nothing "
+                    "was accepted",
+                ) from exc
+            except (nats.errors.Error, OSError) as exc:
+                error = exc
+                unsent = unsent and isinstance(exc, _NOT_SENT)
+                log.warning("taxii.publish_retry", sid=signed.sid, error=_text(exc))
+        name = type(error).__name__
+        if unsent:
+            raise SubmitRefused(
+                "unavailable",
+                f"the submission could not be stored ({name}); nothing was accepted, post it again",
+            )
+        log.error("taxii.submission_unconfirmed", sid=signed.sid, error=_text(error))
+        raise SubmitRefused(
+            "uncertain",
+            f"the store did not confirm submission {status_id} ({name}): it may have been "
+            "stored and routed; check its status before posting these objects again",
         )
 
     async def status(self, org: str, status_id: str) -> StatusRecord | None:

@@ -142,6 +142,15 @@ class _Server:
                     f"{math.ceil(wait)} s",
                     {"Retry-After": str(math.ceil(wait))},
                 )
+            if costly and self.credentials.busy:
+                # Refused before it is counted: not checked, so not a failure, and a flood
+                # of them cannot push real failures out of the bounded tables.
+                raise TaxiiHttpError(
+                    503,
+                    "Busy",
+                    "too many logins are being checked; retry in a second",
+                    {"Retry-After": "1"},
+                )
             if costly:
                 # Counted before the check, so that concurrent guesses count as they start;
                 # a success takes its own attempt back.
@@ -404,7 +413,7 @@ class _Server:
                 400, "Invalid envelope", 'expected a TAXII envelope {"objects": [ ... ]}'
             )
         try:
-            orjson.dumps(objects)  # what the backend stores must serialize
+            written = orjson.dumps(objects)  # what the backend stores must serialize
         except orjson.JSONEncodeError:
             # orjson writes at most 255 levels and 64-bit integers: say which it was.
             problem = next(
@@ -412,11 +421,17 @@ class _Server:
                 f"an object is nested deeper than {MAX_DEPTH} levels",
             )
             raise TaxiiHttpError(422, "Not accepted", problem) from None
+        if len(written) > limit:  # numbers can grow when written back (1e15 -> 1000000000000000.0)
+            raise TaxiiHttpError(
+                413, "Too large", f"the objects take {len(written):,} bytes as JSON, over {limit:,}"
+            )
         try:
             record = await self.backend.submit(org, objects, info.audience)
         except SubmitRefused as exc:
             if exc.kind == "unavailable":
                 raise TaxiiHttpError(503, "Unavailable", str(exc), {"Retry-After": "5"}) from None
+            if exc.kind == "uncertain":
+                raise TaxiiHttpError(500, "Not confirmed", str(exc)) from None
             status = 413 if exc.kind == "too-large" else 422
             raise TaxiiHttpError(status, "Not accepted", str(exc)) from None
         log.info("taxii.submitted", status_id=record.id, objects=len(record.objects))

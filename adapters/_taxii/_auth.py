@@ -138,6 +138,17 @@ class Credentials:
             return hit[0]
         return None
 
+    @property
+    def busy(self) -> bool:
+        """The queue of secret checks is full: a login now would be refused (LoginsBusy)."""
+        return self._queued >= self._max_queued
+
+    def _check_done(self, check: asyncio.Future[bool]) -> None:
+        self._queued -= 1
+        self._gate.release()
+        if not check.cancelled():
+            check.exception()  # retrieved: a cancelled request no longer awaits it
+
     def _cache_id(self, token: str) -> bytes:
         return hmac.new(self._cache_key, token.encode(), hashlib.sha256).digest()
 
@@ -158,14 +169,19 @@ class Credentials:
         org = token.split(".", 1)[0]
         if user is not None and user != org:
             return None  # the token names another organisation: no scrypt needed to say no
-        if self._queued >= self._max_queued:
+        if self.busy:
             raise LoginsBusy(f"{self._queued} logins are being checked; retry in a second")
         self._queued += 1
         try:
-            async with self._gate:
-                valid = await asyncio.to_thread(self._verify_now, org, token)
-        finally:
+            await self._gate.acquire()
+        except BaseException:
             self._queued -= 1
+            raise
+        # From here the slot is given back when the check ends, not when this request does:
+        # a cancelled request cannot stop its scrypt thread, which still takes a core.
+        check = asyncio.ensure_future(asyncio.to_thread(self._verify_now, org, token))
+        check.add_done_callback(self._check_done)
+        valid = await asyncio.shield(check)
         if not valid:
             return None
         if len(self._cache) > 10_000:
@@ -234,6 +250,8 @@ class FailedLogins:
         times = self._failures.get(key)
         if times:
             times.pop()
+        if not times:
+            self._failures.pop(key, None)  # an empty entry would hold a slot of the table
 
 
 def _parse(data: Mapping[str, object], path: Path) -> dict[str, tuple[str, ...]]:

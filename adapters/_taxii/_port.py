@@ -59,11 +59,16 @@ class StatusRecord:
 
 
 class SubmitRefused(AdapterError):
-    """The backend refuses a POST before storing it; ``kind`` picks the HTTP status.
+    """The backend cannot answer a POST with a status; ``kind`` picks the HTTP status.
 
-    ``unavailable``: the store could not be written now (503 with ``Retry-After``)."""
+    ``too-large`` (413), ``invalid`` (422): refused before storing. ``unavailable`` (503
+    with ``Retry-After``): the store could not be written, nothing was accepted.
+    ``uncertain`` (500, no ``Retry-After``): the submission was or may have been stored, so
+    the client must not simply post again; the message says what is known."""
 
-    def __init__(self, kind: Literal["too-large", "invalid", "unavailable"], msg: str) -> None:
+    def __init__(
+        self, kind: Literal["too-large", "invalid", "unavailable", "uncertain"], msg: str
+    ) -> None:
         super().__init__(msg)
         self.kind = kind
 

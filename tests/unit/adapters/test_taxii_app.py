@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -585,3 +586,26 @@ def test_failed_logins_count_an_ipv6_client_by_its_64(host: str, network: str) -
     from adapters._taxii._app import _network
 
     assert _network(host) == network
+
+
+def test_a_cancelled_login_keeps_its_slot_until_its_check_ends() -> None:
+    """A client that leaves cannot stop its scrypt thread: the slot stays taken until then."""
+    creds = Credentials(
+        {"bank-a": (hash_secret(TOKENS["bank-a"], n=2**14),)}, max_parallel=1, max_waiting=0
+    )
+
+    async def scenario() -> tuple[bool, bool, str | None]:
+        first = asyncio.create_task(creds.verify(None, "bank-a.guess"))
+        await asyncio.sleep(0.005)  # its check is running in a thread
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        busy_after_cancel = creds.busy
+        for _ in range(2000):  # the thread ends within seconds
+            if not creds.busy:
+                break
+            await asyncio.sleep(0.005)
+        return busy_after_cancel, creds.busy, await creds.verify(None, TOKENS["bank-a"])
+
+    busy_after_cancel, busy_at_end, org = asyncio.run(scenario())
+    assert busy_after_cancel and not busy_at_end and org == "bank-a"
