@@ -11,10 +11,8 @@ named to::
 ``<org>.<sid>`` in its own bucket, never on a stream-wide message id.
 
 Size and object count are limited on every path (``limits.max_bundle_bytes``,
-``limits.max_objects``): ``make_submission`` refuses before signing (the CLI and the
-poller use it; the TAXII front, whose body limit keeps the submission within the limit,
-uses ``sign_bundle`` on the envelope it parsed), the SUBMISSIONS stream refuses larger
-messages, and
+``limits.max_objects``): ``make_submission`` refuses before signing (the CLI, the TAXII
+front and the poller use it), the SUBMISSIONS stream refuses larger messages, and
 ``open_submission`` refuses again in the router (``too-large``, ``too-many-objects``) in
 case the stream was configured by a process with larger limits. Every message names the
 setting, the limit and the value.
@@ -51,7 +49,6 @@ __all__ = [
     "open_submission",
     "over_object_limit",
     "over_size_limit",
-    "sign_bundle",
 ]
 
 SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
@@ -145,7 +142,7 @@ def parse_audience(text: str | None) -> tuple[str, ...]:
 
 
 def make_submission(
-    bundle_raw: bytes,
+    bundle: bytes | dict[str, Any],
     *,
     org: str,
     key: PrivateKey,
@@ -157,49 +154,23 @@ def make_submission(
     source: str = "bundle",
     via: Literal["taxii", "taxii-pull"] | None = None,
 ) -> SignedSubmission:
-    """Check ``bundle_raw`` and sign it for ``org``; errors say what and where.
+    """Check ``bundle`` and sign it for ``org``; errors say what and where.
+
+    ``bundle`` is the bundle's JSON, or the bundle already parsed (by ``parse_json``, so
+    integers are exact): the TAXII front parses each envelope once and hands it on. The size
+    limit applies to the JSON given and to the signed submission.
 
     With ``via`` the submission is made on the member's behalf by a broker edge (the TAXII
     server or poller) and ``key`` is a broker signing key listed in the directory.
     """
-    too_large = over_size_limit(source, len(bundle_raw), max_bytes)
-    if too_large is not None:
-        raise SubmissionTooLarge(too_large)
-    try:
-        bundle = parse_json(bundle_raw)
-    except orjson.JSONDecodeError as exc:
-        raise SubmissionError(f"{source}: not JSON: {exc}") from exc
-    return sign_bundle(
-        bundle,
-        org=org,
-        key=key,
-        to=to,
-        feed=feed,
-        now=now,
-        max_bytes=max_bytes,
-        max_objects=max_objects,
-        source=source,
-        via=via,
-    )
-
-
-def sign_bundle(
-    bundle: Any,
-    *,
-    org: str,
-    key: PrivateKey,
-    to: tuple[str, ...],
-    feed: str | None,
-    now: int,
-    max_bytes: int,
-    max_objects: int,
-    source: str = "bundle",
-    via: Literal["taxii", "taxii-pull"] | None = None,
-) -> SignedSubmission:
-    """``make_submission`` for a bundle already parsed (by ``parse_json``, integers exact).
-
-    The TAXII server parses each envelope once and hands the objects on; the size limit
-    applies to the signed submission (the stream's own limit)."""
+    if isinstance(bundle, bytes):
+        too_large = over_size_limit(source, len(bundle), max_bytes)
+        if too_large is not None:
+            raise SubmissionTooLarge(too_large)
+        try:
+            bundle = parse_json(bundle)
+        except orjson.JSONDecodeError as exc:
+            raise SubmissionError(f"{source}: not JSON: {exc}") from exc
     too_many = over_object_limit(source, bundle, max_objects)
     if too_many is not None:
         raise SubmissionError(too_many)

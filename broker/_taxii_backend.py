@@ -44,7 +44,7 @@ from keys import PrivateKey
 from ._bus import LOG, SUBMISSIONS, VIEWS, log_subject, submit_subject
 from ._directory_store import ResolvedDirectory
 from ._log import decode_chunk
-from ._submission import SignedSubmission, SubmissionTooLarge, sign_bundle
+from ._submission import SignedSubmission, SubmissionTooLarge, make_submission
 from .errors import SubmissionError
 
 __all__ = ["STATUS_BUCKET", "NatsTaxiiBackend"]
@@ -138,7 +138,7 @@ class NatsTaxiiBackend:
         now = self._clock()
         bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
         try:
-            signed = sign_bundle(
+            signed = make_submission(
                 bundle,
                 org=org,
                 key=self._key,
