@@ -55,6 +55,10 @@ STATUS_BUCKET = "atlas_taxii_status"
 _STATUS_TTL = 30 * 86400.0
 _RETRY = (0.1, 0.5, 1.0, 2.0)
 """Pauses before writing a submission or a status record again."""
+_PUBLISH_TIMEOUT = 5.0
+"""Seconds one publish waits for JetStream's acknowledgement (nats-py's default)."""
+_PUBLISH_BUDGET = 12.0
+"""Seconds a POST keeps publishing its submission before answering."""
 _RECORD_BUDGET = 8.0
 """Seconds to keep writing the status record of a stored submission before answering."""
 _NOT_SENT = (
@@ -226,11 +230,20 @@ class NatsTaxiiBackend:
         publishing again rather than by telling the client to post again."""
         unsent = True
         error: Exception | None = None
+        deadline = time.monotonic() + _PUBLISH_BUDGET
         for delay in (0.0, *_RETRY):
             if delay:
                 await asyncio.sleep(delay)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                await self._js.publish(submit_subject(org), signed.token, stream=SUBMISSIONS)
+                await self._js.publish(
+                    submit_subject(org),
+                    signed.token,
+                    stream=SUBMISSIONS,
+                    timeout=min(_PUBLISH_TIMEOUT, remaining),
+                )
                 return
             except nats.js.errors.APIError as exc:  # the stream answered no: not stored
                 log.warning("taxii.submission_refused_by_store", error=_text(exc))
