@@ -18,7 +18,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from adapters._taxii._client import open_collection
-from adapters._taxii._poller import Poller, PullStats
+from adapters._taxii._poller import Poller, PullError, PullStats
 
 from ._bus import SUBMISSIONS, ensure_streams, nats_session, submit_subject
 from ._config import Settings
@@ -77,7 +77,16 @@ async def pull_member(
         total = PullStats()
         try:
             while True:
-                stats = await poller.pull_once()
+                try:
+                    stats = await poller.pull_once()
+                except PullError as exc:
+                    if once:
+                        raise
+                    # The member's server is down or broken: try again next time, from
+                    # the same cursor; the job itself keeps running.
+                    log.warning("pull.failed", org=org, error=str(exc), retry_in=interval)
+                    await asyncio.sleep(interval)
+                    continue
                 total.objects += stats.objects
                 total.submissions += stats.submissions
                 log.info("pull.done", org=org, objects=stats.objects)

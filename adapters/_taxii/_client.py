@@ -1,5 +1,7 @@
 """Our TAXII clients' connections to other organisations' servers (poller and pusher).
 
+Every request has a timeout (``TIMEOUT``; requests has none by default).
+
 A partner's or member's server often carries a certificate from its own CA: ``ca_file``
 names the PEM bundle to trust for it, instead of the system's roots. requests lets
 ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` override a session's ``verify``
@@ -15,27 +17,44 @@ from requests.adapters import HTTPAdapter
 from taxii2client.common import _HTTPConnection
 from taxii2client.v21 import Collection
 
-__all__ = ["open_collection"]
+__all__ = ["TIMEOUT", "open_collection"]
 
 
-class _TrustOnly(HTTPAdapter):
-    """Verifies every HTTPS request against one CA bundle, whatever the environment says."""
+TIMEOUT = (10.0, 120.0)
+"""Seconds to connect and to wait for each read from the other server: one that accepts a
+connection and never answers must not hold a poller or a partner's receiver forever."""
 
-    def __init__(self, ca_file: str) -> None:
+
+class _Adapter(HTTPAdapter):
+    """Gives every request a timeout and, with ``ca_file``, verifies HTTPS against that CA
+    bundle only, whatever the environment says."""
+
+    def __init__(self, ca_file: str | None, timeout: tuple[float, float]) -> None:
         super().__init__()
         self._ca_file = ca_file
+        self._timeout = timeout
 
     def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["verify"] = self._ca_file
+        if self._ca_file is not None:
+            kwargs["verify"] = self._ca_file
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
         return super().send(request, *args, **kwargs)
 
 
 def open_collection(
-    url: str, *, user: str | None, password: str | None, ca_file: Path | None = None
+    url: str,
+    *,
+    user: str | None,
+    password: str | None,
+    ca_file: Path | None = None,
+    timeout: tuple[float, float] = TIMEOUT,
 ) -> Collection:
-    """A taxii2-client ``Collection`` at ``url``; with ``ca_file``, trusting only that CA."""
-    if ca_file is None:
-        return Collection(url, user=user, password=password)
-    conn = _HTTPConnection(user=user, password=password, verify=str(ca_file), version="2.1")
-    conn.session.mount("https://", _TrustOnly(str(ca_file)))
+    """A taxii2-client ``Collection`` at ``url`` whose requests time out (``timeout``:
+    connect, read); with ``ca_file``, trusting only that CA."""
+    verify: bool | str = str(ca_file) if ca_file is not None else True
+    conn = _HTTPConnection(user=user, password=password, verify=verify, version="2.1")
+    adapter = _Adapter(str(ca_file) if ca_file is not None else None, timeout)
+    conn.session.mount("https://", adapter)
+    conn.session.mount("http://", adapter)
     return Collection(url, conn=conn)

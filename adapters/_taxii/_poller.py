@@ -15,24 +15,41 @@ import base64
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import requests
 import structlog
+from taxii2client.exceptions import TAXIIServiceException
 from taxii2client.v21 import Collection, as_pages
 
 from .._bridge import atomic_write
+from .._errors import AdapterError
 from ._index import parse_ts, version_of
 
-__all__ = ["Poller", "PullStats"]
+__all__ = ["Poller", "PullError", "PullStats"]
 
 log = structlog.get_logger()
+
+
+class PullError(AdapterError):
+    """The member's server could not be read (unreachable, an HTTP error, no answer in time,
+    or an answer that is not TAXII 2.1); the cursor is where it was."""
 
 
 @dataclass
 class PullStats:
     objects: int = 0
     submissions: int = 0
+
+
+_T = TypeVar("_T")
+
+
+def _manifest_entry(entry: object) -> bool:
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(k), str) for k in ("id", "date_added", "version")
+    )
 
 
 def _norm(ts: str) -> str:
@@ -76,8 +93,21 @@ class Poller:
         for page in as_pages(
             self._collection.get_manifest, per_request=self._per_request, **kwargs
         ):
-            out += page.get("objects", [])
+            entries = page.get("objects", []) if isinstance(page, dict) else None
+            if not isinstance(entries, list) or not all(map(_manifest_entry, entries)):
+                raise PullError(
+                    f"{self._collection.url}: a manifest page is not TAXII 2.1 (each entry "
+                    "needs string 'id', 'date_added' and 'version')"
+                )
+            out += entries
         return sorted(out, key=lambda m: _norm(m["date_added"]))
+
+    async def _remote(self, call: Callable[..., _T], *args: Any) -> _T:
+        """Run one blocking exchange with the member's server; its failures as PullError."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except (requests.RequestException, TAXIIServiceException, ValueError) as exc:
+            raise PullError(f"pull from {self._collection.url} failed: {exc}") from exc
 
     def _objects(
         self, added_after: str | None, wanted: set[tuple[str, str]]
@@ -93,7 +123,10 @@ class Poller:
                 version="all",
                 **kwargs,
             ):
-                for obj in page.get("objects", []):
+                found_objects = page.get("objects", []) if isinstance(page, dict) else []
+                for obj in found_objects if isinstance(found_objects, list) else []:
+                    if not isinstance(obj, dict):
+                        continue  # not an object: never one of those wanted
                     key = (obj.get("id"), version_of(obj, ""))
                     if key in wanted:
                         found.setdefault(key, obj)
@@ -122,10 +155,10 @@ class Poller:
             state = {"added_after": pending["added_after"], "pending": None}
             self._save(state)
             stats.submissions += 1
-        manifest = await asyncio.to_thread(self._manifest, state["added_after"])
+        manifest = await self._remote(self._manifest, state["added_after"])
         for chunk in self._chunks(manifest):
             wanted = {(m["id"], _norm(m["version"])) for m in chunk}
-            objects = await asyncio.to_thread(self._objects, state["added_after"], wanted)
+            objects = await self._remote(self._objects, state["added_after"], wanted)
             newest = max((m["date_added"] for m in chunk), key=_norm)
             if objects:
                 token = self._sign(objects)

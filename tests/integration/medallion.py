@@ -18,17 +18,21 @@ COLLECTION = "91a7b528-80eb-42ed-a74d-c6fbd5a26116"
 USER, PASSWORD = "admin", "Password0"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+def collection_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/{API_ROOT}/collections/{COLLECTION}/"
+
+
 @contextlib.contextmanager
-def medallion(tmp: Path) -> Iterator[str]:
-    """Start medallion; yields its collection URL."""
+def medallion(tmp: Path, port: int | None = None) -> Iterator[str]:
+    """Start medallion (on ``port``, or a free one); yields its collection URL."""
     tmp.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or free_port()
     data = {
         "/discovery": {
             "title": "test medallion",
@@ -84,7 +88,7 @@ def medallion(tmp: Path) -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError((tmp / "medallion.log").read_text()) from None
                 time.sleep(0.1)
-        yield f"{base}/{API_ROOT}/collections/{COLLECTION}/"
+        yield collection_url(port)
     finally:
         proc.terminate()
         try:

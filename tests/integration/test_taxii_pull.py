@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+import requests
 from nats.js import JetStreamContext
 from taxii2client.v21 import Collection
 
+from adapters._taxii._client import open_collection
+from adapters._taxii._poller import PullError
 from broker._audit import read_log
 from broker._bus import SUBMISSIONS
 from broker._taxii_pull import pull_member
 from tests.integration.helpers import indicator, receive_all, received_ids, wait_routed
-from tests.integration.medallion import PASSWORD, USER, medallion
+from tests.integration.medallion import PASSWORD, USER, collection_url, free_port, medallion
 
 
 def _add(url: str, objects: list[dict[str, Any]]) -> None:
@@ -94,3 +101,65 @@ class TestPushToMedallion:
 
             ids = await asyncio.to_thread(stored)
         assert stats.received == 1 and ids == [clear["id"]]
+
+
+class TestMemberServerTrouble:
+    async def test_a_server_that_never_answers_times_out(self) -> None:
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()  # accepts connections (the kernel does), never answers
+            url = collection_url(silent.getsockname()[1])
+            collection = open_collection(url, user=USER, password=PASSWORD, timeout=(1.0, 1.0))
+            started = time.monotonic()
+            with pytest.raises(requests.Timeout):
+                await asyncio.to_thread(collection.get_manifest)
+            assert time.monotonic() - started < 30  # without a timeout: forever
+            collection.close()
+
+    async def test_pull_once_from_a_closed_port_is_one_clear_error(
+        self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
+    ) -> None:
+        settings = await running_router(make_community())
+        url = collection_url(free_port())
+        with pytest.raises(PullError) as caught:
+            await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
+        assert f"pull from {url} failed" in str(caught.value)
+
+    async def test_the_pull_job_outlives_an_outage_and_then_pulls(
+        self,
+        js: JetStreamContext,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        settings = await running_router(make_community())
+        port = free_port()
+        job = asyncio.create_task(
+            pull_member(
+                settings,
+                org="bank-a",
+                url=collection_url(port),
+                user=USER,
+                password=PASSWORD,
+                once=False,
+                interval=0.2,
+                js=js,
+            )
+        )
+        try:
+            await asyncio.sleep(1.0)  # a few failed pulls: nothing listens yet
+            assert not job.done()
+            with medallion(tmp_path / "medallion", port=port) as url:
+                objects = [indicator("clear", f"late{i}") for i in range(2)]
+                await asyncio.to_thread(_add, url, objects)
+                for _ in range(300):  # pulled within a few intervals of coming up
+                    if (await js.stream_info(SUBMISSIONS)).state.messages >= 1:
+                        break
+                    await asyncio.sleep(0.1)
+                assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+                assert not job.done()
+        finally:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+        await wait_routed(js, 1)
