@@ -11,6 +11,7 @@ not block the packages behind it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -30,7 +31,7 @@ from nats.js import JetStreamContext
 
 from keys import BrokerKeyring, OpenedPackage, PackageError, PrivateKey, open_package
 
-from ._consumer import TRANSIENT_NATS, Backoff, durable_pull
+from ._consumer import TRANSIENT_NATS, Backoff, cancel_and_wait, durable_pull, keep_in_progress
 from ._errors import BridgeError
 
 __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
@@ -38,6 +39,8 @@ __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
 log = structlog.get_logger()
 
 DELIVERIES = "DELIVERIES"
+PUSH_KEEPALIVE = 15.0
+"""Seconds between in-progress notices while a package is pushed (the ack wait is 60 s)."""
 SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 """A submission id, as the broker writes it into subjects and claims (and file names here)."""
 
@@ -226,7 +229,13 @@ class Receiver:
             return
         self._store(subject_sid, token, opened)
         if self._push is not None:
-            await self._push(opened.stix)  # raises: no ack, the package comes again
+            # A partner's server may take minutes (requests time out per read, and the
+            # status is polled): keep the package ours meanwhile.
+            keepalive = asyncio.create_task(keep_in_progress(msg, PUSH_KEEPALIVE))
+            try:
+                await self._push(opened.stix)  # raises: no ack, the package comes again
+            finally:
+                await cancel_and_wait(keepalive)
         self._replay.add(opened.jti, int(opened.claims["exp"]))
         await msg.ack_sync()
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 import structlog
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -17,6 +19,7 @@ __all__ = [
     "Backoff",
     "cancel_and_wait",
     "durable_pull",
+    "keep_in_progress",
     "supervised",
 ]
 
@@ -109,3 +112,13 @@ async def durable_pull(
             ),
         )
     return await js.pull_subscribe_bind(name, stream=stream)
+
+
+async def keep_in_progress(msg: Msg, interval: float) -> None:
+    """Tell the server every ``interval`` seconds that ``msg`` is still being worked on, so
+    that its ack wait does not run out (and it is not delivered again) while long work on
+    it goes on; run as a task and cancel it when the work ends."""
+    while True:
+        await asyncio.sleep(interval)
+        with contextlib.suppress(nats.errors.Error):
+            await msg.in_progress()

@@ -80,6 +80,8 @@ async def _fill(port: int, n: int, distinct: bool) -> tuple[float, int]:
 def _rss_after(n: int, distinct: bool, root: Path) -> dict[str, Any]:
     store = Path(tempfile.mkdtemp(prefix="subjects-", dir=root))
     port, monitor = _free_port(), _free_port()
+    while monitor == port:
+        monitor = _free_port()
     conf = store / "nats.conf"
     conf.write_text(
         f"listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n"
@@ -103,7 +105,11 @@ def _rss_after(n: int, distinct: bool, root: Path) -> dict[str, Any]:
         }
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -112,7 +118,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="atlas-bench-subjects-", dir=store) as tmp:
         one = _rss_after(n, False, Path(tmp))
         many = _rss_after(n, True, Path(tmp))
-    per_subject = (many["rss_mb"] - one["rss_mb"]) * 2**20 / max(1, many["subjects"] - 1)
+    assert (one["subjects"], many["subjects"]) == (1, n), (one["subjects"], many["subjects"])
+    per_subject = (many["rss_mb"] - one["rss_mb"]) * 2**20 / (n - 1)
     return {
         "payload_bytes": PAYLOAD,
         "one_subject": one,

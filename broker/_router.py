@@ -39,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 import policy
-from adapters import cancel_and_wait, supervised
+from adapters import cancel_and_wait, keep_in_progress, supervised
 from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, SerializedView, seal
 from policy import BundleRejected, View
 
@@ -219,7 +219,9 @@ class Router:
         seq = msg.metadata.sequence.stream
         started = time.perf_counter()
         self.metrics.inflight_submissions.inc()
-        keepalive = asyncio.create_task(self._keep_alive(msg))
+        keepalive = asyncio.create_task(
+            keep_in_progress(msg, max(self._settings.router.ack_wait / 3, 0.5))
+        )
         try:
             await self._process(msg)
             await msg.ack_sync()
@@ -298,13 +300,6 @@ class Router:
         with contextlib.suppress(nats.errors.Error):
             await msg.nak(delay=max(decision.delay, 0.001))
         return True
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        interval = max(self._settings.router.ack_wait / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
 
     async def _process(self, msg: Msg) -> None:
         org = msg.subject.split(".", 2)[2]

@@ -142,7 +142,7 @@ def parse_audience(text: str | None) -> tuple[str, ...]:
 
 
 def make_submission(
-    bundle: bytes | dict[str, Any],
+    bundle: bytes | bytearray | memoryview | dict[str, Any],
     *,
     org: str,
     key: PrivateKey,
@@ -163,12 +163,13 @@ def make_submission(
     With ``via`` the submission is made on the member's behalf by a broker edge (the TAXII
     server or poller) and ``key`` is a broker signing key listed in the directory.
     """
-    if isinstance(bundle, bytes):
-        too_large = over_size_limit(source, len(bundle), max_bytes)
+    if isinstance(bundle, bytes | bytearray | memoryview):
+        raw = bytes(bundle)
+        too_large = over_size_limit(source, len(raw), max_bytes)
         if too_large is not None:
             raise SubmissionTooLarge(too_large)
         try:
-            bundle = parse_json(bundle)
+            bundle = parse_json(raw)
         except orjson.JSONDecodeError as exc:
             raise SubmissionError(f"{source}: not JSON: {exc}") from exc
     too_many = over_object_limit(source, bundle, max_objects)

@@ -232,11 +232,11 @@ class NatsTaxiiBackend:
         error: Exception | None = None
         deadline = time.monotonic() + _PUBLISH_BUDGET
         for delay in (0.0, *_RETRY):
+            if deadline - time.monotonic() <= delay:
+                break
             if delay:
                 await asyncio.sleep(delay)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
             try:
                 await self._js.publish(
                     submit_subject(org),

@@ -75,6 +75,7 @@ async def pull_member(
         collection = open_collection(url, user=user, password=password, ca_file=ca_file)
         poller = Poller(collection, state_path=state, sign=sign, publish=publish)
         total = PullStats()
+        failures = 0
         try:
             while True:
                 try:
@@ -84,9 +85,12 @@ async def pull_member(
                         raise
                     # The member's server is down or broken: try again next time, from
                     # the same cursor; the job itself keeps running.
-                    log.warning("pull.failed", org=org, error=str(exc), retry_in=interval)
-                    await asyncio.sleep(interval)
+                    failures += 1
+                    delay = max(interval, min(2.0**failures, 300.0))
+                    log.warning("pull.failed", org=org, error=str(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
                     continue
+                failures = 0
                 total.objects += stats.objects
                 total.submissions += stats.submissions
                 log.info("pull.done", org=org, objects=stats.objects)

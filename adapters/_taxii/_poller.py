@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,8 @@ class PullStats:
 
 
 _T = TypeVar("_T")
+MAX_PAGES = 10_000
+"""Pages of one listing (100 entries each) a pull reads before giving up."""
 
 
 def _manifest_entry(entry: object) -> bool:
@@ -90,9 +92,7 @@ class Poller:
     def _manifest(self, added_after: str | None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"added_after": added_after} if added_after else {}
         out: list[dict[str, Any]] = []
-        for page in as_pages(
-            self._collection.get_manifest, per_request=self._per_request, **kwargs
-        ):
+        for page in self._pages(self._collection.get_manifest, **kwargs):
             entries = page.get("objects", []) if isinstance(page, dict) else None
             if not isinstance(entries, list) or not all(map(_manifest_entry, entries)):
                 raise PullError(
@@ -102,12 +102,31 @@ class Poller:
             out += entries
         return sorted(out, key=lambda m: _norm(m["date_added"]))
 
+    def _pages(self, fetch: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+        """``as_pages``, stopped with PullError past ``MAX_PAGES`` (a server whose ``more``
+        never ends would otherwise be read forever)."""
+        pages = as_pages(fetch, per_request=self._per_request, **kwargs)
+        for n, page in enumerate(pages):
+            if n >= MAX_PAGES:
+                raise PullError(
+                    f"{self._collection.url}: more than {MAX_PAGES:,} pages in one read; the "
+                    "server keeps answering 'more'"
+                )
+            yield page
+
     async def _remote(self, call: Callable[..., _T], *args: Any) -> _T:
         """Run one blocking exchange with the member's server; its failures as PullError."""
         try:
             return await asyncio.to_thread(call, *args)
-        except (requests.RequestException, TAXIIServiceException, ValueError) as exc:
+        except (requests.RequestException, TAXIIServiceException) as exc:
             raise PullError(f"pull from {self._collection.url} failed: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # taxii2-client reading an answer that is not TAXII 2.1 (a list where an object
+            # belongs, "objects": null, no Content-Type, ...)
+            raise PullError(
+                f"pull from {self._collection.url} failed: the answer is not TAXII 2.1 "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _objects(
         self, added_after: str | None, wanted: set[tuple[str, str]]
@@ -116,12 +135,8 @@ class Poller:
         ids = sorted({i for i, _ in wanted})
         found: dict[tuple[str, str], dict[str, Any]] = {}
         for start in range(0, len(ids), 50):
-            for page in as_pages(
-                self._collection.get_objects,
-                per_request=self._per_request,
-                id=ids[start : start + 50],
-                version="all",
-                **kwargs,
+            for page in self._pages(
+                self._collection.get_objects, id=ids[start : start + 50], version="all", **kwargs
             ):
                 found_objects = page.get("objects", []) if isinstance(page, dict) else []
                 for obj in found_objects if isinstance(found_objects, list) else []:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import requests
 from nats.js import JetStreamContext
@@ -21,7 +24,14 @@ from broker._audit import read_log
 from broker._bus import SUBMISSIONS
 from broker._taxii_pull import pull_member
 from tests.integration.helpers import indicator, receive_all, received_ids, wait_routed
-from tests.integration.medallion import PASSWORD, USER, collection_url, free_port, medallion
+from tests.integration.medallion import (
+    COLLECTION,
+    PASSWORD,
+    USER,
+    collection_url,
+    free_port,
+    medallion,
+)
 
 
 def _add(url: str, objects: list[dict[str, Any]]) -> None:
@@ -110,11 +120,13 @@ class TestMemberServerTrouble:
             silent.listen()  # accepts connections (the kernel does), never answers
             url = collection_url(silent.getsockname()[1])
             collection = open_collection(url, user=USER, password=PASSWORD, timeout=(1.0, 1.0))
-            started = time.monotonic()
-            with pytest.raises(requests.Timeout):
-                await asyncio.to_thread(collection.get_manifest)
-            assert time.monotonic() - started < 30  # without a timeout: forever
-            collection.close()
+            try:
+                started = time.monotonic()
+                with pytest.raises(requests.Timeout):
+                    await asyncio.to_thread(collection.get_manifest)
+                assert time.monotonic() - started < 30  # without a timeout: forever
+            finally:
+                collection.close()
 
     async def test_pull_once_from_a_closed_port_is_one_clear_error(
         self, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
@@ -163,3 +175,74 @@ class TestMemberServerTrouble:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         await wait_routed(js, 1)
+
+
+class _Broken(http.server.BaseHTTPRequestHandler):
+    """A 'TAXII server' whose collection is fine and whose manifest answer is ``BODY``."""
+
+    BODY = b"[]"
+
+    def do_GET(self) -> None:
+        if "/manifest/" in self.path:
+            body = self.BODY
+        else:
+            body = orjson.dumps(
+                {"id": COLLECTION, "title": "x", "can_read": True, "can_write": False}
+            )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/taxii+json;version=2.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[1, 2]", b'{"objects": null}', b'{"objects": [{"id": "x--1"}]}', b'{"objects": [7]}'],
+)
+async def test_a_manifest_that_is_not_taxii_is_one_clear_error(
+    body: bytes, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
+) -> None:
+    settings = await running_router(make_community())
+    handler = type("Handler", (_Broken,), {"BODY": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = collection_url(server.server_address[1])
+        with pytest.raises(PullError) as caught:
+            await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
+        assert str(caught.value).startswith(f"pull from {url} failed") or url in str(caught.value)
+        assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_server_whose_more_never_ends_is_stopped(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adapters._taxii import _poller
+
+    monkeypatch.setattr(_poller, "MAX_PAGES", 5)
+    settings = await running_router(make_community())
+    entry = {"id": "indicator--" + "1" * 8 + "-1111-4111-8111-" + "1" * 12}
+    entry |= {"date_added": "2026-11-02T09:30:00Z", "version": "2026-11-02T09:30:00Z"}
+    body = orjson.dumps({"more": True, "objects": [entry]})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), type("Handler", (_Broken,), {"BODY": body})
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = collection_url(server.server_address[1])
+        with pytest.raises(PullError, match="more than 5 pages"):
+            await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
+    finally:
+        server.shutdown()
+        server.server_close()
