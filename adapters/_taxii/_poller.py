@@ -1,9 +1,13 @@
 """Pulling a member's TAXII 2.1 collection (taxii2-client) into the broker.
 
-The cursor is the ``date_added`` of the last object submitted, kept in a state file
-written atomically. Objects are taken from the manifest in date-added order and submitted
-in chunks that never split objects added at the same instant, so ``added_after`` never
-skips any. The signed submission is written to the state file *before* it is published
+The cursor is the ``date_added`` of the last object submitted and the (id, version) pairs
+already submitted at that instant, kept in a state file written atomically. Each pull asks
+for what was added from that instant on (``added_after`` one microsecond before it) and
+drops the pairs it already submitted there: a server that adds two objects at the same
+instant one after the other, with a pull in between, has the second one pulled next time
+(``added_after`` the instant itself would skip it for good). Objects are taken from the
+manifest in date-added order and submitted in chunks that never split objects added at the
+same instant. The signed submission is written to the state file *before* it is published
 and the cursor advanced after: a restart republishes the very same submission (the router
 refuses a replay of the same signed submission), so nothing is sent twice or skipped.
 """
@@ -14,6 +18,7 @@ import asyncio
 import base64
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +30,7 @@ from taxii2client.v21 import Collection, as_pages
 
 from .._bridge import atomic_write
 from .._errors import AdapterError
-from ._index import parse_ts, version_of
+from ._index import format_ts, parse_ts, version_of
 
 __all__ = ["Poller", "PullError", "PullStats"]
 
@@ -52,6 +57,16 @@ def _manifest_entry(entry: object) -> bool:
     return isinstance(entry, dict) and all(
         isinstance(entry.get(k), str) for k in ("id", "date_added", "version")
     )
+
+
+def _just_before(ts: str) -> str:
+    """The instant one microsecond before ``ts`` (as TAXII writes it), or ``ts`` itself
+    when it is not a timestamp we can read (the server then answers as it sees fit)."""
+    try:
+        moment = datetime.strptime(parse_ts(ts), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return ts
+    return format_ts(moment - timedelta(microseconds=1))
 
 
 def _norm(ts: str) -> str:
@@ -167,30 +182,44 @@ class Poller:
             # A submission signed before a crash: publish the very same bytes again.
             pending = state["pending"]
             await self._publish(base64.b64decode(pending["token"]))
-            state = {"added_after": pending["added_after"], "pending": None}
+            state = {k: v for k, v in pending.items() if k != "token"} | {"pending": None}
             self._save(state)
             stats.submissions += 1
-        manifest = await self._remote(self._manifest, state["added_after"])
+        cursor: str | None = state["added_after"]
+        seen = {(i, v) for i, v in state.get("seen", ())}
+        # A state written before "seen" existed: the cursor's instant stays excluded once.
+        query = _just_before(cursor) if cursor and "seen" in state else cursor
+        manifest = await self._remote(self._manifest, query)
+        if cursor is not None:
+            at = _norm(cursor)
+            manifest = [
+                m
+                for m in manifest
+                if _norm(m["date_added"]) > at
+                or (_norm(m["date_added"]) == at and (m["id"], _norm(m["version"])) not in seen)
+            ]
         for chunk in self._chunks(manifest):
             wanted = {(m["id"], _norm(m["version"])) for m in chunk}
-            objects = await self._remote(self._objects, state["added_after"], wanted)
+            objects = await self._remote(self._objects, query, wanted)
             newest = max((m["date_added"] for m in chunk), key=_norm)
+            at_newest = {
+                (m["id"], _norm(m["version"]))
+                for m in chunk
+                if _norm(m["date_added"]) == _norm(newest)
+            }
+            if cursor is not None and _norm(newest) == _norm(cursor):
+                at_newest |= seen
+            after = {"added_after": newest, "seen": sorted(at_newest)}
             if objects:
                 token = self._sign(objects)
-                self._save(
-                    {
-                        "added_after": state["added_after"],
-                        "pending": {
-                            "token": base64.b64encode(token).decode(),
-                            "added_after": newest,
-                        },
-                    }
-                )
+                pending = {"token": base64.b64encode(token).decode(), **after}
+                self._save({**state, "pending": pending})
                 await self._publish(token)
                 stats.submissions += 1
                 stats.objects += len(objects)
             if len(objects) != len(wanted):
                 log.warning("pull.objects_missing", wanted=len(wanted), got=len(objects))
-            state = {"added_after": newest, "pending": None}
+            state = {**after, "pending": None}
             self._save(state)
+            cursor, seen = newest, at_newest
         return stats

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.server
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -246,3 +248,78 @@ async def test_a_server_whose_more_never_ends_is_stopped(
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    """A minimal TAXII 2.1 collection: ``ENTRIES`` (object, date_added) answered by the
+    manifest and objects endpoints with ``added_after`` exclusive and ``match[id]``."""
+
+    ENTRIES: ClassVar[list[tuple[dict[str, Any], str]]] = []
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        params = urllib.parse.parse_qs(query)
+        after = params.get("added_after", [""])[0]
+        ids = set(",".join(params.get("match[id]", [])).split(",")) - {""}
+        chosen = [
+            (o, added)
+            for o, added in self.ENTRIES
+            if (not after or added > after) and (not ids or o["id"] in ids)
+        ]
+        if path.endswith("/manifest/"):
+            body = {
+                "objects": [
+                    {"id": o["id"], "date_added": added, "version": o["modified"]}
+                    for o, added in chosen
+                ]
+            }
+        elif path.endswith("/objects/"):
+            body = {"objects": [o for o, _ in chosen]}
+        else:
+            body = {"id": COLLECTION, "title": "stub", "can_read": True, "can_write": False}
+        data = orjson.dumps(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/taxii+json;version=2.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _submitted_ids(token: bytes) -> set[str]:
+    payload = token.split(b".")[1]
+    envelope = orjson.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+    return {o["id"] for o in envelope["bundle"]["objects"]}
+
+
+async def test_an_object_added_later_at_the_cursors_instant_is_pulled_once(
+    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
+) -> None:
+    """The member's server adds b at the very instant a was added, after a pull took a:
+    the next pull takes b (``added_after`` that instant would skip it) and not a again."""
+    settings = await running_router(make_community())
+    a, b, c = (indicator("clear", name) for name in ("a", "b", "c"))
+    instant, later = "2026-11-02T09:30:00.123Z", "2026-11-02T09:31:00Z"
+    handler = type("Handler", (_Stub,), {"ENTRIES": [(a, instant)]})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = collection_url(server.server_address[1])
+
+        async def pull() -> Any:
+            return await pull_member(
+                settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js
+            )
+
+        first = await pull()
+        handler.ENTRIES = [(a, instant), (b, instant), (c, later)]
+        second = await pull()
+        third = await pull()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (first.objects, second.objects, third.objects) == (1, 2, 0)
+    tokens = [(await js.get_msg(SUBMISSIONS, seq)).data or b"" for seq in (1, 2)]
+    assert [_submitted_ids(t) for t in tokens] == [{a["id"]}, {b["id"], c["id"]}]
