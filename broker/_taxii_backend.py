@@ -252,6 +252,10 @@ class NatsTaxiiBackend:
                     f"the store refused the submission ({exc.description or exc}); nothing "
                     "was accepted",
                 ) from exc
+            except nats.errors.MaxPayloadError as exc:  # refused before sending
+                raise SubmitRefused(
+                    "too-large", f"the signed submission is over nats.max_payload ({exc})"
+                ) from exc
             except (nats.errors.Error, OSError) as exc:
                 error = exc
                 unsent = unsent and isinstance(exc, _NOT_SENT)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats
 import orjson
 import pytest
 import requests
@@ -17,8 +18,10 @@ from nats.js.api import KeyValueConfig
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
 from adapters._taxii import set_secret
-from broker._bus import SUBMISSIONS
+from broker._bus import SUBMISSIONS, ensure_streams
 from broker._config import Settings, TaxiiSettings
+from broker._directory_store import store_directory
+from broker._embedded import EmbeddedNats
 from broker._taxii_backend import STATUS_BUCKET
 from broker._taxii_service import run_taxii
 from tests.conftest import Community
@@ -312,3 +315,59 @@ class TestStoreUnavailable:
         resp = await posting
         assert resp.status_code == 202, resp.text
         assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+
+
+async def test_413_when_the_server_takes_smaller_messages_than_the_limits_allow(
+    make_community: Callable[..., Community],
+    settings_for: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    """nats-server's own max_payload is smaller than the broker was told: nats-py refuses
+    the publish before sending; the POST says the submission is too large."""
+    community = make_community()
+    async with EmbeddedNats(tmp_path / "small", max_payload=64 * 1024, publish_url=False) as server:
+        nc = await nats.connect(server.url)
+        try:
+            small_js = nc.jetstream()
+            await ensure_streams(small_js)
+            await store_directory(small_js, community.directory())
+            creds = tmp_path / "taxii-credentials.toml"
+            token = set_secret(creds, "bank-a", n=1024)
+            settings = settings_for(community, server.url).model_copy(
+                update={"taxii": TaxiiSettings(port=0, credentials_file=creds)}
+            )
+            started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            task = asyncio.create_task(
+                run_taxii(
+                    small_js,
+                    settings,
+                    signing_key=community.broker_key,
+                    on_started=started.set_result,
+                )
+            )
+            try:
+                url = await asyncio.wait_for(asyncio.shield(started), 10)
+
+                def post() -> requests.Response:
+                    root = Server(f"{url}/taxii2/", user="bank-a", password=token).api_roots[0]
+                    target = next(c for c in root.collections if c.title == "community")
+                    objects = [indicator("clear", "x" * 2000 + str(i)) for i in range(60)]
+                    mt = "application/taxii+json;version=2.1"
+                    return requests.post(
+                        target.url + "objects/",
+                        data=orjson.dumps({"objects": objects}),
+                        auth=("bank-a", token),
+                        headers={"Content-Type": mt, "Accept": mt},
+                        timeout=30,
+                    )
+
+                resp = await asyncio.to_thread(post)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            assert resp.status_code == 413, resp.text
+            assert "nats.max_payload" in resp.json()["description"]
+            assert (await small_js.stream_info(SUBMISSIONS)).state.messages == 0
+        finally:
+            await nc.close()
