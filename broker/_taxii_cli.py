@@ -126,4 +126,7 @@ def register(
                 ca_file=ca_file,
             )
         )
-        out.print(f"pulled {stats.objects} object(s) in {stats.submissions} submission(s)")
+        out.print(
+            f"pulled {stats.objects} object(s) in {stats.submissions} submission(s)"
+            + (f"; {stats.refused} refused (see the log)" if stats.refused else "")
+        )

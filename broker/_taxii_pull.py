@@ -18,12 +18,13 @@ import structlog
 from nats.js import JetStreamContext
 
 from adapters._taxii._client import open_collection
-from adapters._taxii._poller import Poller, PullError, PullStats
+from adapters._taxii._poller import Poller, PullError, PullStats, Unsignable
 
 from ._bus import SUBMISSIONS, ensure_streams, nats_session, submit_subject
 from ._config import Settings
 from ._service import broker_signing_key, streams_for
 from ._submission import make_submission
+from .errors import SubmissionError
 
 __all__ = ["pull_member"]
 
@@ -47,6 +48,12 @@ async def pull_member(
 
     def sign(objects: list[dict[str, Any]]) -> bytes:
         raw = orjson.dumps({"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects})
+        try:
+            return _sign(raw)
+        except SubmissionError as exc:
+            raise Unsignable(str(exc)) from exc
+
+    def _sign(raw: bytes) -> bytes:
         return make_submission(
             raw,
             org=org,
@@ -93,7 +100,8 @@ async def pull_member(
                 failures = 0
                 total.objects += stats.objects
                 total.submissions += stats.submissions
-                log.info("pull.done", org=org, objects=stats.objects)
+                total.refused += stats.refused
+                log.info("pull.done", org=org, objects=stats.objects, refused=stats.refused)
                 if once:
                     return total
                 await asyncio.sleep(interval)

@@ -32,7 +32,7 @@ from .._bridge import atomic_write
 from .._errors import AdapterError
 from ._index import format_ts, parse_ts, version_of
 
-__all__ = ["Poller", "PullError", "PullStats"]
+__all__ = ["Poller", "PullError", "PullStats", "Unsignable"]
 
 log = structlog.get_logger()
 
@@ -42,10 +42,17 @@ class PullError(AdapterError):
     or an answer that is not TAXII 2.1); the cursor is where it was."""
 
 
+class Unsignable(AdapterError):
+    """These objects cannot be submitted (not valid STIX 2.1, or too large together); raised
+    by the ``sign`` callback. The poller splits the chunk and skips what fails alone."""
+
+
 @dataclass
 class PullStats:
     objects: int = 0
     submissions: int = 0
+    refused: int = 0
+    """Objects the broker would not take (each logged ``pull.object_refused``), skipped."""
 
 
 _T = TypeVar("_T")
@@ -162,6 +169,26 @@ class Poller:
                         found.setdefault(key, obj)
         return list(found.values())
 
+    def _signed(
+        self, objects: list[dict[str, Any]], stats: PullStats
+    ) -> list[tuple[list[dict[str, Any]], bytes]]:
+        """Sign ``objects`` as one submission, or as halves when the broker will not take
+        them together (too large, or one of them invalid); an object refused alone is
+        logged and skipped, so one bad object never holds the member's feed back."""
+        if not objects:
+            return []
+        try:
+            return [(objects, self._sign(objects))]
+        except Unsignable as exc:
+            if len(objects) == 1:
+                stats.refused += 1
+                log.warning(
+                    "pull.object_refused", id=str(objects[0].get("id"))[:120], error=str(exc)
+                )
+                return []
+        half = len(objects) // 2
+        return self._signed(objects[:half], stats) + self._signed(objects[half:], stats)
+
     def _chunks(self, manifest: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
         chunk: list[dict[str, Any]] = []
         for i, entry in enumerate(manifest):
@@ -179,12 +206,15 @@ class Poller:
         stats = PullStats()
         state = self.state()
         if state.get("pending"):
-            # A submission signed before a crash: publish the very same bytes again.
+            # Submissions signed before a crash: publish the very same bytes again (the
+            # router routes a submission once, and logs a second copy as a replay).
             pending = state["pending"]
-            await self._publish(base64.b64decode(pending["token"]))
-            state = {k: v for k, v in pending.items() if k != "token"} | {"pending": None}
+            for token in pending.get("tokens") or [pending["token"]]:
+                await self._publish(base64.b64decode(token))
+                stats.submissions += 1
+            state = {k: v for k, v in pending.items() if k not in ("token", "tokens")}
+            state["pending"] = None
             self._save(state)
-            stats.submissions += 1
         cursor: str | None = state["added_after"]
         seen = {(i, v) for i, v in state.get("seen", ())}
         # A state written before "seen" existed: the cursor's instant stays excluded once.
@@ -210,13 +240,14 @@ class Poller:
             if cursor is not None and _norm(newest) == _norm(cursor):
                 at_newest |= seen
             after = {"added_after": newest, "seen": sorted(at_newest)}
-            if objects:
-                token = self._sign(objects)
-                pending = {"token": base64.b64encode(token).decode(), **after}
-                self._save({**state, "pending": pending})
-                await self._publish(token)
-                stats.submissions += 1
-                stats.objects += len(objects)
+            parts = self._signed(objects, stats)
+            if parts:
+                tokens = [base64.b64encode(token).decode() for _, token in parts]
+                self._save({**state, "pending": {"tokens": tokens, **after}})
+                for part, token in parts:
+                    await self._publish(token)
+                    stats.submissions += 1
+                    stats.objects += len(part)
             if len(objects) != len(wanted):
                 log.warning("pull.objects_missing", wanted=len(wanted), got=len(objects))
             state = {**after, "pending": None}

@@ -323,3 +323,58 @@ async def test_an_object_added_later_at_the_cursors_instant_is_pulled_once(
     assert (first.objects, second.objects, third.objects) == (1, 2, 0)
     tokens = [(await js.get_msg(SUBMISSIONS, seq)).data or b"" for seq in (1, 2)]
     assert [_submitted_ids(t) for t in tokens] == [{a["id"]}, {b["id"], c["id"]}]
+
+
+async def _pull_from_stub(
+    entries: list[tuple[dict[str, Any], str]], settings: Any, js: JetStreamContext, times: int
+) -> list[Any]:
+    handler = type("Handler", (_Stub,), {"ENTRIES": entries})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = collection_url(server.server_address[1])
+        return [
+            await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
+            for _ in range(times)
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def _all_submitted(js: JetStreamContext) -> list[set[str]]:
+    count = (await js.stream_info(SUBMISSIONS)).state.messages
+    return [
+        _submitted_ids((await js.get_msg(SUBMISSIONS, seq)).data or b"")
+        for seq in range(1, count + 1)
+    ]
+
+
+async def test_an_invalid_object_is_skipped_and_the_feed_goes_on(
+    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
+) -> None:
+    settings = await running_router(make_community())
+    a, c = indicator("clear", "a"), indicator("clear", "c")
+    bad = {**indicator("clear", "stix 2.0"), "spec_version": "2.0"}
+    entries = [
+        (a, "2026-11-02T09:30:00Z"),
+        (bad, "2026-11-02T09:30:01Z"),
+        (c, "2026-11-02T09:30:02Z"),
+    ]
+    first, again = await _pull_from_stub(entries, settings, js, 2)
+    assert (first.objects, first.refused, again.objects, again.refused) == (2, 1, 0, 0)
+    submitted = await _all_submitted(js)
+    assert set().union(*submitted) == {a["id"], c["id"]}
+
+
+async def test_a_chunk_too_large_for_one_submission_is_split(
+    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
+) -> None:
+    settings = await running_router(make_community())
+    # 40 objects of ~30 KB: 1.2 MB together, over limits.max_bundle_bytes (750 KiB).
+    objects = [indicator("clear", f"{i}-" + "x" * 30_000) for i in range(40)]
+    entries = [(o, "2026-11-02T09:30:00Z") for o in objects]
+    (pulled,) = await _pull_from_stub(entries, settings, js, 1)
+    assert (pulled.objects, pulled.refused) == (40, 0) and pulled.submissions >= 2
+    submitted = await _all_submitted(js)
+    assert sum(map(len, submitted)) == 40 and set().union(*submitted) == {o["id"] for o in objects}
