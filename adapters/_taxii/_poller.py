@@ -43,8 +43,12 @@ class PullError(AdapterError):
 
 
 class Unsignable(AdapterError):
-    """These objects cannot be submitted (not valid STIX 2.1, or too large together); raised
-    by the ``sign`` callback. The poller splits the chunk and skips what fails alone."""
+    """These objects cannot be submitted: too large together (``too_large``), or not what
+    the broker takes (not valid STIX 2.1); raised by the ``sign`` callback."""
+
+    def __init__(self, msg: str, *, too_large: bool = False) -> None:
+        super().__init__(msg)
+        self.too_large = too_large
 
 
 @dataclass
@@ -71,9 +75,9 @@ def _just_before(ts: str) -> str:
     when it is not a timestamp we can read (the server then answers as it sees fit)."""
     try:
         moment = datetime.strptime(parse_ts(ts), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    except ValueError:
+        return format_ts(moment - timedelta(microseconds=1))
+    except (ValueError, OverflowError):  # year 1 at midnight has no instant before it
         return ts
-    return format_ts(moment - timedelta(microseconds=1))
 
 
 def _norm(ts: str) -> str:
@@ -172,35 +176,51 @@ class Poller:
     def _signed(
         self, objects: list[dict[str, Any]], stats: PullStats
     ) -> list[tuple[list[dict[str, Any]], bytes]]:
-        """Sign ``objects`` as one submission, or as halves when the broker will not take
-        them together (too large, or one of them invalid); an object refused alone is
-        logged and skipped, so one bad object never holds the member's feed back."""
+        """Sign ``objects`` as one submission or several; objects the broker refuses are
+        logged and skipped, so one bad object never holds the member's feed back.
+
+        Too large together: signed in halves. Refused for what one of them is: each is
+        checked alone, the refused ones skipped and the rest signed together. If every
+        object of a chunk is refused, that says more about the broker or the server than
+        about the objects (a limit set too low, a member serving STIX 2.0): PullError, and
+        the cursor stays where it is."""
         if not objects:
             return []
         try:
             return [(objects, self._sign(objects))]
         except Unsignable as exc:
+            if len(objects) > 1 and exc.too_large:
+                half = len(objects) // 2
+                return self._signed(objects[:half], stats) + self._signed(objects[half:], stats)
             if len(objects) == 1:
                 stats.refused += 1
                 log.warning(
                     "pull.object_refused", id=str(objects[0].get("id"))[:120], error=str(exc)
                 )
                 return []
-        half = len(objects) // 2
-        return self._signed(objects[:half], stats) + self._signed(objects[half:], stats)
+            first = exc
+        kept: list[dict[str, Any]] = []
+        refused: list[tuple[dict[str, Any], Unsignable]] = []
+        for obj in objects:
+            try:
+                self._sign([obj])
+                kept.append(obj)
+            except Unsignable as why:
+                refused.append((obj, why))
+        if not kept:
+            raise PullError(
+                f"{self._collection.url}: the broker refused every one of {len(objects)} "
+                f"objects ({first}); the cursor stays until that is fixed"
+            )
+        for obj, reason in refused:
+            stats.refused += 1
+            log.warning("pull.object_refused", id=str(obj.get("id"))[:120], error=str(reason))
+        return self._signed(kept, stats)
 
     def _chunks(self, manifest: list[dict[str, Any]]) -> Iterable[list[dict[str, Any]]]:
-        chunk: list[dict[str, Any]] = []
-        for i, entry in enumerate(manifest):
-            chunk.append(entry)
-            last_of_instant = (
-                i + 1 == len(manifest) or manifest[i + 1]["date_added"] != entry["date_added"]
-            )
-            if len(chunk) >= self._chunk and last_of_instant:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+        # Any cut is safe, within an instant too: the cursor keeps what it submitted there.
+        for start in range(0, len(manifest), self._chunk):
+            yield manifest[start : start + self._chunk]
 
     async def pull_once(self) -> PullStats:
         stats = PullStats()

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import http.server
+import json
 import socket
 import threading
 import time
@@ -277,7 +278,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
             body = {"objects": [o for o, _ in chosen]}
         else:
             body = {"id": COLLECTION, "title": "stub", "can_read": True, "can_write": False}
-        data = orjson.dumps(body)
+        data = json.dumps(body).encode()  # the standard library writes any integer
         self.send_response(200)
         self.send_header("Content-Type", "application/taxii+json;version=2.1")
         self.send_header("Content-Length", str(len(data)))
@@ -365,6 +366,31 @@ async def test_an_invalid_object_is_skipped_and_the_feed_goes_on(
     assert (first.objects, first.refused, again.objects, again.refused) == (2, 1, 0, 0)
     submitted = await _all_submitted(js)
     assert set().union(*submitted) == {a["id"], c["id"]}
+
+
+async def test_a_chunk_of_nothing_but_refused_objects_stops_the_pull_where_it_is(
+    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
+) -> None:
+    """Every object refused says more about the broker or the server than the objects."""
+    settings = await running_router(make_community())
+    old = [{**indicator("clear", f"old{i}"), "spec_version": "2.0"} for i in range(2)]
+    entries = [(o, "2026-11-02T09:30:00Z") for o in old]
+    with pytest.raises(PullError, match="refused every one of 2 objects"):
+        await _pull_from_stub(entries, settings, js, 1)
+    assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
+
+
+async def test_an_object_orjson_cannot_write_is_refused_alone(
+    js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
+) -> None:
+    settings = await running_router(make_community())
+    a, b = indicator("clear", "a"), indicator("clear", "b")
+    big = {**indicator("clear", "big"), "x_count": 2**70}  # read by requests, not by orjson
+    entries = [(a, "2026-11-02T09:30:00Z"), (big, "2026-11-02T09:30:00Z")]
+    entries.append((b, "2026-11-02T09:30:00Z"))
+    (pulled,) = await _pull_from_stub(entries, settings, js, 1)
+    assert (pulled.objects, pulled.refused) == (2, 1)
+    assert set().union(*await _all_submitted(js)) == {a["id"], b["id"]}
 
 
 async def test_a_chunk_too_large_for_one_submission_is_split(

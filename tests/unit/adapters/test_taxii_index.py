@@ -83,3 +83,20 @@ class TestObjectIndex:
         assert len(every.entries) == 2 and not every.more
         first = index.page(Query(limit=1, versions=frozenset({"first"})))
         assert first.entries[0].version == "2026-01-01T00:00:00.000000Z" and not first.more
+
+
+@pytest.mark.parametrize(
+    ("ts", "before"),
+    [
+        ("2026-11-02T09:30:00Z", "2026-11-02T09:29:59.999999Z"),
+        ("2026-11-02T09:30:00.123Z", "2026-11-02T09:30:00.122999Z"),
+        ("2026-01-01t00:00:00.000001z", "2026-01-01T00:00:00.000000Z"),
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),  # nothing before: as given
+        ("2026-11-02T09:30:00+01:00", "2026-11-02T09:30:00+01:00"),  # not ours to read
+        ("garbage", "garbage"),
+    ],
+)
+def test_just_before_a_cursor(ts: str, before: str) -> None:
+    from adapters._taxii._poller import _just_before
+
+    assert _just_before(ts) == before
