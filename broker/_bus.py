@@ -265,7 +265,7 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
     # -1), so a wrong URL or password would hang; bound the first attempt ourselves.
     try:
         async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
-            return await nats.connect(
+            nc = await nats.connect(
                 servers=servers,
                 name=name,
                 connect_timeout=int(max(1, cfg.connect_timeout)),
@@ -287,6 +287,16 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
         raise NatsUnavailable(
             f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
         ) from exc
+    if 0 < nc.max_payload < cfg.max_payload:
+        # The limits were checked against nats.max_payload: a server taking less would
+        # refuse packages and submissions the broker admitted, again at every retry.
+        await nc.close()
+        raise ConfigError(
+            f"nats.max_payload is {cfg.max_payload:,} bytes but the NATS server at {url} takes "
+            f"at most {nc.max_payload:,}: set nats.max_payload (ATLAS_NATS__MAX_PAYLOAD) to "
+            f"{nc.max_payload} or less, or raise max_payload in the server's configuration"
+        )
+    return nc
 
 
 @contextlib.asynccontextmanager

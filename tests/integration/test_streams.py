@@ -64,3 +64,25 @@ async def test_names_the_setting_when_the_server_cannot_reserve_a_stream(
             assert info.config.max_bytes == 64 * 1024**2
         finally:
             await nc.close()
+
+
+async def test_a_server_taking_smaller_messages_than_configured_is_refused_at_connect(
+    tmp_path: Path,
+) -> None:
+    from broker._bus import connect
+    from broker._config import Settings
+
+    async with EmbeddedNats(tmp_path / "small", max_payload=64 * 1024, publish_url=False) as s:
+        default = Settings(data_dir=tmp_path / "d", nats={"url": s.url})  # type: ignore[arg-type]
+        with pytest.raises(ConfigError) as caught:
+            await connect(s.url, default)
+        message = str(caught.value)
+        assert "nats.max_payload is 1,048,576 bytes" in message and "65,536" in message
+        matching = Settings(
+            data_dir=tmp_path / "d",
+            nats={"url": s.url, "max_payload": 64 * 1024},  # type: ignore[arg-type]
+            limits={"max_bundle_bytes": 30_000},  # type: ignore[arg-type]
+        )
+        nc = await connect(s.url, matching)
+        assert nc.max_payload == 64 * 1024
+        await nc.close()
