@@ -30,6 +30,7 @@ from typing import Any
 import nats
 from nats.js.api import StorageType, StreamConfig
 
+from benchmarks.bench_taxii import _stop as stop
 from broker._embedded import find_nats_server
 
 PAYLOAD = 2000
@@ -104,12 +105,7 @@ def _rss_after(n: int, distinct: bool, root: Path) -> dict[str, Any]:
             "publish_s": round(seconds, 1),
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def run(quick: bool = False) -> dict[str, Any]:
