@@ -45,6 +45,7 @@ __all__ = [
     "SignedSubmission",
     "SubmissionRefused",
     "SubmissionTooLarge",
+    "TooManyObjects",
     "make_submission",
     "open_submission",
     "over_object_limit",
@@ -58,6 +59,10 @@ MAX_CLOCK_SKEW = 300
 
 class SubmissionTooLarge(SubmissionError):
     """The bundle, or its signed submission, is over ``limits.max_bundle_bytes``."""
+
+
+class TooManyObjects(SubmissionError):
+    """The bundle holds more than ``limits.max_objects`` objects."""
 
 
 class SubmissionRefused(SubmissionError):
@@ -174,7 +179,7 @@ def make_submission(
             raise SubmissionError(f"{source}: not JSON: {exc}") from exc
     too_many = over_object_limit(source, bundle, max_objects)
     if too_many is not None:
-        raise SubmissionError(too_many)
+        raise TooManyObjects(too_many)
     try:
         check_bundle(bundle, source=source, max_objects=max_objects)
     except InvalidBundle as exc:

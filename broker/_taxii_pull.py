@@ -23,7 +23,7 @@ from adapters._taxii._poller import Poller, PullError, PullStats, Unsignable
 from ._bus import SUBMISSIONS, ensure_streams, nats_session, submit_subject
 from ._config import Settings
 from ._service import broker_signing_key, streams_for
-from ._submission import SubmissionTooLarge, make_submission
+from ._submission import SubmissionTooLarge, TooManyObjects, make_submission
 from .errors import SubmissionError
 
 __all__ = ["pull_member"]
@@ -52,11 +52,10 @@ async def pull_member(
             return _sign(orjson.dumps(bundle))
         except orjson.JSONEncodeError as exc:  # integers beyond 64 bits, nesting over 255
             raise Unsignable(f"{url}: an object cannot be relayed: {exc}") from exc
-        except SubmissionTooLarge as exc:
+        except (SubmissionTooLarge, TooManyObjects) as exc:  # how much, not which: split
             raise Unsignable(str(exc), too_large=True) from exc
         except SubmissionError as exc:
-            # The object-count limit is about how many, not which: split like the size.
-            raise Unsignable(str(exc), too_large="limits.max_objects" in str(exc)) from exc
+            raise Unsignable(str(exc)) from exc
 
     def _sign(raw: bytes) -> bytes:
         return make_submission(

@@ -6,10 +6,11 @@ for what was added from that instant on (``added_after`` one microsecond before 
 drops the pairs it already submitted there: a server that adds two objects at the same
 instant one after the other, with a pull in between, has the second one pulled next time
 (``added_after`` the instant itself would skip it for good). Objects are taken from the
-manifest in date-added order and submitted in chunks that never split objects added at the
-same instant. The signed submission is written to the state file *before* it is published
-and the cursor advanced after: a restart republishes the very same submission (the router
-refuses a replay of the same signed submission), so nothing is sent twice or skipped.
+manifest in date-added order and submitted in chunks of a fixed size (a cut within an
+instant is safe: the cursor keeps what it submitted there). The signed submission is
+written to the state file *before* it is published and the cursor advanced after: a restart
+republishes the very same submission (the router refuses a replay of the same signed
+submission), so nothing is sent twice or skipped.
 """
 
 from __future__ import annotations
@@ -207,6 +208,11 @@ class Poller:
                 kept.append(obj)
             except Unsignable as why:
                 refused.append((obj, why))
+        if not refused:
+            # Each is fine alone, not all together (two versions that conflict, say): sign
+            # them apart; the router decides between them as between any two submissions.
+            half = len(objects) // 2
+            return self._signed(objects[:half], stats) + self._signed(objects[half:], stats)
         if not kept:
             raise PullError(
                 f"{self._collection.url}: the broker refused every one of {len(objects)} "
