@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -180,7 +180,21 @@ class TestMemberServerTrouble:
         await wait_routed(js, 1)
 
 
-class _Broken(http.server.BaseHTTPRequestHandler):
+class _Taxii(http.server.BaseHTTPRequestHandler):
+    """Answers with TAXII's media type; quiet."""
+
+    def answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/taxii+json;version=2.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _Broken(_Taxii):
     """A 'TAXII server' whose collection is fine and whose manifest answer is ``BODY``."""
 
     BODY = b"[]"
@@ -192,14 +206,19 @@ class _Broken(http.server.BaseHTTPRequestHandler):
             body = orjson.dumps(
                 {"id": COLLECTION, "title": "x", "can_read": True, "can_write": False}
             )
-        self.send_response(200)
-        self.send_header("Content-Type", "application/taxii+json;version=2.1")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.answer(body)
 
-    def log_message(self, *args: Any) -> None:
-        pass
+
+@contextlib.contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` on a loopback HTTP server; yields the collection URL to pull from."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield collection_url(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(
@@ -210,19 +229,11 @@ async def test_a_manifest_that_is_not_taxii_is_one_clear_error(
     body: bytes, js: JetStreamContext, make_community: Callable[..., Any], running_router: Any
 ) -> None:
     settings = await running_router(make_community())
-    handler = type("Handler", (_Broken,), {"BODY": body})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = collection_url(server.server_address[1])
+    with _serving(type("Handler", (_Broken,), {"BODY": body})) as url:
         with pytest.raises(PullError) as caught:
             await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
-        assert str(caught.value).startswith(f"pull from {url} failed") or url in str(caught.value)
-        assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
-    finally:
-        server.shutdown()
-        server.server_close()
+    assert url in str(caught.value) and "not TAXII 2.1" in str(caught.value)
+    assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
 
 
 async def test_a_server_whose_more_never_ends_is_stopped(
@@ -238,20 +249,14 @@ async def test_a_server_whose_more_never_ends_is_stopped(
     entry = {"id": "indicator--" + "1" * 8 + "-1111-4111-8111-" + "1" * 12}
     entry |= {"date_added": "2026-11-02T09:30:00Z", "version": "2026-11-02T09:30:00Z"}
     body = orjson.dumps({"more": True, "objects": [entry]})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), type("Handler", (_Broken,), {"BODY": body})
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = collection_url(server.server_address[1])
-        with pytest.raises(PullError, match="more than 5 pages"):
-            await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        _serving(type("Handler", (_Broken,), {"BODY": body})) as url,
+        pytest.raises(PullError, match="more than 5 pages"),
+    ):
+        await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
 
 
-class _Stub(http.server.BaseHTTPRequestHandler):
+class _Stub(_Taxii):
     """A minimal TAXII 2.1 collection: ``ENTRIES`` (object, date_added) answered by the
     manifest and objects endpoints with ``added_after`` exclusive and ``match[id]``."""
 
@@ -278,15 +283,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
             body = {"objects": [o for o, _ in chosen]}
         else:
             body = {"id": COLLECTION, "title": "stub", "can_read": True, "can_write": False}
-        data = json.dumps(body).encode()  # the standard library writes any integer
-        self.send_response(200)
-        self.send_header("Content-Type", "application/taxii+json;version=2.1")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.answer(json.dumps(body).encode())  # the standard library writes any integer
 
 
 def _submitted_ids(token: bytes) -> set[str]:
@@ -304,10 +301,7 @@ async def test_an_object_added_later_at_the_cursors_instant_is_pulled_once(
     a, b, c = (indicator("clear", name) for name in ("a", "b", "c"))
     instant, later = "2026-11-02T09:30:00.123Z", "2026-11-02T09:31:00Z"
     handler = type("Handler", (_Stub,), {"ENTRIES": [(a, instant)]})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = collection_url(server.server_address[1])
+    with _serving(handler) as url:
 
         async def pull() -> Any:
             return await pull_member(
@@ -318,9 +312,6 @@ async def test_an_object_added_later_at_the_cursors_instant_is_pulled_once(
         handler.ENTRIES = [(a, instant), (b, instant), (c, later)]
         second = await pull()
         third = await pull()
-    finally:
-        server.shutdown()
-        server.server_close()
     assert (first.objects, second.objects, third.objects) == (1, 2, 0)
     tokens = [(await js.get_msg(SUBMISSIONS, seq)).data or b"" for seq in (1, 2)]
     assert [_submitted_ids(t) for t in tokens] == [{a["id"]}, {b["id"], c["id"]}]
@@ -329,18 +320,11 @@ async def test_an_object_added_later_at_the_cursors_instant_is_pulled_once(
 async def _pull_from_stub(
     entries: list[tuple[dict[str, Any], str]], settings: Any, js: JetStreamContext, times: int
 ) -> list[Any]:
-    handler = type("Handler", (_Stub,), {"ENTRIES": entries})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = collection_url(server.server_address[1])
+    with _serving(type("Handler", (_Stub,), {"ENTRIES": entries})) as url:
         return [
             await pull_member(settings, org="bank-a", url=url, user=USER, password=PASSWORD, js=js)
             for _ in range(times)
         ]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 async def _all_submitted(js: JetStreamContext) -> list[set[str]]:
