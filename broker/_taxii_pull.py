@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 from nats.js import JetStreamContext
 
@@ -47,29 +46,26 @@ async def pull_member(
     key = broker_signing_key(settings)
 
     def sign(objects: list[dict[str, Any]]) -> bytes:
+        # The objects as taxii2-client parsed them: the bundle check refuses what cannot be
+        # relayed (integers beyond 64 bits, NaN, deep nesting), no JSON round trip needed.
+        bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
         try:
-            bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
-            return _sign(orjson.dumps(bundle))
-        except orjson.JSONEncodeError as exc:  # integers beyond 64 bits, nesting over 255
-            raise Unsignable(f"{url}: an object cannot be relayed: {exc}") from exc
+            return make_submission(
+                bundle,
+                org=org,
+                key=key,
+                to=to,
+                feed=None,
+                now=int(time.time()),
+                max_bytes=settings.limits.max_bundle_bytes,
+                max_objects=settings.limits.max_objects,
+                source=url,
+                via="taxii-pull",
+            ).token
         except (SubmissionTooLarge, TooManyObjects) as exc:  # how much, not which: split
             raise Unsignable(str(exc), too_large=True) from exc
         except SubmissionError as exc:
             raise Unsignable(str(exc)) from exc
-
-    def _sign(raw: bytes) -> bytes:
-        return make_submission(
-            raw,
-            org=org,
-            key=key,
-            to=to,
-            feed=None,
-            now=int(time.time()),
-            max_bytes=settings.limits.max_bundle_bytes,
-            max_objects=settings.limits.max_objects,
-            source=url,
-            via="taxii-pull",
-        ).token
 
     state = (
         settings.data_dir
