@@ -48,18 +48,33 @@ def b64e_bytes(data: bytes | memoryview) -> bytes:
     return encoded[:-padding] if padding else encoded
 
 
-def b64e_pieces(data: bytes | memoryview) -> list[bytes]:
-    """base64url without padding, as ASCII pieces for the caller to join into its token.
+def b64e_pieces(*parts: bytes | memoryview) -> list[bytes]:
+    """base64url without padding of the parts' concatenation, as ASCII pieces for the caller
+    to join into its token.
 
-    The caller joins the pieces into the token it is building anyway, so the padding of a
-    large input costs no copy of the whole text: the last one or two bytes are encoded
-    apart, and their padding sliced off that tiny piece.
+    Nothing large is copied: each part is encoded in place from a multiple of three bytes
+    on, and only the one or two bytes left at each seam (and at the end, whose padding is
+    sliced off) are encoded apart with the start of the next part. So the view a package
+    wraps is encoded where it lies, not first copied into its claims.
     """
-    whole = len(data) - len(data) % 3
-    if whole == len(data) or whole == 0:
-        return [b64e_bytes(data)]
-    view = memoryview(data)
-    return [pybase64.b64encode(view[:whole], altchars=_URLSAFE), b64e_bytes(view[whole:])]
+    pieces: list[bytes] = []
+    carry = b""
+    for part in parts:
+        view = memoryview(part)
+        if carry:
+            take = 3 - len(carry)
+            carry += bytes(view[:take])
+            view = view[take:]
+            if len(carry) < 3:  # the part was shorter than the seam
+                continue
+            pieces.append(pybase64.b64encode(carry, altchars=_URLSAFE))
+        whole = len(view) - len(view) % 3
+        if whole:
+            pieces.append(pybase64.b64encode(view[:whole], altchars=_URLSAFE))
+        carry = bytes(view[whole:])
+    if carry or not pieces:
+        pieces.append(b64e_bytes(carry))
+    return pieces
 
 
 def b64e(data: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping
 from typing import Any, Final, cast
 
@@ -10,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
+    Prehashed,
     decode_dss_signature,
     encode_dss_signature,
 )
@@ -30,6 +32,7 @@ _RESERVED: Final = frozenset({"alg", "kid", "crit", "b64"})
 _SIG_LEN: Final = 64
 _COORD_LEN: Final = 32
 _ECDSA_SHA256: Final = ec.ECDSA(hashes.SHA256())
+_ECDSA_PREHASHED: Final = ec.ECDSA(Prehashed(hashes.SHA256()))
 
 
 @functools.lru_cache(maxsize=256)
@@ -39,9 +42,15 @@ def _encoded_header(alg: str, kid: str, typ: str) -> bytes:
 
 
 def jws_compact(
-    payload: bytes, key: PrivateKey, header_extra: Mapping[str, Any] | None = None
+    payload: bytes | tuple[bytes | memoryview, ...],
+    key: PrivateKey,
+    header_extra: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """:func:`jws_sign` as ASCII bytes (no str round trip on the sealing path)."""
+    """:func:`jws_sign` as ASCII bytes (no str round trip on the sealing path).
+
+    ``payload`` may be given as parts, signed as their concatenation without it ever being
+    built (``seal`` passes the claims around the serialized view this way).
+    """
     if key.use != "sig":
         raise InvalidKey(f"{key.kind} key {key.thumbprint} is not a signing key")
     extra = dict(header_extra or {})
@@ -53,7 +62,17 @@ def jws_compact(
         encoded = _encoded_header(key.alg, key.thumbprint, typ)
     else:
         encoded = b64e_bytes(dumps_compact({"alg": key.alg, "kid": key.thumbprint, **extra}))
-    signing_input = b"".join((encoded, b".", *b64e_pieces(payload)))
+    parts = payload if isinstance(payload, tuple) else (payload,)
+    pieces = (encoded, b".", *b64e_pieces(*parts))
+    if key.kind == "ES256":
+        # ECDSA hashes first, so it signs the pieces' digest: the signing input (4/3 of the
+        # payload) is never copied into one buffer, only the token is.
+        digest = hashlib.sha256()
+        for piece in pieces:
+            digest.update(piece)
+        signature = _sign_digest(key, digest.digest())
+        return b"".join((*pieces, b".", b64e_bytes(signature)))
+    signing_input = b"".join(pieces)
     return b"".join((signing_input, b".", b64e_bytes(_sign(key, signing_input))))
 
 
@@ -67,10 +86,15 @@ def _sign(key: PrivateKey, data: bytes) -> bytes:
     if key.kind == "Ed25519":
         return cast(ed25519.Ed25519PrivateKey, key._key).sign(data)
     if key.kind == "ES256":
-        der = cast(ec.EllipticCurvePrivateKey, key._key).sign(data, _ECDSA_SHA256)
-        r, s = decode_dss_signature(der)
-        return r.to_bytes(_COORD_LEN, "big") + s.to_bytes(_COORD_LEN, "big")
+        return _sign_digest(key, hashlib.sha256(data).digest())
     raise InvalidKey(f"{key.kind} key cannot sign")
+
+
+def _sign_digest(key: PrivateKey, digest: bytes) -> bytes:
+    """ES256 over a SHA-256 digest, as JWS's raw r||s."""
+    der = cast(ec.EllipticCurvePrivateKey, key._key).sign(digest, _ECDSA_PREHASHED)
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(_COORD_LEN, "big") + s.to_bytes(_COORD_LEN, "big")
 
 
 def jws_verify(token: str | bytes, keys: Mapping[str, PublicKey]) -> tuple[dict[str, Any], bytes]:
@@ -115,7 +139,7 @@ def _verify(key: PublicKey, signature: bytes, data: bytes | memoryview) -> None:
         elif isinstance(raw, ec.EllipticCurvePublicKey):
             r = int.from_bytes(signature[:_COORD_LEN], "big")
             s = int.from_bytes(signature[_COORD_LEN:], "big")
-            raw.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
+            raw.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
         else:
             raise SignatureInvalid(f"{key.kind} key cannot verify")
     except InvalidSignature as exc:

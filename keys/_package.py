@@ -258,11 +258,12 @@ def seal(
     if problem is not None:
         raise KeyRegistryError(f"cannot seal package: {problem}")
     try:
-        payload = dumps(claims)
+        serialized = dumps(claims)
     except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
         raise KeyRegistryError(f"cannot seal package: claims are not JSON ({exc})") from exc
+    payload: bytes | tuple[memoryview, bytes, bytes] = serialized
     if isinstance(stix, SerializedView):
-        payload = _spliced(payload, stix.data)
+        payload = _spliced(serialized, stix.data)
     inner = jws_compact(payload, signing_key, {"typ": PACKAGE_TYP})
     token = jwe_compact(inner, recipient_key, {"cty": "JWT"})
     return SealedPackage(
@@ -275,11 +276,12 @@ def seal(
     )
 
 
-def _spliced(payload: object, stix: bytes) -> bytes:
-    """Claims serialized with ``"stix": {}`` last, the serialized view put in its place."""
+def _spliced(payload: object, stix: bytes) -> tuple[memoryview, bytes, bytes]:
+    """Claims serialized with ``"stix": {}`` last, the serialized view put in its place:
+    as parts, which the JWS signs and encodes without joining them first."""
     if not isinstance(payload, bytes) or not payload.endswith(b'"stix":{}}'):
         raise KeyRegistryError("cannot seal package: dumps must write compact JSON bytes")
-    return b"".join((memoryview(payload)[:-3], stix, b"}"))
+    return (memoryview(payload)[:-3], stix, b"}")
 
 
 def _typ_ok(typ: object) -> bool:

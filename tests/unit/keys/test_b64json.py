@@ -64,6 +64,16 @@ class TestBase64url:
         assert len(pieces) == (1 if size % 3 == 0 else 2)
         assert b64d(b64e_bytes(data), "x") == data
 
+    @pytest.mark.parametrize("first", [0, 1, 2, 3, 4, 299])
+    @pytest.mark.parametrize("second", [0, 1, 2, 5, 65_536, 65_537])
+    @pytest.mark.parametrize("third", [0, 1, 2])
+    def test_matches_stdlib_when_parts_are_encoded_as_one(
+        self, first: int, second: int, third: int
+    ) -> None:
+        parts = [bytes([n % 251 for n in range(size)]) for size in (first, second, third)]
+        pieces = b64e_pieces(parts[0], memoryview(parts[1]), parts[2])
+        assert b"".join(pieces) == _reference(b"".join(parts)).encode()
+
     @pytest.mark.parametrize("char", [b"+", b"/", b"=", b" ", b"\n", b"*"])
     @pytest.mark.parametrize("where", [0, 40_000, -1])
     def test_raises_when_a_large_text_has_one_foreign_character(

@@ -25,6 +25,7 @@ from keys import (
     KeyKind,
     MemoryReplayGuard,
     PrivateKey,
+    SerializedView,
     open_package,
     sign_submission,
     verify_submission,
@@ -239,6 +240,21 @@ class TestLargeViews:
         registry.max_ciphertext_length = 1 << 20  # joserfc refuses more than 64 KiB by default
         plain = fjwe.decrypt_compact(sealed.package.token, private, registry=registry).plaintext
         assert plain == outer.payload
+
+    @pytest.mark.parametrize("jti", ["a", "ab", "abc"])
+    def test_jwcrypto_verifies_package_when_view_is_given_serialized(
+        self, make_sealed: Callable[..., Any], sign: KeyKind, enc: KeyKind, pad: int, jti: str
+    ) -> None:
+        # The claims before the view take each length modulo 3 (jti), so the view starts at
+        # each offset of a base64 group: the JWS is signed over its parts, never joined.
+        sealed = make_sealed(sign, enc, stix=SerializedView(_large_stix(pad)), jti=jti)
+        outer = cjwe.JWE()
+        outer.deserialize(sealed.package.token, key=cjwk.JWK.from_pyca(sealed.recipient._key))
+        inner = cjws.JWS()
+        inner.deserialize(outer.payload.decode())
+        inner.verify(cjwk.JWK(**sealed.broker.public.to_jwk()))
+        claims = json.loads(inner.payload)
+        assert (claims["jti"], claims["stix"]) == (jti, _large_stix(pad))
 
     def test_we_open_package_when_jwcrypto_builds_a_large_one(
         self, make_sealed: Callable[..., Any], sign: KeyKind, enc: KeyKind, pad: int, now: int
