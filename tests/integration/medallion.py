@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import requests
@@ -96,3 +97,15 @@ def medallion(tmp: Path, port: int | None = None) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_medallion(tmp: Path, port: int | None = None) -> AsyncIterator[str]:
+    """:func:`medallion` for async tests: started and stopped in a thread, so the event
+    loop (a router, a pull job) keeps running while medallion comes up."""
+    manager = medallion(tmp, port)
+    url = await asyncio.to_thread(manager.__enter__)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(manager.__exit__, None, None, None)

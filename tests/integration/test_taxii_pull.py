@@ -33,7 +33,7 @@ from tests.integration.medallion import (
     USER,
     collection_url,
     free_port,
-    medallion,
+    running_medallion,
 )
 
 
@@ -52,7 +52,7 @@ class TestPullFromMedallion:
     ) -> None:
         community = make_community()
         settings = await running_router(community)
-        with medallion(tmp_path / "medallion") as url:
+        async with running_medallion(tmp_path / "medallion") as url:
             first = [indicator("clear", f"a{i}") for i in range(3)]
             await asyncio.to_thread(_add, url, first)
 
@@ -97,7 +97,7 @@ class TestPushToMedallion:
         clear, red = indicator("clear"), indicator("red")
         await publish(settings, js, community, tmp_path, "bank-a", bundle(clear, red))
         await wait_routed(js, 1)
-        with medallion(tmp_path / "partner-taxii") as url:
+        async with running_medallion(tmp_path / "partner-taxii") as url:
             stats = await receive(
                 settings,
                 org="lea-1",
@@ -164,7 +164,7 @@ class TestMemberServerTrouble:
         try:
             await asyncio.sleep(1.0)  # a few failed pulls: nothing listens yet
             assert not job.done()
-            with medallion(tmp_path / "medallion", port=port) as url:
+            async with running_medallion(tmp_path / "medallion", port=port) as url:
                 objects = [indicator("clear", f"late{i}") for i in range(2)]
                 await asyncio.to_thread(_add, url, objects)
                 for _ in range(300):  # pulled within a few intervals of coming up

@@ -23,7 +23,7 @@ from broker._config import Settings
 from broker._taxii_pull import pull_member
 from tests.conftest import Community
 from tests.integration.helpers import broker_argv, indicator, receive_all, wait_routed
-from tests.integration.medallion import PASSWORD, USER, medallion
+from tests.integration.medallion import PASSWORD, USER, running_medallion
 
 OBJECTS = 400
 PER_POST = 50  # medallion stamps each POST with one date_added: 8 instants
@@ -78,7 +78,7 @@ class TestPullCrash:
         objects = [indicator("clear", f"pulled {i}") for i in range(OBJECTS)]
         ids = {o["id"] for o in objects}
 
-        with medallion(tmp_path / "medallion") as url:
+        async with running_medallion(tmp_path / "medallion") as url:
 
             def load() -> None:
                 with Collection(url, user=USER, password=PASSWORD) as collection:
