@@ -180,8 +180,9 @@ class TaxiiSettings(_Section):
 
     Default: ``data_dir/taxii-credentials.toml``."""
     cursor_key_file: Path | None = None
-    """32 random bytes keying the ``next`` tokens; share it between server instances behind a
-    load balancer. Default ``data_dir/taxii-cursor.key`` (created on first use)."""
+    """32 random bytes keying the ``next`` tokens and the status ids; share it between server
+    instances behind a load balancer. Default ``data_dir/taxii-cursor.key`` (created on
+    first use)."""
     api_root: str = Field(default="atlas", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
     public_url: str | None = None
     """The server's address as clients reach it (``https://taxii.example.org``), used in

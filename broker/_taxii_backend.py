@@ -2,12 +2,15 @@
 
 - POST: the envelope's objects become a bundle, signed on the member's behalf by the
   broker's key (``via: "taxii"``) and published on ``atlas.submit.<org>``; the 202 is sent
-  only once JetStream stored it and its status record (organisation, objects, digest of the
-  submission), kept in the ``atlas_taxii_status`` bucket so that any server instance
-  answers. Both are written at once; what a failure of either means for the client (post
-  again, or do not) is said by ``SubmitRefused``'s kind (``_publish``, ``_store_both``).
-- Status: pending until the router logged the submission (``atlas.log.entries.<sid>.0``
-  when accepted, ``…r<sha256 of the token>.0`` when refused), then complete.
+  only once JetStream stored it. What a failure means for the client (post again, or do
+  not) is said by ``SubmitRefused``'s kind (``_publish``).
+- Status: the submission itself is the status record. A status id is the submission's
+  SUBMISSIONS sequence and the first half of its id, as one AES block under a key derived
+  from the TAXII key shared by every server instance (``StatusIds``): any instance answers,
+  after a restart too, and an id says nothing of how many submissions the community made.
+  Pending until the router logged the submission (``atlas.log.entries.<sid>.0`` when
+  accepted, ``…r<sha256 of the token>.0`` when refused), then complete. It lives as long
+  as the submission is kept (``streams.submissions_max_age``).
 - Reads: a reader's views come from the VIEWS stream (``atlas.view.<reader>.*``), indexed
   in memory per reader and caught up on every request (one round trip when nothing is new).
 """
@@ -16,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,9 +32,8 @@ import nats.errors
 import nats.js.errors
 import orjson
 import structlog
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
-from nats.js.kv import KeyValue
 
 from adapters._taxii import (
     CollectionInfo,
@@ -39,7 +44,8 @@ from adapters._taxii import (
     format_ts,
     version_of,
 )
-from keys import PrivateKey
+from keys import MalformedPackage, PrivateKey
+from keys._b64json import b64d
 
 from ._bus import LOG, SUBMISSIONS, VIEWS, log_subject, submit_subject
 from ._directory_store import ResolvedDirectory
@@ -47,20 +53,18 @@ from ._log import decode_chunk
 from ._submission import SignedSubmission, SubmissionTooLarge, make_submission
 from .errors import SubmissionError
 
-__all__ = ["STATUS_BUCKET", "NatsTaxiiBackend"]
+__all__ = ["NatsTaxiiBackend", "StatusIds"]
 
 log = structlog.get_logger()
 
-STATUS_BUCKET = "atlas_taxii_status"
-_STATUS_TTL = 30 * 86400.0
 _RETRY = (0.1, 0.5, 1.0, 2.0)
-"""Pauses before writing a submission or a status record again."""
+"""Pauses before publishing a submission again."""
 _PUBLISH_TIMEOUT = 5.0
 """Seconds one publish waits for JetStream's acknowledgement (nats-py's default)."""
 _PUBLISH_BUDGET = 12.0
 """Seconds a POST keeps publishing its submission before answering."""
-_RECORD_BUDGET = 8.0
-"""Seconds to keep writing the status record of a stored submission before answering."""
+_KNOWN = 4096
+"""Status records kept in memory per server (the rest are read from the stream again)."""
 _NOT_SENT = (
     nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,  # nats-py's name for no responders on a publish
@@ -76,8 +80,8 @@ def _text(exc: BaseException | None) -> str:
     return (str(exc) or repr(exc)) if exc is not None else "-"
 
 
-def _forget_from(tasks: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
-    def done(task: asyncio.Future[None]) -> None:
+def _forget_from(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
         tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a POST that was cancelled no longer awaits it
@@ -90,6 +94,65 @@ def max_body_for(max_bundle_bytes: int) -> int:
     return max(1024, (max_bundle_bytes - 2048) * 3 // 4 - 512)
 
 
+class StatusIds:
+    """Status ids: ``(SUBMISSIONS sequence, first 8 bytes of the submission id)`` as one
+    AES-256 block, written as a UUID.
+
+    One block under a block cipher is a keyed permutation: an id can be read back only with
+    the key, two submissions never share one, and a changed or made-up id reads back as a
+    sequence whose submission does not carry that id's half (``status`` answers 404)."""
+
+    def __init__(self, shared_key: bytes) -> None:
+        key = hmac.digest(shared_key, b"atlas-broker taxii status ids", "sha256")
+        self._cipher = Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305 - one block
+
+    def make(self, seq: int, sid: str) -> str:
+        block = seq.to_bytes(8, "big") + bytes.fromhex(sid)[:8]
+        encryptor = self._cipher.encryptor()
+        return str(uuid.UUID(bytes=encryptor.update(block) + encryptor.finalize()))
+
+    def read(self, status_id: str) -> tuple[int, bytes] | None:
+        try:
+            block = uuid.UUID(status_id).bytes
+        except ValueError:
+            return None
+        decryptor = self._cipher.decryptor()
+        plain = decryptor.update(block) + decryptor.finalize()
+        return int.from_bytes(plain[:8], "big"), plain[8:]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What a status needs of a stored submission."""
+
+    record: StatusRecord
+    sid: str
+    sha: str
+    """Hex of the first 16 bytes of the token's SHA-256: the log's name of a refusal."""
+
+
+def _stamp(iat: int) -> str:
+    return format_ts(datetime.fromtimestamp(iat, UTC))
+
+
+def _stored(status_id: str, org: str, token: bytes) -> _Stored | None:
+    """The status parts of a submission as published by ``submit`` (None if it is not)."""
+    parts = token.split(b".")
+    if len(parts) != 3:
+        return None
+    try:
+        envelope = orjson.loads(b64d(parts[1], "submission"))
+        sid, iat, objects = envelope["sid"], envelope["iat"], envelope["bundle"]["objects"]
+        stamp = _stamp(iat)
+        pairs = [(o["id"], version_of(o, stamp)) for o in objects]
+    except (MalformedPackage, ValueError, KeyError, TypeError, OverflowError, OSError):
+        return None
+    if not isinstance(sid, str):
+        return None
+    record = StatusRecord(id=status_id, org=org, request_timestamp=stamp, objects=pairs)
+    return _Stored(record, sid, hashlib.sha256(token).hexdigest()[:32])
+
+
 class NatsTaxiiBackend:
     def __init__(
         self,
@@ -97,6 +160,7 @@ class NatsTaxiiBackend:
         directory: Callable[[], ResolvedDirectory],
         *,
         signing_key: PrivateKey,
+        status_key: bytes,
         max_bundle_bytes: int,
         max_objects: int,
         via: str = "taxii",
@@ -105,26 +169,19 @@ class NatsTaxiiBackend:
         self._js = js
         self._directory = directory
         self._key = signing_key
+        self._ids = StatusIds(status_key)
         self._max_bundle_bytes = max_bundle_bytes
         self._max_objects = max_objects
         self._clock = clock
         self.max_content_length = max_body_for(max_bundle_bytes)
-        self._kv: KeyValue | None = None
         self._indexes: dict[str, ObjectIndex] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._final: dict[str, StatusRecord] = {}
-        self._storing: set[asyncio.Future[None]] = set()
+        self._known: OrderedDict[str, _Stored] = OrderedDict()
+        """Recent submissions' status parts, and the final status of those that have one."""
+        self._storing: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
-        self._kv = await self._js.create_key_value(
-            KeyValueConfig(bucket=STATUS_BUCKET, ttl=_STATUS_TTL, history=1)
-        )
-
-    @property
-    def kv(self) -> KeyValue:
-        if self._kv is None:
-            raise RuntimeError("NatsTaxiiBackend.start() was not awaited")
-        return self._kv
+        """Nothing to prepare: statuses are read from the SUBMISSIONS stream."""
 
     async def collections(self, org: str) -> Sequence[CollectionInfo]:
         directory = self._directory().directory
@@ -139,7 +196,7 @@ class NatsTaxiiBackend:
         )
 
     async def submit(self, org: str, objects: list[Any], audience: tuple[str, ...]) -> StatusRecord:
-        now = self._clock()
+        now = int(self._clock())
         bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
         try:
             signed = make_submission(
@@ -148,7 +205,7 @@ class NatsTaxiiBackend:
                 key=self._key,
                 to=audience,
                 feed=None,
-                now=int(now),
+                now=now,
                 max_bytes=self._max_bundle_bytes,
                 max_objects=self._max_objects,
                 source="envelope",
@@ -158,71 +215,26 @@ class NatsTaxiiBackend:
             raise SubmitRefused("too-large", str(exc)) from exc
         except SubmissionError as exc:
             raise SubmitRefused("invalid", str(exc)) from exc
-        stamp = format_ts(datetime.fromtimestamp(now, UTC))
+        seq = await self._store(org, signed)
+        status_id = self._ids.make(seq, signed.sid)
+        stamp = _stamp(now)
         pairs = [(o["id"], version_of(o, stamp)) for o in objects]  # checked: dicts with ids
-        record = StatusRecord(
-            id=str(uuid.UUID(hex=signed.sid)), org=org, request_timestamp=stamp, objects=pairs
-        )
-        stored = {
-            "org": org,
-            "ts": stamp,
-            "sid": signed.sid,
-            "sha": hashlib.sha256(signed.token).hexdigest()[:32],
-            "objects": pairs,
-        }
-        await self._store(org, record.id, orjson.dumps(stored), signed)
+        record = StatusRecord(id=status_id, org=org, request_timestamp=stamp, objects=pairs)
+        self._remember(_Stored(record, signed.sid, hashlib.sha256(signed.token).hexdigest()[:32]))
         return record
 
-    async def _store(
-        self, org: str, status_id: str, status: bytes, signed: SignedSubmission
-    ) -> None:
-        """Store the status record and the submission, both before the 202.
+    async def _store(self, org: str, signed: SignedSubmission) -> int:
+        """Publish the submission before the 202; its SUBMISSIONS sequence.
 
         Shielded: a POST cancelled mid-way (the client left, the server stops) still
-        finishes storing what it began, so a stored submission never lacks its record."""
-        task = asyncio.ensure_future(self._store_both(org, status_id, status, signed))
+        finishes publishing what it began, so what the log shows never depends on when a
+        client hung up."""
+        task = asyncio.ensure_future(self._publish(org, signed))
         self._storing.add(task)
         task.add_done_callback(_forget_from(self._storing))
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
 
-    async def _store_both(
-        self, org: str, status_id: str, status: bytes, signed: SignedSubmission
-    ) -> None:
-        """The two writes go out together: each waits for its own fsync, and one after the
-        other took a third of a POST's time. A status id is handed out only once both are
-        stored; a record whose submission was not stored is never handed out and expires
-        with the bucket."""
-        put = asyncio.ensure_future(self.kv.put(status_id, status))
-        try:
-            await self._publish(org, status_id, signed)
-        finally:
-            (first,) = await asyncio.gather(put, return_exceptions=True)
-        recorded: object = first
-        deadline = time.monotonic() + _RECORD_BUDGET
-        for delay in _RETRY:
-            if not isinstance(recorded, BaseException):
-                return
-            log.warning("taxii.status_retry", sid=signed.sid, error=_text(recorded))
-            await asyncio.sleep(delay)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    await self.kv.put(status_id, status)
-                recorded = None
-            except Exception as exc:  # retried, then reported below
-                recorded = exc
-        if not isinstance(recorded, BaseException):
-            return
-        log.error("taxii.status_not_recorded", sid=signed.sid, error=_text(recorded))
-        raise SubmitRefused(
-            "uncertain",
-            f"submission {status_id} was stored and will be routed, but its status could "
-            f"not be recorded ({type(recorded).__name__}): do not post these objects again",
-        )
-
-    async def _publish(self, org: str, status_id: str, signed: SignedSubmission) -> None:
+    async def _publish(self, org: str, signed: SignedSubmission) -> int:
         """Publish the signed submission, again after a failure that may hide a success.
 
         Publishing the same token twice is safe: the router routes a sid once and logs
@@ -238,13 +250,13 @@ class NatsTaxiiBackend:
                 await asyncio.sleep(delay)
             remaining = deadline - time.monotonic()
             try:
-                await self._js.publish(
+                ack = await self._js.publish(
                     submit_subject(org),
                     signed.token,
                     stream=SUBMISSIONS,
                     timeout=min(_PUBLISH_TIMEOUT, remaining),
                 )
-                return
+                return int(ack.seq)
             except nats.js.errors.APIError as exc:  # the stream answered no: not stored
                 log.warning("taxii.submission_refused_by_store", error=_text(exc))
                 raise SubmitRefused(
@@ -269,46 +281,62 @@ class NatsTaxiiBackend:
         log.error("taxii.submission_unconfirmed", sid=signed.sid, error=_text(error))
         raise SubmitRefused(
             "uncertain",
-            f"the store did not confirm submission {status_id} ({name}): it may have been "
-            "stored and routed; check its status before posting these objects again",
+            f"the store did not confirm submission {signed.sid} ({name}): it may have been "
+            "stored and routed (the dissemination log names it once routed); do not post "
+            "these objects again before checking",
         )
+
+    def _remember(self, stored: _Stored) -> None:
+        self._known[stored.record.id] = stored
+        self._known.move_to_end(stored.record.id)
+        while len(self._known) > _KNOWN:
+            self._known.popitem(last=False)
 
     async def status(self, org: str, status_id: str) -> StatusRecord | None:
         try:
-            status_uuid = uuid.UUID(status_id)
+            status_id = str(uuid.UUID(status_id))
         except ValueError:
             return None
-        key = str(status_uuid)
-        final = self._final.get(key)
-        if final is not None:
-            return final if final.org == org else None
-        try:
-            entry = await self.kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        stored = self._known.get(status_id)
+        if stored is None:
+            stored = await self._read_stored(org, status_id)
+            if stored is None:
+                return None
+        if stored.record.org != org:
             return None
-        data = orjson.loads(entry.value or b"{}")
-        if data.get("org") != org:
-            return None
-        base = {
-            "id": key,
-            "org": org,
-            "request_timestamp": data["ts"],
-            "objects": [tuple(o) for o in data["objects"]],
-        }
-        accepted = await self._first_entry(log_subject(data["sid"]) + ".0")
+        if stored.record.outcome != "pending":
+            return stored.record
+        base = stored.record
+        accepted = await self._first_entry(log_subject(stored.sid) + ".0")
         if accepted is not None:
-            record = StatusRecord(**base, outcome="accepted")
+            record = replace(base, outcome="accepted")
         else:
-            refused = await self._first_entry(log_subject("r" + data["sha"]) + ".0")
+            refused = await self._first_entry(log_subject("r" + stored.sha) + ".0")
             if refused is None:
-                return StatusRecord(**base)
-            record = StatusRecord(
-                **base,
-                outcome="refused",
-                reason=str(refused.get("reason", "refused")),
-            )
-        self._final[key] = record
+                self._remember(stored)
+                return base
+            record = replace(base, outcome="refused", reason=str(refused.get("reason", "refused")))
+        self._remember(replace(stored, record=record))
         return record
+
+    async def _read_stored(self, org: str, status_id: str) -> _Stored | None:
+        """The submission a status id names, if it is ``org``'s and still kept."""
+        located = self._ids.read(status_id)
+        if located is None:
+            return None
+        seq, half = located
+        if not 0 < seq < 2**63:
+            return None
+        try:
+            msg = await self._js.get_msg(SUBMISSIONS, seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        if msg.subject != submit_subject(org):
+            return None
+        stored = _stored(status_id, org, msg.data or b"")
+        if stored is None or not hmac.compare_digest(stored.sid[:16].encode(), half.hex().encode()):
+            return None
+        return stored
 
     async def _first_entry(self, subject: str) -> dict[str, object] | None:
         try:

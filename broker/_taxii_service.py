@@ -37,7 +37,8 @@ def credentials_path(settings: Settings) -> Path:
 
 
 def load_cursor_key(settings: Settings) -> bytes:
-    """The key of the ``next`` tokens; created (0600) on first use, shared by instances."""
+    """The key of the ``next`` tokens and status ids; created (0600) on first use, shared by
+    instances."""
     path = settings.taxii.cursor_key_file or settings.data_dir / "taxii-cursor.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -78,6 +79,7 @@ async def run_taxii(
             js,
             lambda: watcher.current,
             signing_key=signing_key,
+            status_key=cursor_key,
             max_bundle_bytes=settings.limits.max_bundle_bytes,
             max_objects=settings.limits.max_objects,
         )

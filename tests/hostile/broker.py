@@ -42,8 +42,8 @@ from broker._logcopy import LiveLog
 from broker._note import NoteVerifier
 from broker._router import ROUTER_CONSUMER
 from broker._service import publish_bundle, receive, run_router, streams_for
-from broker._taxii_backend import STATUS_BUCKET
-from broker._taxii_service import run_taxii
+from broker._taxii_backend import StatusIds
+from broker._taxii_service import load_cursor_key, run_taxii
 from keys import PrivateKey, PublicKey, generate_org_keys, load_private_key
 from policy import Directory
 from tests.conftest import Community, stix_identity
@@ -437,14 +437,16 @@ async def _phases(
     }
     await _wait_routed(js, last.seq or 0)
 
-    # -- TAXII status records of every 202
-    kv = await js.key_value(STATUS_BUCKET)
+    # -- TAXII statuses of every 202, and the submission each names
+    ids = StatusIds(load_cursor_key(settings))
     for case in cases:
         answer = answers[case.id]
         if case.path == "taxii" and answer.status == 202:
             answer.record = await taxii.status(case.org, answer.body["id"])
-            stored = orjson.loads((await kv.get(answer.body["id"])).value or b"{}")
-            answer.record_sha = stored.get("sha", "")
+            located = ids.read(answer.body["id"])
+            assert located is not None, answer.body["id"]
+            stored = await js.get_msg(SUBMISSIONS, located[0])
+            answer.record_sha = hashlib.sha256(stored.data or b"").hexdigest()[:32]
 
     # -- what the partners' receive bridges write, and the log
     received: dict[str, list[dict[str, Any]]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,6 @@ import orjson
 import pytest
 import requests
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
 from adapters._taxii import set_secret
@@ -22,7 +22,6 @@ from broker._bus import SUBMISSIONS, ensure_streams
 from broker._config import Settings, TaxiiSettings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
-from broker._taxii_backend import STATUS_BUCKET
 from broker._taxii_service import run_taxii
 from tests.conftest import Community
 from tests.integration.helpers import indicator, wait_routed
@@ -188,6 +187,46 @@ class TestBadInput:
         mine = await asyncio.to_thread(lambda: front.root("bank-a").get_status(status.id))
         assert mine.id == status.id
 
+    async def test_404_when_a_status_id_is_changed_or_made_up(self, front: Front) -> None:
+        status = await asyncio.to_thread(_add, front, "bank-a", "community", [indicator("clear")])
+        digit = "0" if status.id[-1] != "0" else "1"
+        made_up = [status.id[:-1] + digit, str(uuid.uuid4()), "not-a-uuid"]
+        for status_id in made_up:
+            with pytest.raises(requests.HTTPError) as caught:
+                await asyncio.to_thread(lambda i=status_id: front.root("bank-a").get_status(i))
+            assert caught.value.response.status_code == 404, status_id
+
+    async def test_another_server_instance_answers_a_status(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        """Statuses are read from the stream: a second instance (behind a load balancer, or
+        the same server restarted) knows the first one's."""
+        status = await asyncio.to_thread(_add, front, "bank-a", "community", [indicator("clear")])
+        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        second = asyncio.create_task(
+            run_taxii(
+                js,
+                front.settings,
+                signing_key=front.community.broker_key,
+                on_started=started.set_result,
+            )
+        )
+        try:
+            url = await asyncio.wait_for(asyncio.shield(started), 10)
+            assert url != front.url
+            other = Front(url, front.tokens, front.settings, front.community)
+            found = await asyncio.to_thread(lambda: other.root("bank-a").get_status(status.id))
+            assert (found.status, found.success_count) == ("complete", 1)
+            assert found.request_timestamp == status.request_timestamp
+            assert found.successes == status.successes
+            with pytest.raises(requests.HTTPError) as caught:
+                await asyncio.to_thread(lambda: other.root("bank-b").get_status(status.id))
+            assert caught.value.response.status_code == 404
+        finally:
+            second.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await second
+
 
 class TestRateLimit:
     async def test_429_with_retry_after_when_a_member_posts_over_its_rate(
@@ -243,7 +282,7 @@ class TestRateLimit:
 
 
 class TestStoreUnavailable:
-    """A POST is answered 202 only once the submission and its status record are stored."""
+    """A POST is answered 202 only once the submission is stored."""
 
     @staticmethod
     def _post(front: Front) -> requests.Response:
@@ -268,39 +307,6 @@ class TestStoreUnavailable:
         assert resp.headers["Content-Type"] == "application/taxii+json;version=2.1"
         assert int(resp.headers["Retry-After"]) >= 1
         assert "nothing was accepted" in resp.json()["description"]
-
-    async def test_202_once_the_status_record_is_written_again(
-        self, front: Front, js: JetStreamContext
-    ) -> None:
-        await asyncio.to_thread(front.collection, "bank-a", "community")
-        await js.delete_key_value(STATUS_BUCKET)
-        posting = asyncio.create_task(asyncio.to_thread(self._post, front))
-        # The submission is stored at once; the record's writes fail until the bucket is back.
-        for _ in range(100):
-            if (await js.stream_info(SUBMISSIONS)).state.messages == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert not posting.done()
-        await js.create_key_value(KeyValueConfig(bucket=STATUS_BUCKET, history=1))
-        resp = await posting
-        assert resp.status_code == 202, resp.text
-        status_id = resp.json()["id"]
-        await wait_routed(js, 1)
-        status = await asyncio.to_thread(lambda: front.root("bank-a").get_status(status_id))
-        assert status.status == "complete" and status.success_count == 1
-        assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
-
-    async def test_500_naming_the_stored_submission_when_its_record_cannot_be_written(
-        self, front: Front, js: JetStreamContext
-    ) -> None:
-        await asyncio.to_thread(front.collection, "bank-a", "community")
-        await js.delete_key_value(STATUS_BUCKET)
-        resp = await asyncio.to_thread(self._post, front)
-        # Not a 503: a client retrying on its own would have the objects routed twice.
-        assert resp.status_code == 500, resp.text
-        assert "Retry-After" not in resp.headers
-        assert "was stored and will be routed" in resp.json()["description"]
-        await wait_routed(js, 1)  # not lost: the router took it
 
     async def test_202_when_the_stream_is_back_before_the_last_retry(
         self, front: Front, js: JetStreamContext

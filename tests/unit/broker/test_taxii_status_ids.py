@@ -1,0 +1,84 @@
+"""TAXII status ids: a stored submission's place, readable only with the shared key."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import pytest
+
+from broker._submission import make_submission
+from broker._taxii_backend import StatusIds, _stored
+from keys import PrivateKey
+
+KEY = bytes(range(32))
+
+
+class TestStatusIds:
+    @pytest.mark.parametrize("seq", [1, 2, 255, 2**32 + 7, 2**63 - 1])
+    def test_reads_back_sequence_and_id_half_when_made_with_the_same_key(self, seq: int) -> None:
+        sid = secrets.token_hex(16)
+        status_id = StatusIds(KEY).make(seq, sid)
+        assert str(uuid.UUID(status_id)) == status_id
+        assert StatusIds(KEY).read(status_id) == (seq, bytes.fromhex(sid)[:8])
+
+    def test_says_nothing_of_the_sequence_when_ids_are_consecutive(self) -> None:
+        sid = secrets.token_hex(16)
+        first, second = (StatusIds(KEY).make(seq, sid).replace("-", "") for seq in (1, 2))
+        # One block cipher block: a sequence one apart changes about every hex digit (for
+        # random digits 30 of 32 on average; fewer than 16 has odds below one in 10^9).
+        assert sum(a != b for a, b in zip(first, second, strict=True)) >= 16
+
+    def test_reads_another_place_when_the_key_differs(self) -> None:
+        sid = secrets.token_hex(16)
+        status_id = StatusIds(KEY).make(5, sid)
+        assert StatusIds(bytes(32)).read(status_id) != (5, bytes.fromhex(sid)[:8])
+
+    @pytest.mark.parametrize("text", ["", "status-1", "12345", "g" * 32])
+    def test_reads_nothing_when_the_id_is_not_a_uuid(self, text: str) -> None:
+        assert StatusIds(KEY).read(text) is None
+
+
+class TestStoredSubmission:
+    def test_lists_objects_with_versions_when_the_token_is_a_submission(self) -> None:
+        when = "2026-11-02T09:30:00.000Z"
+        indicator_id, domain_id = f"indicator--{uuid.uuid4()}", f"domain-name--{uuid.uuid4()}"
+        objects = [
+            {
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": indicator_id,
+                "created": when,
+                "modified": when,
+                "pattern": "[domain-name:value = 'x.example']",
+                "pattern_type": "stix",
+                "valid_from": when,
+            },
+            {"type": "domain-name", "spec_version": "2.1", "id": domain_id, "value": "x.example"},
+        ]
+        signed = make_submission(
+            {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects},
+            org="bank-a",
+            key=PrivateKey.generate("Ed25519"),
+            to=(),
+            feed=None,
+            now=1_780_000_000,
+            max_bytes=1 << 20,
+            max_objects=100,
+            via="taxii",
+        )
+        stored = _stored("id-1", "bank-a", signed.token)
+        assert stored is not None and stored.sid == signed.sid
+        assert stored.record.request_timestamp == "2026-05-28T20:26:40.000000Z"
+        assert list(stored.record.objects) == [
+            (indicator_id, "2026-11-02T09:30:00.000000Z"),
+            (domain_id, "2026-05-28T20:26:40.000000Z"),  # no modified: the POST's time
+        ]
+
+    @pytest.mark.parametrize(
+        "token",
+        [b"", b"a.b", b"a.!!.c", b"a.e30.c", b"a.eyJzaWQiOjF9.c", b"a.W10.c"],
+        ids=["empty", "two-parts", "not-base64", "empty-object", "no-bundle", "a-list"],
+    )
+    def test_gives_nothing_when_the_message_is_not_a_submission(self, token: bytes) -> None:
+        assert _stored("id-1", "bank-a", token) is None
