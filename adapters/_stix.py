@@ -117,28 +117,31 @@ def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None
             f"{source}: {len(objects):,} objects is over the limit of {max_objects:,} per bundle"
         )
     for i, obj in enumerate(objects):
-        where = f"{source}: objects[{i}]"
-        if not isinstance(obj, Mapping):
-            raise InvalidBundle(f"{where} is a {_kind(obj)}, expected an object")
-        obj_type = obj.get("type")
-        if not isinstance(obj_type, str) or not obj_type:
-            raise InvalidBundle(f"{where}: missing 'type'")
-        obj_id = obj.get("id")
-        if not isinstance(obj_id, str) or not _ID_RE.match(obj_id):
-            raise InvalidBundle(f"{where} ({obj_type}): 'id' {obj_id!r} is not a STIX identifier")
-        if not obj_id.startswith(obj_type + "--"):
-            raise InvalidBundle(f"{where}: id {obj_id!r} does not match type {obj_type!r}")
-        if obj.get("spec_version") != "2.1":
-            raise InvalidBundle(
-                f"{where} ({obj_id}): 'spec_version' is {obj.get('spec_version')!r}, expected '2.1'"
-            )
-        problem = (
-            _timestamps_problem(obj, obj_type)
-            or observable_id_problem(obj, obj_id, obj_type)
-            or _properties_problem(obj)
-        )
+        problem = _object_problem(obj)
         if problem is not None:
-            raise InvalidBundle(f"{where} ({obj_id}): {problem}")
+            raise InvalidBundle(f"{source}: objects[{i}]{problem}")
+
+
+def _object_problem(obj: Any) -> str | None:
+    """What is wrong with one object, written to follow ``objects[i]``, or None."""
+    if not isinstance(obj, Mapping):
+        return f" is a {_kind(obj)}, expected an object"
+    obj_type = obj.get("type")
+    if not isinstance(obj_type, str) or not obj_type:
+        return ": missing 'type'"
+    obj_id = obj.get("id")
+    if not isinstance(obj_id, str) or not _ID_RE.match(obj_id):
+        return f" ({obj_type}): 'id' {obj_id!r} is not a STIX identifier"
+    if not obj_id.startswith(obj_type + "--"):
+        return f": id {obj_id!r} does not match type {obj_type!r}"
+    if obj.get("spec_version") != "2.1":
+        return f" ({obj_id}): 'spec_version' is {obj.get('spec_version')!r}, expected '2.1'"
+    problem = (
+        _timestamps_problem(obj, obj_type)
+        or observable_id_problem(obj, obj_id, obj_type)
+        or _properties_problem(obj)
+    )
+    return None if problem is None else f" ({obj_id}): {problem}"
 
 
 _TIMESTAMP_RE = re.compile(

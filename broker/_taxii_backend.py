@@ -163,7 +163,6 @@ class NatsTaxiiBackend:
         status_key: bytes,
         max_bundle_bytes: int,
         max_objects: int,
-        via: str = "taxii",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._js = js
