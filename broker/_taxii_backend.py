@@ -10,7 +10,10 @@
   after a restart too, and an id says nothing of how many submissions the community made.
   Pending until the router logged the submission (``atlas.log.entries.<sid>.0`` when
   accepted, ``…r<sha256 of the token>.0`` when refused), then complete. It lives as long
-  as the submission is kept (``streams.submissions_max_age``).
+  as the submission is kept (``router.package_ttl``, 30 days by default), and as long as
+  the key (``taxii.cursor_key_file``) is not replaced.
+- A publish whose acknowledgement never came is looked for in the store before the POST
+  is answered "not confirmed" (``_find``).
 - Reads: a reader's views come from the VIEWS stream (``atlas.view.<reader>.*``), indexed
   in memory per reader and caught up on every request (one round trip when nothing is new).
 """
@@ -63,8 +66,11 @@ _PUBLISH_TIMEOUT = 5.0
 """Seconds one publish waits for JetStream's acknowledgement (nats-py's default)."""
 _PUBLISH_BUDGET = 12.0
 """Seconds a POST keeps publishing its submission before answering."""
-_KNOWN = 4096
-"""Status records kept in memory per server (the rest are read from the stream again)."""
+_FIND_SCAN = 1000
+"""Submissions of one organisation read to find one whose acknowledgement was lost."""
+_KNOWN_OBJECTS = 100_000
+"""Objects of the status records kept in memory per server (about 15 MB); the rest are
+read from the stream again."""
 _NOT_SENT = (
     nats.errors.NoRespondersError,
     nats.js.errors.NoStreamResponseError,  # nats-py's name for no responders on a publish
@@ -177,6 +183,9 @@ class NatsTaxiiBackend:
         self._locks: dict[str, asyncio.Lock] = {}
         self._known: OrderedDict[str, _Stored] = OrderedDict()
         """Recent submissions' status parts, and the final status of those that have one."""
+        self._known_objects = 0
+        self._acked = 0
+        """The highest SUBMISSIONS sequence a publish of this server was acknowledged at."""
         self._storing: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
@@ -255,6 +264,7 @@ class NatsTaxiiBackend:
                     stream=SUBMISSIONS,
                     timeout=min(_PUBLISH_TIMEOUT, remaining),
                 )
+                self._acked = max(self._acked, int(ack.seq))
                 return int(ack.seq)
             except nats.js.errors.APIError as exc:  # the stream answered no: not stored
                 log.warning("taxii.submission_refused_by_store", error=_text(exc))
@@ -277,19 +287,52 @@ class NatsTaxiiBackend:
                 "unavailable",
                 f"the submission could not be stored ({name}); nothing was accepted, post it again",
             )
+        found = await self._find(org, signed.token)
+        if found is not None:
+            log.warning("taxii.submission_found", sid=signed.sid, seq=found, error=_text(error))
+            return found
         log.error("taxii.submission_unconfirmed", sid=signed.sid, error=_text(error))
         raise SubmitRefused(
             "uncertain",
-            f"the store did not confirm submission {signed.sid} ({name}): it may have been "
-            "stored and routed (the dissemination log names it once routed); do not post "
-            "these objects again before checking",
+            f"the store did not confirm submission {signed.sid} ({name}) and could not be "
+            "read to find it: it may have been stored and routed; do not post these "
+            "objects again before checking that they arrived",
         )
 
+    async def _find(self, org: str, token: bytes) -> int | None:
+        """Where a publish whose acknowledgement was lost stored ``token``, if the store
+        can say: the organisation's last submission, or one of its submissions after the
+        last sequence this server saw acknowledged (at most ``_FIND_SCAN`` read)."""
+        subject = submit_subject(org)
+        try:
+            async with asyncio.timeout(_PUBLISH_TIMEOUT):
+                last = await self._js.get_last_msg(SUBMISSIONS, subject)
+                if last.data == token:
+                    return last.seq or 0
+                seq = self._acked
+                for _ in range(_FIND_SCAN if seq else 0):
+                    msg = await self._js.get_msg(
+                        SUBMISSIONS, seq=seq + 1, subject=subject, next=True
+                    )
+                    if msg.data == token:
+                        return msg.seq or 0
+                    seq = msg.seq or 0
+                    if seq >= (last.seq or 0):
+                        break
+        except (nats.errors.Error, OSError, TimeoutError) as exc:  # NotFoundError included
+            log.warning("taxii.find_failed", error=_text(exc))
+        return None
+
     def _remember(self, stored: _Stored) -> None:
+        """Keep ``stored`` (its objects counted toward a bound, not just its entry)."""
+        previous = self._known.pop(stored.record.id, None)
+        if previous is not None:
+            self._known_objects -= len(previous.record.objects)
         self._known[stored.record.id] = stored
-        self._known.move_to_end(stored.record.id)
-        while len(self._known) > _KNOWN:
-            self._known.popitem(last=False)
+        self._known_objects += len(stored.record.objects)
+        while self._known_objects > _KNOWN_OBJECTS and len(self._known) > 1:
+            _, dropped = self._known.popitem(last=False)
+            self._known_objects -= len(dropped.record.objects)
 
     async def status(self, org: str, status_id: str) -> StatusRecord | None:
         try:

@@ -60,7 +60,7 @@ def b64e_pieces(*parts: bytes | memoryview) -> list[bytes]:
     pieces: list[bytes] = []
     carry = b""
     for part in parts:
-        view = memoryview(part)
+        view = memoryview(part).cast("B")  # bytes, whatever the view's item size
         if carry:
             take = 3 - len(carry)
             carry += bytes(view[:take])

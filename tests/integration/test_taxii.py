@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from nats.js import JetStreamContext
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
 from adapters._taxii import set_secret
-from broker._bus import SUBMISSIONS, ensure_streams
+from broker._bus import SUBMISSIONS, ensure_streams, submit_subject
 from broker._config import Settings, TaxiiSettings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
-from broker._taxii_service import run_taxii
+from broker._taxii_backend import NatsTaxiiBackend, StatusIds
+from broker._taxii_service import load_cursor_key, run_taxii
+from keys import PrivateKey
 from tests.conftest import Community
 from tests.integration.helpers import indicator, wait_routed
 
@@ -196,6 +199,20 @@ class TestBadInput:
                 await asyncio.to_thread(lambda i=status_id: front.root("bank-a").get_status(i))
             assert caught.value.response.status_code == 404, status_id
 
+    async def test_404_when_a_status_id_names_the_place_of_another_submission(
+        self, front: Front
+    ) -> None:
+        """An id that decodes to a real submission's place but not to its id is not it: a
+        stale id after the stream was recreated, or one made with a guessed sequence."""
+        status = await asyncio.to_thread(_add, front, "bank-a", "community", [indicator("clear")])
+        ids = StatusIds(load_cursor_key(front.settings))
+        located = ids.read(status.id)
+        assert located is not None
+        other_sid = ids.make(located[0], secrets.token_hex(16))
+        with pytest.raises(requests.HTTPError) as caught:
+            await asyncio.to_thread(lambda: front.root("bank-a").get_status(other_sid))
+        assert caught.value.response.status_code == 404
+
     async def test_another_server_instance_answers_a_status(
         self, front: Front, js: JetStreamContext
     ) -> None:
@@ -215,13 +232,17 @@ class TestBadInput:
             url = await asyncio.wait_for(asyncio.shield(started), 10)
             assert url != front.url
             other = Front(url, front.tokens, front.settings, front.community)
-            found = await asyncio.to_thread(lambda: other.root("bank-a").get_status(status.id))
-            assert (found.status, found.success_count) == ("complete", 1)
-            assert found.request_timestamp == status.request_timestamp
-            assert found.successes == status.successes
+            # Another member first: nothing of the submission is known to this server yet,
+            # so the answer comes from reading the stream, not from a cache.
             with pytest.raises(requests.HTTPError) as caught:
                 await asyncio.to_thread(lambda: other.root("bank-b").get_status(status.id))
             assert caught.value.response.status_code == 404
+            forms = [status.id.upper(), f"urn:uuid:{status.id}", status.id.replace("-", "")]
+            for form in [status.id, *forms]:
+                found = await asyncio.to_thread(lambda f=form: other.root("bank-a").get_status(f))
+                assert (found.id, found.status, found.success_count) == (status.id, "complete", 1)
+                assert found.request_timestamp == status.request_timestamp
+                assert found.successes == status.successes
         finally:
             second.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -377,3 +398,47 @@ async def test_413_when_the_server_takes_smaller_messages_than_the_limits_allow(
             assert (await small_js.stream_info(SUBMISSIONS)).state.messages == 0
         finally:
             await nc.close()
+
+
+class TestFindAfterLostAck:
+    """When no acknowledgement of a publish came back, the POST looks for the submission in
+    the store before answering that it cannot confirm it."""
+
+    @staticmethod
+    async def _backend(js: JetStreamContext) -> NatsTaxiiBackend:
+        await ensure_streams(js)
+        return NatsTaxiiBackend(
+            js,
+            lambda: pytest.fail("the directory is not needed to find a submission"),
+            signing_key=PrivateKey.generate("Ed25519"),
+            status_key=bytes(32),
+            max_bundle_bytes=1 << 20,
+            max_objects=100,
+        )
+
+    async def test_finds_the_token_when_it_is_the_organisations_last(
+        self, js: JetStreamContext
+    ) -> None:
+        backend = await self._backend(js)
+        await js.publish(submit_subject("bank-b"), b"token-x", stream=SUBMISSIONS)
+        ack = await js.publish(submit_subject("bank-a"), b"token-a", stream=SUBMISSIONS)
+        await js.publish(submit_subject("bank-b"), b"token-b", stream=SUBMISSIONS)
+        assert await backend._find("bank-a", b"token-a") == ack.seq
+        assert await backend._find("bank-b", b"token-a") is None  # another organisation's
+
+    async def test_finds_the_token_among_later_ones_after_the_last_acknowledged(
+        self, js: JetStreamContext
+    ) -> None:
+        backend = await self._backend(js)
+        before = await js.publish(submit_subject("bank-a"), b"token-0", stream=SUBMISSIONS)
+        backend._acked = before.seq
+        ack = await js.publish(submit_subject("bank-a"), b"token-a", stream=SUBMISSIONS)
+        for n in range(3):  # the organisation's other POSTs, stored after it
+            await js.publish(submit_subject("bank-a"), b"later-%d" % n, stream=SUBMISSIONS)
+        assert await backend._find("bank-a", b"token-a") == ack.seq
+        assert await backend._find("bank-a", b"token-never-stored") is None
+
+    async def test_finds_nothing_when_the_store_cannot_be_read(self, js: JetStreamContext) -> None:
+        backend = await self._backend(js)
+        await js.delete_stream(SUBMISSIONS)
+        assert await backend._find("bank-a", b"token-a") is None

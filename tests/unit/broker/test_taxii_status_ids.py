@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from typing import cast
 
 import pytest
+from nats.js import JetStreamContext
 
+from adapters._taxii import StatusRecord
 from broker._submission import make_submission
-from broker._taxii_backend import StatusIds, _stored
+from broker._taxii_backend import NatsTaxiiBackend, StatusIds, _Stored, _stored
 from keys import PrivateKey
 
 KEY = bytes(range(32))
@@ -82,3 +85,29 @@ class TestStoredSubmission:
     )
     def test_gives_nothing_when_the_message_is_not_a_submission(self, token: bytes) -> None:
         assert _stored("id-1", "bank-a", token) is None
+
+
+class TestKnownStatuses:
+    def test_keeps_statuses_by_their_objects_not_their_count(self) -> None:
+        backend = NatsTaxiiBackend(
+            cast(JetStreamContext, None),  # remembering touches no store
+            lambda: pytest.fail("not needed"),
+            signing_key=PrivateKey.generate("Ed25519"),
+            status_key=KEY,
+            max_bundle_bytes=1 << 20,
+            max_objects=100_000,
+        )
+
+        def stored(n: int, size: int) -> _Stored:
+            pairs = [(f"indicator--{i}", "v") for i in range(size)]
+            record = StatusRecord(id=f"s{n}", org="bank-a", request_timestamp="t", objects=pairs)
+            return _Stored(record, sid=f"{n:032x}", sha="0" * 32)
+
+        for n in range(3):
+            backend._remember(stored(n, 40_000))
+        assert list(backend._known) == ["s1", "s2"]  # 120,000 objects were over the bound
+        backend._remember(stored(3, 150_000))  # one alone over the bound is still kept
+        assert list(backend._known) == ["s3"]
+        for n in range(4, 104):
+            backend._remember(stored(n, 1))
+        assert len(backend._known) == 100 and "s3" not in backend._known

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import base64
 import json
 from typing import Any
@@ -73,6 +74,11 @@ class TestBase64url:
         parts = [bytes([n % 251 for n in range(size)]) for size in (first, second, third)]
         pieces = b64e_pieces(parts[0], memoryview(parts[1]), parts[2])
         assert b"".join(pieces) == _reference(b"".join(parts)).encode()
+
+    def test_encodes_the_bytes_when_a_view_has_wider_items(self) -> None:
+        wide = array.array("H", [1, 2, 3, 4])
+        pieces = b64e_pieces(b"a", memoryview(wide))
+        assert b"".join(pieces) == _reference(b"a" + wide.tobytes()).encode()
 
     @pytest.mark.parametrize("char", [b"+", b"/", b"=", b" ", b"\n", b"*"])
     @pytest.mark.parametrize("where", [0, 40_000, -1])
