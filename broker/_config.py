@@ -188,6 +188,17 @@ class TaxiiSettings(_Section):
     """The server's address as clients reach it (``https://taxii.example.org``), used in
     discovery's API root URLs. Unset: taken from the request (its Host header), which is
     right when clients reach the server directly."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open client connections in all; more are closed as they arrive (lowered to what the
+    process's file descriptor limit allows)."""
+    max_connections_per_address: int = Field(default=100, ge=1)
+    """Open client connections from one address (an IPv6 client's /64)."""
+    header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a connection gets to send a complete request head (from connecting, or from
+    the previous response); then it is closed."""
+    body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a request body may go without a byte arriving; then the connection is closed
+    (nothing of that request is accepted)."""
 
     @field_validator("public_url")
     @classmethod

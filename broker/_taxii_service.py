@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 from nats.js import JetStreamContext
 
-from adapters._taxii import Credentials, create_app, serve_http
+from adapters._taxii import Credentials, HttpLimits, create_app, serve_http
 from keys import PrivateKey
 
 from ._bus import ensure_streams, nats_session
@@ -108,6 +108,12 @@ async def run_taxii(
             cert_file=cfg.cert_file,
             key_file=cfg.key_file,
             on_started=_started,
+            limits=HttpLimits(
+                max_connections=cfg.max_connections,
+                max_connections_per_address=cfg.max_connections_per_address,
+                header_timeout=cfg.header_timeout,
+                body_timeout=cfg.body_timeout,
+            ),
         )
 
 

@@ -17,13 +17,14 @@ from ._port import (
     collection_id,
     collections_for,
 )
-from ._serve import bind_listener, is_loopback, serve_http, serve_socket
+from ._serve import HttpLimits, bind_listener, is_loopback, serve_http, serve_socket
 
 __all__ = [
     "CollectionInfo",
     "Credentials",
     "CredentialsError",
     "CursorCodec",
+    "HttpLimits",
     "InvalidCursor",
     "MemoryBackend",
     "ObjectIndex",

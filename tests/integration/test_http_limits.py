@@ -1,0 +1,179 @@
+"""What an HTTP server of ours takes from clients before it closes their connections.
+
+Real sockets on loopback against ``serve_http`` with short limits: idle and half-sent
+requests, stalled bodies, and more connections than allowed are closed, while clients that
+keep sending are served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import requests
+
+from adapters._taxii import HttpLimits, serve_http
+
+LIMITS = HttpLimits(
+    max_connections=6, max_connections_per_address=4, header_timeout=0.5, body_timeout=0.5
+)
+
+
+async def _echo_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body, answers with its length."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    body = str(size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.asynccontextmanager
+async def _serving(limits: HttpLimits = LIMITS) -> AsyncIterator[tuple[str, int]]:
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve_http(
+            _echo_length, host="127.0.0.1", port=0, on_started=started.set_result, limits=limits
+        )
+    )
+    try:
+        url = await asyncio.wait_for(asyncio.shield(started), 10)
+        yield url, int(url.rsplit(":", 1)[1])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the server closed ``sock`` (reads it), or None if it stayed open."""
+    sock.settimeout(seconds)
+    start = time.monotonic()
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+class TestTimeouts:
+    async def test_closes_a_connection_that_sends_nothing(self) -> None:
+        async with _serving() as (_, port):
+            with _connect(port) as sock:
+                waited = await asyncio.to_thread(_closed_within, sock, 5)
+        assert waited is not None and waited < 3
+
+    async def test_closes_a_connection_that_never_finishes_its_head(self) -> None:
+        async with _serving() as (_, port):
+            with _connect(port) as sock:
+
+                def dribble() -> float | None:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                    for _ in range(8):  # a header line at a time, never the blank line
+                        time.sleep(0.2)
+                        try:
+                            sock.sendall(b"X-Slow: 1\r\n")
+                        except OSError:
+                            return 0.0  # already closed
+                    return _closed_within(sock, 3)
+
+                waited = await asyncio.to_thread(dribble)
+        assert waited is not None
+
+    async def test_closes_a_connection_whose_body_stalls(self) -> None:
+        async with _serving() as (_, port):
+            with _connect(port) as sock:
+
+                def stall() -> float | None:
+                    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nx")
+                    return _closed_within(sock, 5)
+
+                waited = await asyncio.to_thread(stall)
+        assert waited is not None and waited < 3
+
+    async def test_serves_a_body_that_keeps_coming_slowly(self) -> None:
+        async with _serving() as (url, _):
+
+            def slow() -> Any:
+                def chunks() -> Any:
+                    for _ in range(6):  # 1.8 s in all, never 0.5 s without a byte
+                        time.sleep(0.3)
+                        yield b"abcde"
+
+                return requests.post(url + "/", data=chunks(), timeout=10)
+
+            resp = await asyncio.to_thread(slow)
+        assert (resp.status_code, resp.text) == (200, "30")
+
+    async def test_keeps_a_connection_that_sends_requests_now_and_then(self) -> None:
+        async with _serving() as (url, _):
+
+            def requests_over_time() -> list[str]:
+                with requests.Session() as session:
+                    answers = []
+                    for _ in range(5):  # 1.6 s in all on one connection, past the 0.5 s
+                        answers.append(session.post(url + "/", data=b"ab", timeout=5).text)
+                        time.sleep(0.4)
+                    return answers
+
+            assert await asyncio.to_thread(requests_over_time) == ["2"] * 5
+
+
+class TestConnectionCaps:
+    async def test_closes_connections_over_the_per_address_cap(self) -> None:
+        limits = HttpLimits(max_connections=50, max_connections_per_address=3, header_timeout=30)
+        async with _serving(limits) as (url, port):
+            held = [_connect(port) for _ in range(3)]
+            try:
+                await asyncio.sleep(0.2)
+                with _connect(port) as extra:
+                    waited = await asyncio.to_thread(_closed_within, extra, 3)
+                assert waited is not None and waited < 1
+            finally:
+                for sock in held:
+                    sock.close()
+            await asyncio.sleep(0.2)
+            resp = await asyncio.to_thread(requests.post, url + "/", data=b"abc", timeout=5)
+            assert resp.text == "3"  # room again once they left
+
+    async def test_closes_connections_over_the_total_cap(self) -> None:
+        limits = HttpLimits(max_connections=2, max_connections_per_address=50, header_timeout=30)
+        async with _serving(limits) as (_, port):
+            held = [_connect(port) for _ in range(2)]
+            try:
+                await asyncio.sleep(0.2)
+                with _connect(port) as extra:
+                    waited = await asyncio.to_thread(_closed_within, extra, 3)
+                assert waited is not None and waited < 1
+            finally:
+                for sock in held:
+                    sock.close()
+
+    @pytest.mark.parametrize("wanted", [1, 1000, 10**9])
+    def test_fits_the_cap_to_the_file_descriptor_limit(self, wanted: int) -> None:
+        import resource
+
+        from adapters._taxii._serve import _connection_room
+
+        room = _connection_room(wanted)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert 1 <= room <= wanted
+        assert soft == resource.RLIM_INFINITY or room < soft
