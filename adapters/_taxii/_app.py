@@ -56,6 +56,12 @@ def _network(host: str) -> str:
     return str(address)
 
 
+def _quoted(text: str) -> str:
+    """A name from the request, quoted for an error message and cut short when long."""
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:76] + "...'"
+
+
 def _status_body(record: StatusRecord) -> dict[str, object]:
     items = [{"id": i, "version": v} for i, v in record.objects]
     body: dict[str, object] = {
@@ -203,12 +209,15 @@ class _Server:
         handler, allowed = self.route(parts)
         if handler is None:
             raise TaxiiHttpError(404, "Not found", "no such TAXII endpoint")
-        if request.method not in allowed:
+        # HEAD is GET without the body (uvicorn leaves the body out).
+        method = "GET" if request.method == "HEAD" else request.method
+        if method not in allowed:
+            shown = [m for a in allowed for m in ((a, "HEAD") if a == "GET" else (a,))]
             raise TaxiiHttpError(
                 405,
                 "Method not allowed",
-                f"{request.method} is not supported here; use {', '.join(allowed)}",
-                {"Allow": ", ".join(allowed)},
+                f"{request.method} is not supported here; use {', '.join(shown)}",
+                {"Allow": ", ".join(shown)},
             )
         with structlog.contextvars.bound_contextvars(org=org):
             return await handler(request, org, parts)
@@ -283,7 +292,7 @@ class _Server:
         for info in await self.backend.collections(org):
             if info.id == collection_id:
                 return info
-        raise TaxiiHttpError(404, "Not found", f"no collection {collection_id!r} for you")
+        raise TaxiiHttpError(404, "Not found", f"no collection {_quoted(collection_id)} for you")
 
     async def collection(self, request: Request, org: str, parts: Sequence[str]) -> Response:
         return taxii_response(self._collection_body(await self._find(org, parts[2])))
@@ -292,7 +301,7 @@ class _Server:
         info = await self._find(org, collection_id)
         if not info.can_read or info.reader is None:
             raise TaxiiHttpError(
-                403, "Forbidden", f"collection {collection_id!r} is write-only for you"
+                403, "Forbidden", f"collection {_quoted(collection_id)} is write-only for you"
             )
         return info, await self.backend.index(info.reader)
 
@@ -363,7 +372,9 @@ class _Server:
             )
         info, index = await self._readable(org, parts[2])
         if not index.has(object_id):
-            raise TaxiiHttpError(404, "Not found", f"no object {object_id!r} in this collection")
+            raise TaxiiHttpError(
+                404, "Not found", f"no object {_quoted(object_id)} in this collection"
+            )
         page = index.page(self._query(request, "object", info.id), object_id)
         return self._paged(page, info.id, "objects", [e.raw for e in page.entries])
 
@@ -371,7 +382,9 @@ class _Server:
         object_id = parts[4]
         info, index = await self._readable(org, parts[2])
         if not index.has(object_id):
-            raise TaxiiHttpError(404, "Not found", f"no object {object_id!r} in this collection")
+            raise TaxiiHttpError(
+                404, "Not found", f"no object {_quoted(object_id)} in this collection"
+            )
         page = index.page(self._query(request, "versions", info.id), object_id)
         return self._paged(
             page, info.id, "versions", [orjson.dumps(e.version) for e in page.entries]
@@ -381,7 +394,7 @@ class _Server:
         info = await self._find(org, collection_id)
         if not info.can_write:
             raise TaxiiHttpError(
-                403, "Forbidden", f"collection {collection_id!r} is read-only for you"
+                403, "Forbidden", f"collection {_quoted(collection_id)} is read-only for you"
             )
         if not is_taxii_content_type(request.headers.get("content-type")):
             raise TaxiiHttpError(
@@ -440,7 +453,7 @@ class _Server:
     async def status(self, request: Request, org: str, parts: Sequence[str]) -> Response:
         record = await self.backend.status(org, parts[2])
         if record is None:
-            raise TaxiiHttpError(404, "Not found", f"no status {parts[2]!r} of yours")
+            raise TaxiiHttpError(404, "Not found", f"no status {_quoted(parts[2])} of yours")
         return taxii_response(_status_body(record))
 
 

@@ -61,14 +61,36 @@ _COLLECTION = _param("collectionId", {"type": "string"}, "path")
 _OBJECT = _param("objectId", {"type": "string"}, "path")
 
 
-def _get(summary: str, schema: dict[str, Any], params: list[dict[str, Any]]) -> dict[str, Any]:
+_DATE_ADDED = {
+    f"X-TAXII-Date-Added-{end}": {
+        "description": f"date_added of the {end.lower()} object of the page",
+        "schema": {"type": "string", "format": "date-time"},
+    }
+    for end in ("First", "Last")
+}
+
+
+def _get(
+    summary: str, schema: dict[str, Any], params: list[dict[str, Any]], *, paged: bool = False
+) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": summary, **_json(schema)}
+    if paged:
+        ok["headers"] = _DATE_ADDED
     return {
         "get": {
             "summary": summary,
             "parameters": params,
-            "responses": {"200": {"description": summary, **_json(schema)}, **_ERRORS},
+            "responses": {"200": ok, **_ERRORS},
         }
     }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _strings() -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string"}}
 
 
 def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
@@ -84,9 +106,9 @@ def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
         },
         "security": [{"basic": []}, {"bearer": []}],
         "paths": {
-            "/taxii2/": _get("Server discovery", {"type": "object"}, []),
-            f"{root}/": _get("API root information", {"type": "object"}, []),
-            f"{root}/collections/": _get("Collections", {"type": "object"}, []),
+            "/taxii2/": _get("Server discovery", _ref("Discovery"), []),
+            f"{root}/": _get("API root information", _ref("ApiRoot"), []),
+            f"{root}/collections/": _get("Collections", _ref("Collections"), []),
             f"{root}/collections/{{collectionId}}/": _get(
                 "One collection", {"$ref": "#/components/schemas/Collection"}, [_COLLECTION]
             ),
@@ -95,6 +117,7 @@ def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
                     "Objects, by date added",
                     envelope,
                     [_COLLECTION, _LIMIT, _ADDED_AFTER, _NEXT, *_MATCH],
+                    paged=True,
                 ),
                 "post": {
                     "summary": "Add objects (to the audience the collection names)",
@@ -112,6 +135,12 @@ def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
                                 (413, "Body too large"),
                                 (415, "Content-Type is not TAXII 2.1"),
                                 (422, "Not valid STIX"),
+                                (
+                                    500,
+                                    "Not confirmed: the store did not confirm the submission "
+                                    "and it may have been stored; do not post it again before "
+                                    "checking",
+                                ),
                             )
                         },
                         "429": {
@@ -128,20 +157,26 @@ def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
                     "One object's versions",
                     envelope,
                     [_COLLECTION, _OBJECT, _LIMIT, _ADDED_AFTER, _NEXT, *_MATCH[2:]],
+                    paged=True,
                 ),
                 "delete": {
-                    "summary": "Delete an object (refused: Atlas collections are read or write)",
+                    "summary": "Delete an object: always refused (403), Atlas collections are "
+                    "read-only or write-only for each organisation",
                     "parameters": [_COLLECTION, _OBJECT],
-                    "responses": {"200": {"description": "Deleted"}, **_ERRORS},
+                    "responses": _ERRORS,
                 },
             },
             f"{root}/collections/{{collectionId}}/objects/{{objectId}}/versions/": _get(
                 "Versions of an object",
-                {"type": "object"},
+                _ref("Versions"),
                 [_COLLECTION, _OBJECT, _LIMIT, _ADDED_AFTER, _NEXT, _MATCH[3]],
+                paged=True,
             ),
             f"{root}/collections/{{collectionId}}/manifest/": _get(
-                "Manifest", {"type": "object"}, [_COLLECTION, _LIMIT, _ADDED_AFTER, _NEXT, *_MATCH]
+                "Manifest",
+                _ref("Manifest"),
+                [_COLLECTION, _LIMIT, _ADDED_AFTER, _NEXT, *_MATCH],
+                paged=True,
             ),
             f"{root}/status/{{statusId}}/": _get(
                 "Status of an add request (your own only)",
@@ -162,6 +197,59 @@ def openapi_document(*, api_root: str, title: str) -> dict[str, Any]:
                         "title": {"type": "string"},
                         "description": {"type": "string"},
                         "http_status": {"type": "string"},
+                    },
+                },
+                "Discovery": {
+                    "type": "object",
+                    "required": ["title"],
+                    "properties": {
+                        "title": {"type": "string"},
+                        "description": {"type": "string"},
+                        "contact": {"type": "string"},
+                        "default": {"type": "string"},
+                        "api_roots": _strings(),
+                    },
+                },
+                "ApiRoot": {
+                    "type": "object",
+                    "required": ["title", "versions", "max_content_length"],
+                    "properties": {
+                        "title": {"type": "string"},
+                        "description": {"type": "string"},
+                        "versions": _strings(),
+                        "max_content_length": {"type": "integer"},
+                    },
+                },
+                "Collections": {
+                    "type": "object",
+                    "properties": {"collections": {"type": "array", "items": _ref("Collection")}},
+                },
+                "Manifest": {
+                    "type": "object",
+                    "properties": {
+                        "more": {"type": "boolean"},
+                        "next": {"type": "string"},
+                        "objects": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "date_added", "version"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "date_added": {"type": "string", "format": "date-time"},
+                                    "version": {"type": "string"},
+                                    "media_type": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Versions": {
+                    "type": "object",
+                    "properties": {
+                        "more": {"type": "boolean"},
+                        "next": {"type": "string"},
+                        "versions": _strings(),
                     },
                 },
                 "Envelope": {

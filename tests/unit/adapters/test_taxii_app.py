@@ -329,7 +329,23 @@ class TestDiscovery:
     def test_405_when_method_not_supported(self, client: AppClient) -> None:
         resp = client.put("/atlas/collections/", headers=basic("bank-a"))
         assert_taxii_error(resp, 405)
-        assert resp.headers["allow"] == "GET"
+        assert resp.headers["allow"] == "GET, HEAD"
+
+    def test_head_answers_as_get_where_get_is_allowed(self, client: AppClient) -> None:
+        resp = client.request("HEAD", "/atlas/collections/", headers=basic("bank-a"))
+        assert resp.status_code == 200
+        assert resp.headers["content-type"] == MT
+        views = collections(client, "lea-1")["views:lea-1"]
+        resp = client.request(
+            "HEAD", f"/atlas/collections/{views}/objects/", headers=basic("lea-1")
+        )
+        assert resp.status_code == 200
+
+    def test_404_names_a_long_id_cut_short(self, client: AppClient) -> None:
+        resp = client.get(f"/atlas/status/{'a' * 5000}/", headers=basic("bank-a"))
+        assert_taxii_error(resp, 404)
+        assert len(resp.json()["description"]) < 120
+        assert "aaaa...'" in resp.json()["description"]
 
     def test_404_when_collection_is_not_visible(self, client: AppClient) -> None:
         views = collections(client, "lea-1")["views:lea-1"]
