@@ -1,8 +1,10 @@
 """Structural checks of STIX 2.1 bundles at the edges (publish, router, TAXII).
 
 These checks are the cheap gate in front of the policy: the document is JSON, a bundle,
-and every object has the common properties the router relies on. They run on plain dicts
-parsed with orjson; full schema validation (stix2-validator) is for tests and tools.
+every object has the common properties the router relies on and the properties STIX 2.1
+requires of its type (``_REQUIRED``; a STIX pattern is checked for its structure only).
+They run on plain dicts parsed with orjson; full schema validation (stix2-validator) is for
+tests and tools.
 
 Every value inside an object must also be one the broker can write back out: nested at most
 ``_MAX_DEPTH`` containers deep, integers within 64 bits and finite numbers. The router parses
@@ -138,10 +140,105 @@ def _object_problem(obj: Any) -> str | None:
         return f" ({obj_id}): 'spec_version' is {obj.get('spec_version')!r}, expected '2.1'"
     problem = (
         _timestamps_problem(obj, obj_type)
+        or _required_problem(obj, obj_type)
         or observable_id_problem(obj, obj_id, obj_type)
         or _properties_problem(obj)
     )
     return None if problem is None else f" ({obj_id}): {problem}"
+
+
+_REQUIRED: dict[str, tuple[tuple[str, str], ...]] = {
+    "attack-pattern": (("name", "text"),),
+    "campaign": (("name", "text"),),
+    "course-of-action": (("name", "text"),),
+    "grouping": (("context", "text"), ("object_refs", "refs")),
+    "identity": (("name", "text"),),
+    "incident": (("name", "text"),),
+    "indicator": (("pattern", "text"), ("pattern_type", "text"), ("valid_from", "timestamp")),
+    "infrastructure": (("name", "text"),),
+    "intrusion-set": (("name", "text"),),
+    "malware": (("is_family", "boolean"),),
+    "malware-analysis": (("product", "text"),),
+    "note": (("content", "text"), ("object_refs", "refs")),
+    "observed-data": (
+        ("first_observed", "timestamp"),
+        ("last_observed", "timestamp"),
+        ("number_observed", "count"),
+    ),
+    "opinion": (("opinion", "text"), ("object_refs", "refs")),
+    "report": (("name", "text"), ("published", "timestamp"), ("object_refs", "refs")),
+    "threat-actor": (("name", "text"),),
+    "tool": (("name", "text"),),
+    "vulnerability": (("name", "text"),),
+    "relationship": (("relationship_type", "text"), ("source_ref", "ref"), ("target_ref", "ref")),
+    "sighting": (("sighting_of_ref", "ref"),),
+    "language-content": (("object_ref", "ref"), ("contents", "object")),
+    "autonomous-system": (("number", "natural"),),
+    "directory": (("path", "text"),),
+    "domain-name": (("value", "text"),),
+    "email-addr": (("value", "text"),),
+    "email-message": (("is_multipart", "boolean"),),
+    "ipv4-addr": (("value", "text"),),
+    "ipv6-addr": (("value", "text"),),
+    "mac-addr": (("value", "text"),),
+    "mutex": (("name", "text"),),
+    "network-traffic": (("protocols", "texts"),),
+    "software": (("name", "text"),),
+    "url": (("value", "text"),),
+}
+"""The properties STIX 2.1 requires of each of its types, beyond the common ones, with the
+kind of value each must hold (``_KIND_PROBLEMS``). Recipients' tools refuse an object
+without them (stix2 does), so the broker refuses it at the door rather than relay it."""
+
+_KIND_PROBLEMS: dict[str, Any] = {
+    "text": lambda v: None if v.__class__ is str and v else "a non-empty string",
+    "texts": lambda v: (
+        None
+        if v.__class__ is list and v and all(i.__class__ is str and i for i in v)
+        else "a non-empty list of strings"
+    ),
+    "boolean": lambda v: None if v is True or v is False else "true or false",
+    "count": lambda v: (
+        None if v.__class__ is int and 1 <= v <= 999_999_999 else "a whole number from 1"
+    ),
+    "natural": lambda v: None if v.__class__ is int and v >= 0 else "a whole number",
+    "ref": lambda v: None if v.__class__ is str else "an identifier",  # checked with refs
+    "refs": lambda v: None if v.__class__ is list and v else "a non-empty list of identifiers",
+    "object": lambda v: None if v.__class__ is dict and v else "a non-empty object",
+    "timestamp": lambda v: None if isinstance(_stamp(v, ""), tuple) else "a STIX timestamp",
+}
+
+
+def _required_problem(obj: Mapping[str, Any], obj_type: str) -> str | None:
+    """Why ``obj`` lacks a property its type requires (or holds the wrong kind), or None."""
+    for name, kind in _REQUIRED.get(obj_type, ()):
+        value = obj.get(name, _ABSENT)
+        if value is _ABSENT:
+            return f"{obj_type} objects need '{name}'"
+        wrong = _KIND_PROBLEMS[kind](value)
+        if wrong is not None:
+            return f"'{name}' is {_shown(value)}, expected {wrong}"
+    if obj_type == "indicator" and obj["pattern_type"] == "stix":
+        return _pattern_problem(obj["pattern"])
+    return None
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_problem(pattern: str) -> str | None:
+    """A cheap structural check of a STIX pattern: it opens with an observation ('[' or
+    '('), and outside its quoted strings its brackets and parentheses pair up. The full
+    grammar is for tools; this refuses what no STIX tool could read."""
+    bare = _QUOTED.sub("", pattern)
+    if "'" in bare:
+        return f"'pattern' {_shown(pattern)} has a quote that is never closed"
+    if not bare.lstrip().startswith(("[", "(")):
+        return f"'pattern' {_shown(pattern)} does not open with an observation ('[')"
+    if bare.count("[") != bare.count("]") or bare.count("(") != bare.count(")"):
+        return f"'pattern' {_shown(pattern)} has brackets or parentheses that do not pair up"
+    return None
 
 
 _TIMESTAMP_RE = re.compile(
