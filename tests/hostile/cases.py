@@ -570,6 +570,50 @@ def _wrong_types() -> list[Case]:
             ),
             "'source_ref' holds .* not a STIX identifier",
         ),
+        (
+            "indicator-without-pattern",
+            {k: v for k, v in ind("wrong-types/no-pattern").items() if k != "pattern"},
+            "indicator objects need 'pattern'",
+        ),
+        (
+            "indicator-pattern-type-number",
+            ind("wrong-types/pattern-type-number", pattern_type=5),
+            "'pattern_type' is 5, expected a non-empty string",
+        ),
+        (
+            "indicator-pattern-unpaired",
+            ind("wrong-types/pattern-unpaired", pattern="[[["),
+            "'pattern' .* do not pair up",
+        ),
+        (
+            "indicator-pattern-open-quote",
+            ind("wrong-types/pattern-open-quote", pattern="[domain-name:value = 'x]"),
+            "'pattern' .* never closed",
+        ),
+        (
+            "relationship-without-target",
+            sdo(
+                "relationship",
+                "wrong-types/rel-no-target",
+                relationship_type="indicates",
+                source_ref=f"indicator--{uid('a')}",
+            ),
+            "relationship objects need 'target_ref'",
+        ),
+        (
+            "report-empty-object-refs",
+            sdo("report", "wrong-types/report-empty", name="r", published=T, object_refs=[]),
+            "'object_refs' is \\[\\], expected a non-empty list",
+        ),
+        (
+            "domain-name-without-value",
+            {
+                "type": "domain-name",
+                "spec_version": "2.1",
+                "id": f"domain-name--{uid('wrong-types/domain-no-value')}",
+            },
+            "domain-name objects need 'value'",
+        ),
     ):
         out += _refused_at_the_edge(name, obj, message)
     for name, (props, message) in timestamps.items():
