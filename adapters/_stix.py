@@ -191,7 +191,7 @@ kind of value each must hold (``_KIND_PROBLEMS``). Recipients' tools refuse an o
 without them (stix2 does), so the broker refuses it at the door rather than relay it."""
 
 _KIND_PROBLEMS: dict[str, Any] = {
-    "text": lambda v: None if v.__class__ is str and v else "a non-empty string",
+    "text": lambda v: None if v.__class__ is str else "a string",
     "texts": lambda v: (
         None
         if v.__class__ is list and v and all(i.__class__ is str and i for i in v)
@@ -201,7 +201,7 @@ _KIND_PROBLEMS: dict[str, Any] = {
     "count": lambda v: (
         None if v.__class__ is int and 1 <= v <= 999_999_999 else "a whole number from 1"
     ),
-    "natural": lambda v: None if v.__class__ is int and v >= 0 else "a whole number",
+    "natural": lambda v: None if v.__class__ is int else "a whole number",
     "ref": lambda v: None if v.__class__ is str else "an identifier",  # checked with refs
     "refs": lambda v: None if v.__class__ is list and v else "a non-empty list of identifiers",
     "object": lambda v: None if v.__class__ is dict and v else "a non-empty object",
@@ -219,14 +219,15 @@ def _required_problem(obj: Mapping[str, Any], obj_type: str) -> str | None:
         if wrong is not None:
             return f"'{name}' is {_shown(value)}, expected {wrong}"
     if obj_type == "indicator" and obj["pattern_type"] == "stix":
-        return _pattern_problem(obj["pattern"])
+        pattern = obj["pattern"]
+        # Only short patterns are cached: the cache must not keep large strings alive.
+        return _short_pattern_problem(pattern) if len(pattern) <= 512 else _pattern_problem(pattern)
     return None
 
 
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'")
 
 
-@functools.lru_cache(maxsize=4096)
 def _pattern_problem(pattern: str) -> str | None:
     """A cheap structural check of a STIX pattern: it opens with an observation ('[' or
     '('), and outside its quoted strings its brackets and parentheses pair up. The full
@@ -239,6 +240,9 @@ def _pattern_problem(pattern: str) -> str | None:
     if bare.count("[") != bare.count("]") or bare.count("(") != bare.count(")"):
         return f"'pattern' {_shown(pattern)} has brackets or parentheses that do not pair up"
     return None
+
+
+_short_pattern_problem = functools.lru_cache(maxsize=4096)(_pattern_problem)
 
 
 _TIMESTAMP_RE = re.compile(

@@ -197,8 +197,10 @@ class TaxiiSettings(_Section):
     """Seconds a connection gets to send a complete request head (from connecting, or from
     the previous response); then it is closed."""
     body_timeout: float = Field(default=30.0, gt=0)
-    """Seconds a request body may go without a byte arriving; then the connection is closed
-    (nothing of that request is accepted)."""
+    """Seconds a request body may go without a byte arriving, or a response without the client
+    reading any of it; then the connection is closed (nothing of that request is accepted)."""
+    body_deadline: float = Field(default=600.0, gt=0)
+    """Seconds one request body may take in all, however steadily it trickles in."""
 
     @field_validator("public_url")
     @classmethod

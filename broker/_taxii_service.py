@@ -113,6 +113,7 @@ async def run_taxii(
                 max_connections_per_address=cfg.max_connections_per_address,
                 header_timeout=cfg.header_timeout,
                 body_timeout=cfg.body_timeout,
+                body_deadline=cfg.body_deadline,
             ),
         )
 

@@ -59,7 +59,7 @@ def _network(host: str) -> str:
 def _quoted(text: str) -> str:
     """A name from the request, quoted for an error message and cut short when long."""
     shown = repr(text)
-    return shown if len(shown) <= 80 else shown[:76] + "...'"
+    return shown if len(shown) <= 80 else shown[:76] + "..." + shown[-1]
 
 
 def _status_body(record: StatusRecord) -> dict[str, object]:

@@ -16,11 +16,14 @@ import contextlib
 import ipaddress
 import resource
 import socket
+import ssl
 import time
+from asyncio import sslproto
+from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 import structlog
@@ -47,7 +50,10 @@ class HttpLimits:
     header_timeout: float = 10.0
     """Seconds from a connection (or the previous response) to a complete request head."""
     body_timeout: float = 30.0
-    """Seconds a request body may go without a byte arriving."""
+    """Seconds a request body may go without a byte arriving, and a response without the
+    client reading any of it."""
+    body_deadline: float = 600.0
+    """Seconds one request body may take in all (a body trickled a byte at a time)."""
 
 
 _FD_RESERVE = 256
@@ -79,10 +85,11 @@ def _address_key(host: str) -> str:
     return str(getattr(address, "ipv4_mapped", None) or address)
 
 
-class _Refusals:
-    """Connections closed at the door, logged at most once a second (a flood is one line)."""
+class _Sampled:
+    """One log line a second for events that come in floods, with the count since the last."""
 
-    def __init__(self) -> None:
+    def __init__(self, event: str, level: str) -> None:
+        self._event, self._level = event, level
         self._count = 0
         self._since = 0.0
 
@@ -90,44 +97,84 @@ class _Refusals:
         self._count += 1
         now = time.monotonic()
         if now - self._since >= 1.0:
-            log.warning("http.connection_refused", reason=reason, peer=peer, count=self._count)
+            getattr(log, self._level)(self._event, reason=reason, peer=peer, count=self._count)
             self._count, self._since = 0, now
 
 
-def _guarded_protocol(limits: HttpLimits) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with ``limits`` applied to every connection."""
-    max_connections = _connection_room(limits.max_connections)
-    refusals = _Refusals()
+class _Counts:
+    """Open connections of one server, in all and per address (TLS handshakes included)."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.room = _connection_room(limits.max_connections)
+        self.per_address = limits.max_connections_per_address
+        self.total = 0
+        self.by_address: Counter[str] = Counter()
+
+    def admit(self, address: str) -> _Seat | str:
+        """A seat for a connection from ``address``, or why there is none."""
+        if self.total >= self.room:
+            return "too many connections"
+        if self.by_address[address] >= self.per_address:
+            return "too many connections from one address"
+        self.total += 1
+        self.by_address[address] += 1
+        return _Seat(self, address)
+
+    def leave(self, address: str) -> None:
+        self.total -= 1
+        self.by_address[address] -= 1
+        if not self.by_address[address]:
+            del self.by_address[address]
+
+
+class _Seat:
+    """One admitted connection's place in the counts; given back once, however it ends."""
+
+    __slots__ = ("_counts", "address", "taken")
+
+    def __init__(self, counts: _Counts, address: str) -> None:
+        self._counts, self.address, self.taken = counts, address, True
+
+    def give_back(self) -> None:
+        if self.taken:
+            self.taken = False
+            self._counts.leave(self.address)
+
+
+class _CountedTLS(sslproto.SSLProtocol):
+    """asyncio's TLS layer for one admitted connection: its seat is given back when the
+    socket closes, whether or not the handshake ever finished."""
+
+    seat: _Seat | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.seat is not None:
+            self.seat.give_back()
+        super().connection_lost(exc)
+
+
+def _guarded_protocol(limits: HttpLimits, tls: ssl.SSLContext | None) -> type[asyncio.Protocol]:
+    """The protocol uvicorn runs on each accepted TCP connection: the connection is counted
+    and admitted (or closed) before anything else, TLS included, and then served by
+    uvicorn's h11 protocol with ``limits``' timers."""
+    counts = _Counts(limits)
+    refusals = _Sampled("http.connection_refused", "warning")
+    timeouts = _Sampled("http.connection_timed_out", "info")
 
     class Guarded(H11Protocol):
+        seat: _Seat | None = None
         _head_timer: asyncio.TimerHandle | None = None
         _body_timer: asyncio.TimerHandle | None = None
-        _refused = False
+        _body_deadline: asyncio.TimerHandle | None = None
+        _write_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            peer = transport.get_extra_info("peername")
-            host = _address_key(str(peer[0])) if isinstance(peer, tuple) and peer else "-"
-            if len(self.connections) >= max_connections:
-                refusals.add("too many connections", host)
-                self._refused = True
-                transport.abort()
-                return
-            same = sum(
-                1
-                for other in self.connections
-                if (client := getattr(other, "client", None)) and _address_key(client[0]) == host
-            )
-            if same >= limits.max_connections_per_address:
-                refusals.add("too many connections from one address", host)
-                self._refused = True
-                transport.abort()
-                return
             super().connection_made(transport)
             self._arm_head_timer()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._refused:  # closed in connection_made, never counted
-                return
+            if self.seat is not None:
+                self.seat.give_back()
             self._cancel_timers()
             super().connection_lost(exc)
 
@@ -138,15 +185,34 @@ def _guarded_protocol(limits: HttpLimits) -> type[H11Protocol]:
         def handle_events(self) -> None:
             cycle = self.cycle
             super().handle_events()
-            if self.cycle is not cycle and self._head_timer is not None:
-                self._head_timer.cancel()  # a request's head arrived
-                self._head_timer = None
+            if self.cycle is not cycle:  # a request's head arrived
+                if self._head_timer is not None:
+                    self._head_timer.cancel()
+                    self._head_timer = None
+                self._stop(self._body_deadline)
+                self._body_deadline = None
+                if self.conn.their_state is h11.SEND_BODY:
+                    self._body_deadline = self.loop.call_later(
+                        limits.body_deadline, self._late, "the request body took too long"
+                    )
             self._track_body()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing() and self._between_requests():
                 self._arm_head_timer()  # the next request's head, if any, has its own time
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._write_timer is None:
+                self._write_timer = self.loop.call_later(
+                    limits.body_timeout, self._late, "the client does not read the response"
+                )
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._stop(self._write_timer)
+            self._write_timer = None
 
         def _between_requests(self) -> bool:
             cycle: Any = self.cycle  # None until the first request
@@ -159,14 +225,16 @@ def _guarded_protocol(limits: HttpLimits) -> type[H11Protocol]:
         def _head_late(self) -> None:
             self._head_timer = None
             if self._between_requests():
-                self._close("no complete request head in time")
+                self._late("no complete request head in time")
 
         def _track_body(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
+            self._stop(self._body_timer)
+            self._body_timer = None
             if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
                 self._body_timer = self.loop.call_later(limits.body_timeout, self._body_late)
+            else:
+                self._stop(self._body_deadline)
+                self._body_deadline = None
 
         def _body_late(self) -> None:
             self._body_timer = None
@@ -175,20 +243,64 @@ def _guarded_protocol(limits: HttpLimits) -> type[H11Protocol]:
             if self.flow.read_paused:  # the app has not read what came: not the client's fault
                 self._body_timer = self.loop.call_later(limits.body_timeout, self._body_late)
                 return
-            self._close("the request body stalled")
+            self._late("the request body stalled")
 
-        def _close(self, reason: str) -> None:
-            host = self.client[0] if self.client else "-"
-            log.info("http.connection_timed_out", reason=reason, peer=host)
-            self.transport.close()
+        def _late(self, reason: str) -> None:
+            if self.transport.is_closing() and not self.transport.get_write_buffer_size():
+                return
+            timeouts.add(reason, self.client[0] if self.client else "-")
+            # Aborted, not closed: a close would wait for an unread response to drain.
+            self.transport.abort()
+
+        @staticmethod
+        def _stop(timer: asyncio.TimerHandle | None) -> None:
+            if timer is not None:
+                timer.cancel()
 
         def _cancel_timers(self) -> None:
-            for timer in (self._head_timer, self._body_timer):
-                if timer is not None:
-                    timer.cancel()
-            self._head_timer = self._body_timer = None
+            for timer in (self._head_timer, self._body_timer, self._body_deadline):
+                self._stop(timer)
+            self._stop(self._write_timer)
+            self._head_timer = self._body_timer = self._body_deadline = self._write_timer = None
 
-    return Guarded
+    class Gate(asyncio.Protocol):
+        """Admits a TCP connection or closes it, then hands it to ``Guarded`` (through
+        asyncio's TLS layer when serving HTTPS, the handshake bounded by header_timeout)."""
+
+        def __init__(self, **uvicorn_args: Any) -> None:
+            self._args = uvicorn_args
+
+        def connection_made(self, base: asyncio.BaseTransport) -> None:
+            transport = cast(asyncio.Transport, base)  # a TCP server's transport
+            peer = transport.get_extra_info("peername")
+            address = _address_key(str(peer[0])) if isinstance(peer, tuple) and peer else "-"
+            seat = counts.admit(address)
+            if isinstance(seat, str):
+                refusals.add(seat, address)
+                transport.abort()
+                return
+            served = Guarded(**self._args)
+            served.seat = seat
+            if tls is None:
+                transport.set_protocol(served)
+                served.connection_made(transport)
+                return
+            # No waiter: a failed handshake is the connection's end, not an error to await.
+            handshake: Any = {
+                "server_side": True,
+                "ssl_handshake_timeout": limits.header_timeout,
+            }
+            layer = _CountedTLS(
+                asyncio.get_running_loop(), served, tls, cast(Any, None), **handshake
+            )
+            layer.seat = seat
+            transport.set_protocol(layer)
+            layer.connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            pass  # only a refused connection ends here
+
+    return Gate
 
 
 def is_loopback(host: str) -> bool:
@@ -249,11 +361,11 @@ async def serve_socket(
     limits: HttpLimits = HttpLimits(),
 ) -> None:
     """Serve ``app`` on a bound socket until cancelled, then close it."""
+    tls = _server_tls(cert_file, key_file) if cert_file else None
     config = uvicorn.Config(
         app,
-        http=_guarded_protocol(limits),
-        ssl_certfile=str(cert_file) if cert_file else None,
-        ssl_keyfile=str(key_file) if key_file else None,
+        # TLS is ours, not uvicorn's: a connection is admitted before its handshake.
+        http=_guarded_protocol(limits, tls),
         log_config=None,
         access_log=False,
         lifespan="off",
@@ -281,6 +393,19 @@ async def serve_socket(
             if not serving.done():
                 await cancel_and_wait(serving)
             sock.close()
+
+
+def _server_tls(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:
+    """The server's TLS context: TLS 1.2 or later, the configured chain and key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise AdapterError(
+            f"cannot load the TLS certificate {cert_file} and key {key_file}: {exc}"
+        ) from exc
+    return context
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

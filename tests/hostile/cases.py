@@ -578,7 +578,7 @@ def _wrong_types() -> list[Case]:
         (
             "indicator-pattern-type-number",
             ind("wrong-types/pattern-type-number", pattern_type=5),
-            "'pattern_type' is 5, expected a non-empty string",
+            "'pattern_type' is 5, expected a string",
         ),
         (
             "indicator-pattern-unpaired",

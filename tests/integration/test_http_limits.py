@@ -12,10 +12,12 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import trustme
 
 from adapters._taxii import HttpLimits, serve_http
 
@@ -39,12 +41,30 @@ async def _echo_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+BIG = b"x" * (32 << 20)
+
+
+async def _big_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers any request with 32 MiB."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": BIG})
+
+
 @contextlib.asynccontextmanager
-async def _serving(limits: HttpLimits = LIMITS) -> AsyncIterator[tuple[str, int]]:
+async def _serving(
+    limits: HttpLimits = LIMITS, app: Any = _echo_length, tls: tuple[Path, Path] | None = None
+) -> AsyncIterator[tuple[str, int]]:
     started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    cert, key = tls or (None, None)
     task = asyncio.create_task(
         serve_http(
-            _echo_length, host="127.0.0.1", port=0, on_started=started.set_result, limits=limits
+            app,
+            host="127.0.0.1",
+            port=0,
+            cert_file=cert,
+            key_file=key,
+            on_started=started.set_result,
+            limits=limits,
         )
     )
     try:
@@ -135,6 +155,93 @@ class TestTimeouts:
                     return answers
 
             assert await asyncio.to_thread(requests_over_time) == ["2"] * 5
+
+    async def test_aborts_a_body_trickled_past_its_deadline(self) -> None:
+        limits = HttpLimits(header_timeout=5, body_timeout=0.5, body_deadline=1.0)
+        async with _serving(limits) as (_, port):
+            with _connect(port) as sock:
+
+                def trickle() -> float | None:
+                    """Seconds until the server closed while bytes kept coming, or None."""
+                    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+                    sock.setblocking(False)  # the check below must not wait for data
+                    start = time.monotonic()
+                    for _ in range(20):  # a byte every 0.2 s: never stalled, never done
+                        time.sleep(0.2)
+                        try:
+                            sock.send(b"x")
+                            if sock.recv(1) == b"":
+                                return time.monotonic() - start
+                        except BlockingIOError:
+                            continue  # open, nothing to read
+                        except OSError:
+                            return time.monotonic() - start
+                    return None
+
+                waited = await asyncio.to_thread(trickle)
+        assert waited is not None and waited < 3
+
+    async def test_aborts_a_client_that_does_not_read_the_response(self) -> None:
+        limits = HttpLimits(header_timeout=5, body_timeout=0.5)
+        async with _serving(limits, app=_big_answer) as (_, port):
+
+            def never_read() -> int:
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                with sock:
+                    sock.connect(("127.0.0.1", port))
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    time.sleep(3)  # the server's buffer fills; nothing is read
+                    got = 0
+                    sock.settimeout(5)
+                    with contextlib.suppress(ConnectionResetError):
+                        while chunk := sock.recv(1 << 20):
+                            got += len(chunk)
+                    return got
+
+            received = await asyncio.to_thread(never_read)
+        assert received < len(BIG)  # cut off, not served in full once the client read again
+
+
+class TestTls:
+    @pytest.fixture
+    def tls(self, tmp_path: Path) -> tuple[Path, Path]:
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        leaf = ca.issue_cert("127.0.0.1")
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        for i, blob in enumerate(leaf.cert_chain_pems):
+            blob.write_to_path(str(cert), append=i > 0)
+        leaf.private_key_pem.write_to_path(str(key))
+        return cert, key
+
+    async def test_counts_and_times_out_connections_that_never_start_tls(
+        self, tls: tuple[Path, Path]
+    ) -> None:
+        limits = HttpLimits(max_connections_per_address=2, header_timeout=0.5)
+        async with _serving(limits, tls=tls) as (_, port):
+            silent = [_connect(port) for _ in range(2)]
+            try:
+                with _connect(port) as third:  # over the cap before any handshake
+                    assert await asyncio.to_thread(_closed_within, third, 3) is not None
+                for sock in silent:  # no ClientHello: closed at header_timeout
+                    waited = await asyncio.to_thread(_closed_within, sock, 5)
+                    assert waited is not None and waited < 3
+            finally:
+                for sock in silent:
+                    sock.close()
+
+    async def test_serves_https_once_the_handshake_is_done(self, tls: tuple[Path, Path]) -> None:
+        async with _serving(LIMITS, tls=tls) as (url, _):
+            assert url.startswith("https://")
+            resp = await asyncio.to_thread(
+                requests.post,
+                url + "/",
+                data=b"abcd",
+                verify=str(tls[0].parent / "ca.pem"),
+                timeout=5,
+            )
+        assert resp.text == "4"
 
 
 class TestConnectionCaps:

@@ -113,13 +113,13 @@ class TestRequiredProperties:
         ("obj", "message"),
         [
             ({k: v for k, v in OBJ.items() if k != "pattern"}, "indicator objects need 'pattern'"),
-            ({**OBJ, "pattern_type": 5}, "'pattern_type' is 5, expected a non-empty string"),
+            ({**OBJ, "pattern_type": 5}, "'pattern_type' is 5, expected a string"),
             ({**OBJ, "valid_from": "yesterday"}, "'valid_from' .* expected a STIX timestamp"),
             ({**OBJ, "pattern": "[[["}, "do not pair up"),
             ({**OBJ, "pattern": "[a:b = 'x]"}, "quote that is never closed"),
             ({**OBJ, "pattern": "a:b = 'x'"}, "does not open with an observation"),
             ({k: v for k, v in REL.items() if k != "target_ref"}, "need 'target_ref'"),
-            ({**REL, "relationship_type": ""}, "'relationship_type' is '', expected"),
+            ({**REL, "relationship_type": 7}, "'relationship_type' is 7, expected a string"),
             (
                 {**REL, "type": "report", "id": "report--" + REL["id"][14:]},
                 "report objects need 'name'",
@@ -141,6 +141,18 @@ class TestRequiredProperties:
     )
     def test_accepts_patterns_whose_quotes_hold_brackets(self, pattern: str) -> None:
         check_bundle(_bundle({**OBJ, "pattern": pattern}), max_objects=1)
+
+    def test_takes_what_stix2_validator_takes_when_a_value_is_empty_or_negative(self) -> None:
+        identity = {
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": "identity--5d8e6a2c-3f1b-4a7e-9c1d-2b3a4c5d6e7f",
+            "created": "2024-05-01T00:00:00.000Z",
+            "modified": "2024-05-01T00:00:00.000Z",
+            "name": "",
+        }
+        assert validate_instance(identity, ValidationOptions(version="2.1")).is_valid
+        check_bundle(_bundle(identity), max_objects=1)
 
     def test_takes_any_pattern_of_another_language(self) -> None:
         check_bundle(
