@@ -6,7 +6,8 @@ requests in flight; signals stay with the caller (the CLI cancels the main task 
 Connections are guarded before any request reaches the app (``HttpLimits``): uvicorn waits
 without limit for a request's head and body and accepts connections until the process runs
 out of file descriptors, so idle sockets opened by anyone, logged in or not, could take the
-server off the air.
+server off the air. TLS is set up here, not by uvicorn, so that a connection is counted and
+admitted before its handshake.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class HttpLimits:
     max_connections_per_address: int = 100
     """Open connections from one client address (an IPv6 client's /64)."""
     header_timeout: float = 10.0
-    """Seconds from a connection (or the previous response) to a complete request head."""
+    """Seconds from a connection (or the previous response) to a complete request head; a
+    TLS handshake must finish within it too."""
     body_timeout: float = 30.0
     """Seconds a request body may go without a byte arriving, and a response without the
     client reading any of it."""
