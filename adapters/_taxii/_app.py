@@ -351,7 +351,7 @@ class _Server:
                 {
                     "id": e.id,
                     "date_added": e.added,
-                    "version": e.version,
+                    "version": e.written,
                     "media_type": STIX_MEDIA_TYPE,
                 }
             )
@@ -387,7 +387,7 @@ class _Server:
             )
         page = index.page(self._query(request, "versions", info.id), object_id)
         return self._paged(
-            page, info.id, "versions", [orjson.dumps(e.version) for e in page.entries]
+            page, info.id, "versions", [orjson.dumps(e.written) for e in page.entries]
         )
 
     async def add_objects(self, request: Request, org: str, collection_id: str) -> Response:

@@ -18,7 +18,16 @@ from typing import Any, NamedTuple
 
 import orjson
 
-__all__ = ["Entry", "ObjectIndex", "Page", "Query", "format_ts", "parse_ts", "version_of"]
+__all__ = [
+    "Entry",
+    "ObjectIndex",
+    "Page",
+    "Query",
+    "format_ts",
+    "parse_ts",
+    "version_of",
+    "versions_of",
+]
 
 POS_SHIFT = 20
 """Objects per message are bounded (limits.max_objects) well below 2**20."""
@@ -67,8 +76,11 @@ class Entry(NamedTuple):
     id: str
     type: str
     version: str
+    """As compared (``format_ts``)."""
     spec_version: str
     raw: bytes
+    written: str
+    """The version as the object writes it: what answers show."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +106,26 @@ class Page:
         return self.entries[-1].pos
 
 
-def version_of(obj: Mapping[str, Any], added: str) -> str:
+def versions_of(obj: Mapping[str, Any], added: str) -> tuple[str, str]:
+    """An object's version as compared (``format_ts``) and as written in the object.
+
+    TAXII versions are ``modified`` (else ``created``, else the date added). Versions are
+    compared as instants, so ``…00.000Z`` and ``…00Z`` are one version, but answered as the
+    object writes them: a client comparing them with the object's own ``modified`` finds
+    the same string."""
     for key in ("modified", "created"):
         value = obj.get(key)
         if isinstance(value, str):
             try:
-                return parse_ts(value)
+                return parse_ts(value), value
             except ValueError:
                 continue
-    return added
+    return added, added
+
+
+def version_of(obj: Mapping[str, Any], added: str) -> str:
+    """An object's version as the object writes it (see ``versions_of``)."""
+    return versions_of(obj, added)[1]
 
 
 class ObjectIndex:
@@ -139,7 +162,7 @@ class ObjectIndex:
             object_id = obj.get("id")
             if not isinstance(object_id, str):
                 continue
-            version = version_of(obj, stamp)
+            version, written = versions_of(obj, stamp)
             key = f"{object_id}\0{version}"  # a str: not tracked by the garbage collector
             if key in seen:
                 continue
@@ -155,6 +178,7 @@ class ObjectIndex:
                     version,
                     str(obj.get("spec_version", "2.0")),
                     orjson.dumps(obj),
+                    written,
                 )
             )
             self._pos.append(pos)

@@ -31,7 +31,7 @@ from taxii2client.v21 import Collection, as_pages
 
 from .._bridge import atomic_write
 from .._errors import AdapterError
-from ._index import format_ts, parse_ts, version_of
+from ._index import format_ts, parse_ts, versions_of
 
 __all__ = ["Poller", "PullError", "PullStats", "Unsignable"]
 
@@ -169,7 +169,7 @@ class Poller:
                 for obj in found_objects if isinstance(found_objects, list) else []:
                     if not isinstance(obj, dict):
                         continue  # not an object: never one of those wanted
-                    key = (obj.get("id"), version_of(obj, ""))
+                    key = (obj.get("id"), versions_of(obj, "")[0])  # as compared, like _norm
                     if key in wanted:
                         found.setdefault(key, obj)
         return list(found.values())

@@ -364,7 +364,7 @@ class TestAddObjects:
         assert status["total_count"] == 1
         assert backend.submitted == [("bank-a", ("group:op-x",), [obj])]
         again = client.get(f"/atlas/status/{status['id']}/", headers=basic("bank-a")).json()
-        assert again["successes"] == [{"id": obj["id"], "version": "2026-11-02T09:30:00.000000Z"}]
+        assert again["successes"] == [{"id": obj["id"], "version": obj["modified"]}]
 
     def test_404_when_status_belongs_to_another_org(self, client: AppClient) -> None:
         cid = collections(client, "bank-a")["community"]
@@ -472,16 +472,26 @@ class TestReads:
         backend.add_view("lea-1", [old])
         backend.add_view("lea-1", [new])
         versions = self.get(client, f"objects/{old['id']}/versions/").json()
-        assert versions["versions"] == [
-            "2026-11-02T09:30:00.000000Z",
-            "2026-11-03T00:00:00.000000Z",
-        ]
+        # Ordered and compared as instants, written as each object writes its own.
+        assert versions["versions"] == ["2026-11-02T09:30:00.000Z", "2026-11-03T00:00:00Z"]
         latest = self.get(client, f"objects/{old['id']}/").json()["objects"]
         assert [o["name"] for o in latest] == ["v2"]
         both = self.get(client, f"objects/{old['id']}/", **{"match[version]": "all"}).json()
         assert len(both["objects"]) == 2
         manifest = self.get(client, "manifest/").json()["objects"]
-        assert [m["version"] for m in manifest] == ["2026-11-03T00:00:00.000000Z"]
+        assert [m["version"] for m in manifest] == ["2026-11-03T00:00:00Z"]
+
+    def test_one_version_whatever_the_spelling_of_its_timestamp(
+        self, client: AppClient, backend: MemoryBackend
+    ) -> None:
+        obj = indicator("v1", modified="2026-11-02T09:30:00.000Z")
+        backend.add_view("lea-1", [obj])
+        backend.add_view("lea-1", [{**obj, "modified": "2026-11-02T09:30:00Z"}])  # the same
+        versions = self.get(client, f"objects/{obj['id']}/versions/").json()
+        assert versions["versions"] == ["2026-11-02T09:30:00.000Z"]
+        for spelling in ("2026-11-02T09:30:00Z", "2026-11-02T09:30:00.000000Z"):
+            found = self.get(client, f"objects/{obj['id']}/", **{"match[version]": spelling})
+            assert [o["id"] for o in found.json()["objects"]] == [obj["id"]]
 
     def test_404_when_object_is_not_in_the_collection(self, client: AppClient) -> None:
         assert_taxii_error(self.get(client, f"objects/indicator--{uuid.uuid4()}/"), 404)

@@ -74,7 +74,7 @@ class TestStoredSubmission:
         assert stored is not None and stored.sid == signed.sid
         assert stored.record.request_timestamp == "2026-05-28T20:26:40.000000Z"
         assert list(stored.record.objects) == [
-            (indicator_id, "2026-11-02T09:30:00.000000Z"),
+            (indicator_id, "2026-11-02T09:30:00.000Z"),  # as the object writes it
             (domain_id, "2026-05-28T20:26:40.000000Z"),  # no modified: the POST's time
         ]
 
