@@ -4,9 +4,12 @@ A partner runs ``atlas-broker receive``; it consumes its durable consumer on DEL
 (``rcv-<org>``, filtered to ``atlas.deliver.<org>.*``), opens each package with its own
 private key (verifying the broker's signature on the exact bytes received), writes the
 STIX bundle to its folder atomically (temp file, fsync, rename) and acks only after that.
-A package that can never be opened (wrong key, bad signature, expired) is quarantined with
+A package that can never be opened (bad signature, forwarded, expired) is quarantined with
 the reason beside it and acked: it stays in DELIVERIES for anyone to inspect, and it does
-not block the packages behind it.
+not block the packages behind it. A package this receiver cannot open because of its own
+configuration (signed by a broker key missing from its key set, sealed to an encryption
+key it was not given) is held instead: left unacked in the stream until the configuration
+is fixed, never quarantined (a wrong ``--key`` would otherwise throw away the backlog).
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from keys import BrokerKeyring, OpenedPackage, PackageError, PrivateKey, open_package
+from keys import (
+    BrokerKeyring,
+    KeyNotHeld,
+    OpenedPackage,
+    PackageError,
+    PrivateKey,
+    UnknownSigningKey,
+    open_package,
+)
 
 from ._consumer import TRANSIENT_NATS, Backoff, cancel_and_wait, durable_pull, keep_in_progress
 from ._errors import BridgeError
@@ -39,6 +50,8 @@ __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
 log = structlog.get_logger()
 
 DELIVERIES = "DELIVERIES"
+HOLD_DELAY = 30.0
+"""Seconds before a held package (see above) is delivered again."""
 PUSH_KEEPALIVE = 15.0
 """Seconds between in-progress notices while a package is pushed (the ack wait is 60 s)."""
 SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
@@ -115,6 +128,8 @@ class ReceiveStats:
     received: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    held: int = 0
+    """Packages left in the stream: this receiver's keys cannot open them (see the log)."""
     objects: int = 0
     receipts: int = 0
     by_tlp: dict[str, int] = field(default_factory=dict)
@@ -146,11 +161,13 @@ class Receiver:
         self._push = push
         """After a bundle is stored, hand it on (``--push``); the ack waits for it."""
         self._state = out_dir / ".atlas"
-        self._state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self._state / "packages").mkdir(exist_ok=True)
-        (self._state / "quarantine").mkdir(exist_ok=True)
+        try:
+            self._folders()
+        except OSError as exc:
+            raise BridgeError(f"cannot write to the output folder {out_dir}: {exc}") from exc
         self._replay = DiskReplayGuard(self._state / "replay.jsonl", now=clock)
         self.stats = ReceiveStats()
+        self._held: set[int] = set()
 
     @property
     def consumer(self) -> str:
@@ -175,7 +192,8 @@ class Receiver:
                     try:
                         msgs = await sub.fetch(self._batch, timeout=1.0)
                     except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
-                        if once and await self.pending() == 0:
+                        # Once: done when all that is left is what this receiver holds.
+                        if once and await self.pending() <= len(self._held):
                             return self.stats
                         continue
                     for msg in msgs:
@@ -202,10 +220,14 @@ class Receiver:
                 now=int(self._clock()),
                 replay=None,  # checked below, and recorded only once the bundle is stored
             )
+        except (UnknownSigningKey, KeyNotHeld) as exc:
+            await self._hold(msg, exc)
+            return
         except PackageError as exc:
             self._quarantine(msg, exc)
             await msg.ack_sync()
             return
+        self._held.discard(msg.metadata.sequence.stream)
         src = opened.claims.get("src")
         signed_sid = src.get("submission") if isinstance(src, dict) else None
         if not (isinstance(signed_sid, str) and SID_RE.match(signed_sid)) or (
@@ -239,7 +261,15 @@ class Receiver:
         self._replay.add(opened.jti, int(opened.claims["exp"]))
         await msg.ack_sync()
 
+    def _folders(self) -> None:
+        """The output folder and the receiver's state in it (made again if removed)."""
+        self._out.mkdir(parents=True, exist_ok=True)
+        self._state.mkdir(exist_ok=True, mode=0o700)
+        (self._state / "packages").mkdir(exist_ok=True)
+        (self._state / "quarantine").mkdir(exist_ok=True)
+
     def _store(self, sid: str, token: bytes, opened: OpenedPackage) -> None:
+        self._folders()  # the folder may have been removed while receiving
         src = opened.claims.get("src", {})
         bundle_path = self._out / f"{sid}.json"
         atomic_write(bundle_path, orjson.dumps(opened.stix, option=orjson.OPT_INDENT_2))
@@ -264,7 +294,23 @@ class Receiver:
         self.stats.by_tlp[tlp] = self.stats.by_tlp.get(tlp, 0) + 1
         log.info("package.stored", sub=sid, objects=len(objects), tlp=tlp)
 
+    async def _hold(self, msg: Msg, exc: PackageError) -> None:
+        seq = msg.metadata.sequence.stream
+        if seq not in self._held:
+            self._held.add(seq)
+            self.stats.held = len(self._held)
+            fix = (
+                "the broker key set (--broker-jwks, or the directory) lacks the broker key "
+                "that signed it"
+                if isinstance(exc, UnknownSigningKey)
+                else "it is sealed to an encryption key not given with --key (after a "
+                "rotation, give the old key too until its packages are read)"
+            )
+            log.error("package.held", seq=seq, error=type(exc).__name__, detail=str(exc), fix=fix)
+        await msg.nak(delay=HOLD_DELAY)
+
     def _quarantine(self, msg: Msg, exc: PackageError | BridgeError) -> None:
+        self._folders()
         seq = msg.metadata.sequence.stream
         qdir = self._state / "quarantine"
         atomic_write(qdir / f"{seq}.jwe", msg.data, mode=0o600)

@@ -288,13 +288,17 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if path is None and os.environ.get("ATLAS_CONFIG"):
         path = Path(os.environ["ATLAS_CONFIG"])
     if path is not None:
+        if path.is_dir():
+            raise ConfigError(f"configuration file {path} is a directory, not a TOML file")
         if not path.is_file():
             raise ConfigError(f"configuration file {path} does not exist")
         try:
             with path.open("rb") as fh:
                 tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"configuration file {path} cannot be read: {exc}") from exc
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(toml_file=path)

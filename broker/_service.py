@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from ._monitor import Monitor
 from ._note import NoteVerifier
 from ._receipts import AckRecorder, ReceiptPublisher, receipt_checker
 from ._router import ROUTER_CONSUMER, Router
-from ._submission import make_submission
+from ._submission import SubmissionTooLarge, make_submission
 from .errors import BrokerError, ConfigError, DirectoryUnavailable, SubmissionError
 
 __all__ = [
@@ -47,6 +48,23 @@ __all__ = [
 ]
 
 log = structlog.get_logger()
+
+
+_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+"""As the directory has them: they name NATS subjects and consumers."""
+
+
+def _check_org(org: str) -> None:
+    if not _ORG_ID.match(org):
+        raise ConfigError(
+            f"--org {org!r} is not an organisation id: 1-63 lowercase letters, digits, '-' "
+            "or '_' (it names NATS subjects, so no dots or wildcards)"
+        )
+
+
+def _read_at_most(path: Path, size: int) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(size)
 
 
 def streams_for(settings: Settings) -> Streams:
@@ -216,10 +234,17 @@ async def publish_bundle(
     js: JetStreamContext | None = None,
 ) -> Published:
     """Sign and submit a bundle; returns only after JetStream stored it."""
+    _check_org(org)
+    limit = settings.limits.max_bundle_bytes
     try:
-        raw = await asyncio.to_thread(bundle_path.read_bytes)
+        raw = await asyncio.to_thread(_read_at_most, bundle_path, limit + 1)
     except OSError as exc:
         raise SubmissionError(f"{bundle_path}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > limit:  # not read further: /dev/zero or a huge file fails at once
+        raise SubmissionTooLarge(
+            f"{bundle_path}: more than {limit:,} bytes, over the size limit "
+            "(limits.max_bundle_bytes)"
+        )
     key = load_private_key(key_path, passphrase=passphrase)
     signed = make_submission(
         raw,
@@ -327,6 +352,7 @@ async def receive(
     Receipts for packages already stored are verified and kept beside them; with
     ``sign_key_path`` each is acknowledged with a signature that the broker logs.
     """
+    _check_org(org)
     keys = [load_private_key(p, passphrase=passphrase) for p in key_paths]
     decryption = {k.public.thumbprint: k for k in keys}
     pinned = read_jwks(broker_jwks) if broker_jwks else None

@@ -294,6 +294,13 @@ def receive(
         f"{stats.duplicates} duplicate(s), {stats.quarantined} quarantined, "
         f"{stats.receipts} receipt(s) kept"
     )
+    if stats.held:
+        err.print(
+            f"{stats.held} package(s) left unopened in the stream: this receiver's keys "
+            "cannot open them (see package.held in the log: a wrong --key, or a broker key "
+            "set without the broker's current key); nothing was acked, fix and run again"
+        )
+        raise typer.Exit(3)
 
 
 @directory_app.command("load")

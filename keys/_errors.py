@@ -103,6 +103,11 @@ class WrongRecipientKey(PackageError):
     """The package is not encrypted to (or not signed for) one of our decryption keys."""
 
 
+class KeyNotHeld(WrongRecipientKey):
+    """The package is encrypted to a key the opener was not given: most often the
+    opener's configuration (an old or wrong key file), not the package."""
+
+
 class PackageExpired(PackageError):
     """The package's exp is in the past."""
 

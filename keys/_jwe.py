@@ -44,9 +44,9 @@ from ._b64json import (
 from ._errors import (
     DecryptionFailed,
     InvalidKey,
+    KeyNotHeld,
     KeyRegistryError,
     MalformedPackage,
-    WrongRecipientKey,
 )
 from ._jwk import PrivateKey, PublicKey
 from ._xwing import HPKE_ALG, XWingPrivateKey, XWingPublicKey
@@ -307,7 +307,7 @@ def jwe_decrypt(token: str | bytes, keys: Mapping[str, PrivateKey]) -> tuple[dic
         raise MalformedPackage("JWE protected header has no string 'kid'")
     key = keys.get(kid)
     if key is None or key.use != "enc":
-        raise WrongRecipientKey(f"JWE is encrypted to key {kid!r}, which is not one of ours")
+        raise KeyNotHeld(f"JWE is encrypted to key {kid!r}, which is not one of ours")
     if key.alg != alg:
         raise MalformedPackage(f"JWE alg {alg!r} does not fit our {key.kind} key {kid!r}")
     encrypted_key = compact.decode(1, "JWE encrypted key")

@@ -195,24 +195,27 @@ class TestRefusals:
 
 
 class TestPackages:
-    async def test_package_opened_with_the_wrong_key_is_quarantined(
+    async def test_package_for_a_key_not_given_is_held_and_opened_once_the_key_is(
         self,
         js: JetStreamContext,
         make_community: Callable[..., Any],
         running_router: Any,
         tmp_path: Path,
     ) -> None:
+        """A wrong --key is the receiver's mistake, not the package's: quarantining (and
+        acking) would lose the partner's backlog. The package stays in the stream."""
         community = make_community()
         settings = await running_router(community)
         await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
         await wait_routed(js, 1)
-        stats = await receive_all(
-            settings, js, community, "lea-1", tmp_path / "wrong", key=community.enc_key("lea-2")
+        wrong = await receive_all(
+            settings, js, community, "lea-1", tmp_path / "out", key=community.enc_key("lea-2")
         )
-        assert stats.received == 0 and stats.quarantined == 1
-        reasons = list((tmp_path / "wrong" / ".atlas" / "quarantine").glob("*.reason.json"))
-        assert orjson.loads(reasons[0].read_bytes())["error"] == "WrongRecipientKey"
-        assert not list((tmp_path / "wrong").glob("*.json"))
+        assert (wrong.received, wrong.quarantined, wrong.held) == (0, 0, 1)
+        assert not list((tmp_path / "out" / ".atlas" / "quarantine").iterdir())
+        assert not list((tmp_path / "out").glob("*.json"))
+        right = await receive_all(settings, js, community, "lea-1", tmp_path / "out")
+        assert (right.received, right.quarantined, right.held) == (1, 0, 0)
 
     async def test_a_genuine_package_under_another_subject_is_quarantined(
         self,

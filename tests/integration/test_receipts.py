@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 
 from broker._audit import read_log
 from broker._audit_jobs import verify_log
-from broker._bus import RECEIPTS
+from broker._bus import DELIVERIES, RECEIPTS, deliver_subject
 from broker._checkpoint import log_origin
 from broker._logcopy import LiveLog
 from broker._note import NoteVerifier
@@ -197,14 +197,18 @@ async def test_a_receipt_for_a_quarantined_package_is_not_waited_for(
 
     await _until(_receipts_out)
     out = tmp_path / "lea-1"
-    # Opened with another partner's key: the package is quarantined, its receipt arrives.
-    first = await receive(
-        settings, org="lea-1", key_paths=[community.enc_key("lea-2")], out_dir=out, once=True, js=js
-    )
+    # The package replaced by a copy with one character changed: it is quarantined, and its
+    # receipt arrives.
+    genuine = await js.get_last_msg(DELIVERIES, deliver_subject("lea-1", sid))
+    await js.delete_msg(DELIVERIES, genuine.seq or 0)
+    data = genuine.data or b""
+    at = len(data) - 30  # inside the ciphertext
+    changed = data[:at] + (b"A" if data[at : at + 1] != b"A" else b"B") + data[at + 1 :]
+    await js.publish(deliver_subject("lea-1", sid), changed, stream=DELIVERIES)
+    key = [community.enc_key("lea-1")]
+    first = await receive(settings, org="lea-1", key_paths=key, out_dir=out, once=True, js=js)
     assert first.quarantined == 1
-    again = await receive(
-        settings, org="lea-1", key_paths=[community.enc_key("lea-2")], out_dir=out, once=True, js=js
-    )
+    again = await receive(settings, org="lea-1", key_paths=key, out_dir=out, once=True, js=js)
 
     assert again.receipts == 0
     kept = list((out / ".atlas" / "quarantine").glob(f"receipt-{sid}-*.json"))

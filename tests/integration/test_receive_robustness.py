@@ -1,0 +1,90 @@
+"""The receive bridge and publish against a partner's or member's own mistakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.js import JetStreamContext
+
+from broker._config import Settings
+from broker._service import publish_bundle, receive
+from broker._submission import SubmissionTooLarge
+from broker.errors import ConfigError
+from tests.integration.helpers import bundle, indicator, publish, wait_routed
+
+
+async def test_a_removed_output_folder_is_made_again_while_receiving(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    out = tmp_path / "lea-1"
+    job = asyncio.create_task(
+        receive(
+            settings,
+            org="lea-1",
+            key_paths=[community.enc_key("lea-1")],
+            out_dir=out,
+            once=False,
+            js=js,
+        )
+    )
+    try:
+        first = await publish(
+            settings, js, community, tmp_path, "bank-a", bundle(indicator("clear"))
+        )
+        await _until(lambda: (out / f"{first}.json").exists())
+        shutil.rmtree(out)  # an operator cleaning up, a volume remounted
+        second = await publish(
+            settings, js, community, tmp_path, "bank-a", bundle(indicator("clear"))
+        )
+        await _until(lambda: (out / f"{second}.json").exists())
+        await wait_routed(js, 2)
+    finally:
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+
+
+async def _until(check: Callable[[], bool], seconds: float = 30) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"not within {seconds} s")
+
+
+@pytest.mark.parametrize("org", ["ec3.>", "*", "Bank A", ""])
+async def test_an_org_that_cannot_be_one_is_refused_naming_it(
+    make_community: Callable[..., Any], tmp_path: Path, org: str
+) -> None:
+    community = make_community()
+    settings = Settings(data_dir=tmp_path / "data")
+    with pytest.raises(ConfigError, match="is not an organisation id"):
+        await receive(
+            settings, org=org, key_paths=[community.enc_key("lea-1")], out_dir=tmp_path, once=True
+        )
+    with pytest.raises(ConfigError, match="is not an organisation id"):
+        await publish_bundle(
+            settings, tmp_path / "x.json", org=org, key_path=community.sign_key("bank-a")
+        )
+
+
+async def test_publish_reads_no_further_than_the_size_limit(
+    make_community: Callable[..., Any], tmp_path: Path
+) -> None:
+    community = make_community()
+    settings = Settings(data_dir=tmp_path / "data")
+    with pytest.raises(SubmissionTooLarge, match="over the size limit"):
+        await publish_bundle(
+            settings, Path("/dev/zero"), org="bank-a", key_path=community.sign_key("bank-a")
+        )
