@@ -52,6 +52,8 @@ log = structlog.get_logger()
 DELIVERIES = "DELIVERIES"
 HOLD_DELAY = 30.0
 """Seconds before a held package (see above) is delivered again."""
+PUSH_RETRY = 30.0
+"""Seconds before a package whose push failed is delivered (and pushed) again."""
 PUSH_KEEPALIVE = 15.0
 """Seconds between in-progress notices while a package is pushed (the ack wait is 60 s)."""
 SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
@@ -130,6 +132,8 @@ class ReceiveStats:
     quarantined: int = 0
     held: int = 0
     """Packages left in the stream: this receiver's keys cannot open them (see the log)."""
+    push_failed: int = 0
+    """Packages stored but left in the stream: the push to the partner's server failed."""
     objects: int = 0
     receipts: int = 0
     by_tlp: dict[str, int] = field(default_factory=dict)
@@ -255,7 +259,17 @@ class Receiver:
             # status is polled): keep the package ours meanwhile.
             keepalive = asyncio.create_task(keep_in_progress(msg, PUSH_KEEPALIVE))
             try:
-                await self._push(opened.stix)  # raises: no ack, the package comes again
+                await self._push(opened.stix)
+            except BridgeError as exc:
+                # Not acked: the package comes again (stored again, the same bytes) and is
+                # pushed again, while the packages behind it go on.
+                seq = msg.metadata.sequence.stream
+                if seq not in self._held:
+                    self._held.add(seq)
+                    self.stats.push_failed += 1
+                log.error("receive.push_failed", sub=subject_sid, error=str(exc))
+                await msg.nak(delay=PUSH_RETRY)
+                return
             finally:
                 await cancel_and_wait(keepalive)
         self._replay.add(opened.jti, int(opened.claims["exp"]))
@@ -298,7 +312,7 @@ class Receiver:
         seq = msg.metadata.sequence.stream
         if seq not in self._held:
             self._held.add(seq)
-            self.stats.held = len(self._held)
+            self.stats.held += 1
             fix = (
                 "the broker key set (--broker-jwks, or the directory) lacks the broker key "
                 "that signed it"

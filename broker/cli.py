@@ -301,6 +301,12 @@ def receive(
             "set without the broker's current key); nothing was acked, fix and run again"
         )
         raise typer.Exit(3)
+    if stats.push_failed:
+        err.print(
+            f"{stats.push_failed} package(s) stored but not pushed (see receive.push_failed in "
+            "the log); they stay in the stream and are pushed again on the next run"
+        )
+        raise typer.Exit(3)
 
 
 @directory_app.command("load")
@@ -433,7 +439,8 @@ def keys_rotate(
     ],
     use: Annotated[str, typer.Option(help="sig | enc: which key of a JWK set to take.")] = "enc",
     overlap_hours: Annotated[
-        float, typer.Option(help="Hours the previous key stays valid for opening/verifying.")
+        float,
+        typer.Option(min=0, help="Hours the previous key stays valid for opening/verifying."),
     ] = 168.0,
 ) -> None:
     """Make a new key current; the previous one stays valid for the overlap. Logged."""

@@ -42,6 +42,11 @@ def taxii_pusher(
                 )
         except (requests.RequestException, TAXIIServiceException) as exc:
             raise BridgeError(f"push to {url} failed: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # taxii2-client reading an answer that is not TAXII 2.1
+            raise BridgeError(
+                f"push to {url} failed: the answer is not TAXII 2.1 ({type(exc).__name__}: {exc})"
+            ) from exc
         if status.status != "complete" or status.success_count != len(objects):
             raise BridgeError(
                 f"push to {url}: {status.success_count} of {len(objects)} object(s) succeeded "

@@ -88,3 +88,28 @@ async def test_publish_reads_no_further_than_the_size_limit(
         await publish_bundle(
             settings, Path("/dev/zero"), org="bank-a", key_path=community.sign_key("bank-a")
         )
+
+
+async def test_a_failed_push_leaves_the_package_to_come_again(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    from adapters._taxii._push import taxii_pusher
+    from tests.integration.medallion import collection_url, free_port
+
+    community = make_community()
+    settings = await running_router(community)
+    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+    out = tmp_path / "lea-1"
+    key = [community.enc_key("lea-1")]
+    nobody = taxii_pusher(collection_url(free_port()), user="u", password="p")
+    first = await receive(
+        settings, org="lea-1", key_paths=key, out_dir=out, once=True, js=js, push=nobody
+    )
+    assert (first.received, first.push_failed) == (1, 1)  # stored, not pushed, not acked
+    assert (out / f"{sid}.json").exists()
+    again = await receive(settings, org="lea-1", key_paths=key, out_dir=out, once=True, js=js)
+    assert (again.received, again.duplicates) == (1, 0)  # it came again
