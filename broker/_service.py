@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from ._monitor import Monitor
 from ._note import NoteVerifier
 from ._receipts import AckRecorder, ReceiptPublisher, receipt_checker
 from ._router import ROUTER_CONSUMER, Router
-from ._submission import SubmissionTooLarge, make_submission
+from ._submission import SubmissionTooLarge, make_submission, over_size_limit
 from .errors import BrokerError, ConfigError, DirectoryUnavailable, SubmissionError
 
 __all__ = [
@@ -62,9 +63,12 @@ def _check_org(org: str) -> None:
         )
 
 
-def _read_at_most(path: Path, size: int) -> bytes:
+def _read_at_most(path: Path, size: int) -> tuple[bytes, int]:
+    """Up to ``size`` bytes of ``path``, and its whole size when it is a regular file (else
+    0)."""
     with path.open("rb") as fh:
-        return fh.read(size)
+        whole = os.fstat(fh.fileno())
+        return fh.read(size), whole.st_size if stat.S_ISREG(whole.st_mode) else 0
 
 
 def streams_for(settings: Settings) -> Streams:
@@ -237,12 +241,13 @@ async def publish_bundle(
     _check_org(org)
     limit = settings.limits.max_bundle_bytes
     try:
-        raw = await asyncio.to_thread(_read_at_most, bundle_path, limit + 1)
+        raw, size = await asyncio.to_thread(_read_at_most, bundle_path, limit + 1)
     except OSError as exc:
         raise SubmissionError(f"{bundle_path}: cannot read: {exc.strerror or exc}") from exc
     if len(raw) > limit:  # not read further: /dev/zero or a huge file fails at once
         raise SubmissionTooLarge(
-            f"{bundle_path}: more than {limit:,} bytes, over the size limit "
+            over_size_limit(str(bundle_path), size, limit)
+            or f"{bundle_path} is more than {limit:,} bytes, over the size limit "
             "(limits.max_bundle_bytes)"
         )
     key = load_private_key(key_path, passphrase=passphrase)
