@@ -16,17 +16,23 @@ from broker._config import Settings
 from broker._service import publish_bundle, receive
 from broker._submission import SubmissionTooLarge
 from broker.errors import ConfigError
+from tests.conftest import Community
 from tests.integration.helpers import bundle, indicator, publish, wait_routed
 
 
-async def test_a_removed_output_folder_is_made_again_while_receiving(
-    js: JetStreamContext,
-    make_community: Callable[..., Any],
-    running_router: Any,
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def routed(
+    make_community: Callable[..., Community], running_router: Any
+) -> tuple[Community, Settings]:
+    """A community with its router running."""
     community = make_community()
-    settings = await running_router(community)
+    return community, await running_router(community)
+
+
+async def test_a_removed_output_folder_is_made_again_while_receiving(
+    js: JetStreamContext, routed: tuple[Community, Settings], tmp_path: Path
+) -> None:
+    community, settings = routed
     out = tmp_path / "lea-1"
     job = asyncio.create_task(
         receive(
@@ -91,16 +97,12 @@ async def test_publish_reads_no_further_than_the_size_limit(
 
 
 async def test_a_failed_push_leaves_the_package_to_come_again(
-    js: JetStreamContext,
-    make_community: Callable[..., Any],
-    running_router: Any,
-    tmp_path: Path,
+    js: JetStreamContext, routed: tuple[Community, Settings], tmp_path: Path
 ) -> None:
     from adapters._taxii._push import taxii_pusher
     from tests.integration.medallion import collection_url, free_port
 
-    community = make_community()
-    settings = await running_router(community)
+    community, settings = routed
     sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
     await wait_routed(js, 1)
     out = tmp_path / "lea-1"
