@@ -133,8 +133,19 @@ def register(
         grace: Annotated[
             float, typer.Option(help="Seconds a package may wait for its entry (being routed).")
         ] = 60.0,
+        require_signed: Annotated[
+            bool,
+            typer.Option(
+                "--require-signed",
+                help="Exit 2 when entries follow the last signed checkpoint (nothing verifies "
+                "them; in an exported copy anyone could have appended them).",
+            ),
+        ] = False,
     ) -> None:
-        """Verify entries, checkpoints, cosignatures and consistency; exit 1 naming the index."""
+        """Verify entries, checkpoints, cosignatures and consistency; exit 1 naming the index.
+
+        Entries after the last signed checkpoint are counted and reported as not verified.
+        """
         from ._audit_jobs import verify_log
 
         async def _verify() -> Any:
@@ -160,11 +171,14 @@ def register(
         if result.ok:
             out.print(f"[bold green]✔[/] {result.summary()}", highlight=False, soft_wrap=True)
             if result.unverified_tail:
-                out.print(
-                    f"{result.unverified_tail} entries after the last checkpoint are not "
-                    "signed yet",
+                err.print(
+                    f"[yellow]⚠[/] entries {result.checkpointed_size}..{result.entries - 1} are "
+                    "not covered by a signed checkpoint: treat them as unverified",
                     highlight=False,
+                    soft_wrap=True,
                 )
+                if require_signed:
+                    raise typer.Exit(2)
             return
         out.print(f"[bold red]✘[/] {result.summary()}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)

@@ -99,9 +99,12 @@ async def verify_log(
     deliveries: JetStreamContext | None = None,
     grace: float = 60.0,
     progress: Progress | None = None,
-    on_record: Callable[[Record], None] | None = None,
+    on_record: Callable[[Record, bool], None] | None = None,
 ) -> VerifyResult:
-    """Verify everything the source holds; see :mod:`broker._auditor`."""
+    """Verify everything the source holds; see :mod:`broker._auditor`.
+
+    ``on_record`` sees each entry and whether a signed checkpoint claims to cover it.
+    """
     if not log_keys:
         raise ConfigError("no log key: give --log-key or --broker-jwks")
     snap = await source.snapshot()
@@ -113,11 +116,11 @@ async def verify_log(
         origin=snap.origin,
         track_deliveries=deliveries is not None,
     )
-    done = 0
+    done, signed = 0, verifier.signed_size
     async for record in source.records():
         verifier.feed(record.raw)
         if on_record is not None:
-            on_record(record)
+            on_record(record, record.index < signed)
         done += 1
         if progress is not None and done % _PROGRESS_EVERY == 0:
             progress(done, snap.expected_entries)
@@ -244,16 +247,21 @@ async def collect_report(
     deliveries: JetStreamContext | None = None,
     progress: Progress | None = None,
 ) -> tuple[ReportStats, VerifyResult | None]:
-    """Statistics for the report, and the verification result when keys were given."""
-    stats = ReportStats()
+    """Statistics for the report, and the verification result when keys were given.
 
-    def _take(record: Record) -> None:
+    With keys, entries no signed checkpoint covers are counted apart, in ``stats.unsigned``:
+    in a copy anyone can append lines, and the page must not add them to the signed totals.
+    """
+    stats = ReportStats()
+    unsigned = stats.unsigned = ReportStats()
+
+    def _take(record: Record, signed: bool = True) -> None:
         try:
             entry = orjson.loads(record.raw)
         except orjson.JSONDecodeError:
             return
         if isinstance(entry, dict):
-            stats.add(entry)
+            (stats if signed else unsigned).add(entry)
 
     if not log_keys:
         snap = await source.snapshot()

@@ -75,6 +75,12 @@ class VerifyResult:
                 f"{self.checkpointed_size}, {self.consistency_proofs} consistency proofs, "
                 f"{sum(self.cosignatures.values())} cosignatures"
                 + "".join(f", {n} by {w}" for w, n in sorted(self.cosignatures.items()))
+                + (
+                    f"; {self.unverified_tail} entries after the last checkpoint are NOT "
+                    "verified (no signature covers them)"
+                    if self.unverified_tail
+                    else ""
+                )
             )
         first = self.first_problem() or Problem(None, "unknown")
         where = f"first bad index {first.index}" if first.index is not None else "log"
@@ -114,6 +120,15 @@ class LogVerifier:
     @property
     def result(self) -> VerifyResult:
         return self._result
+
+    @property
+    def signed_size(self) -> int:
+        """Entries covered by the largest checkpoint whose signature verified.
+
+        Whether those entries match it is only known at :meth:`finish`; a mismatch there is
+        a problem of its own.
+        """
+        return max((cp.size for cp in self._verified), default=0)
 
     def feed(self, raw: bytes) -> None:
         """The next entry, exactly as logged."""

@@ -46,6 +46,8 @@ class ReportStats:
     types: Counter[str] = field(default_factory=Counter)
     minutes: dict[str, Counter[str]] = field(default_factory=dict)
     entries: int = 0
+    unsigned: ReportStats | None = None
+    """Entries after the last signed checkpoint, kept apart (only when keys were given)."""
 
     def add(self, entry: dict[str, Any]) -> None:
         self.entries += 1
@@ -81,6 +83,24 @@ def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
+def _unsigned(stats: ReportStats, result: VerifyResult) -> str:
+    tail = stats.unsigned
+    if tail is None or not tail.entries:
+        return ""
+    counts = ", ".join(
+        f"{n} {_e(kind)}" for kind, n in sorted(tail.types.items(), key=lambda kv: -kv[1])
+    )
+    return (
+        '<section id="unsigned" class="banner unverified">'
+        f"<h2>⚠ {tail.entries} entries are not verified</h2>"
+        f"<p>They follow the last signed checkpoint (size {result.checkpointed_size}): no "
+        "signature covers them, so nothing shows they were logged by the broker. In a live log "
+        "they are usually recent decisions waiting for the next checkpoint; in an exported copy "
+        "anyone who held the file could have added them. <strong>They are not counted in the "
+        f"figures below.</strong> By type: {counts}.</p></section>"
+    )
+
+
 def _verification(result: VerifyResult | None, source: str) -> str:
     if result is None:
         return (
@@ -108,6 +128,20 @@ def _verification(result: VerifyResult | None, source: str) -> str:
         )
         + "</ul>"
     )
+    if result.ok and result.entries and not result.checkpointed_size:
+        return (
+            '<section id="verification" class="banner unverified"><h2>Not verified</h2>'
+            "<p>No signed checkpoint covers any entry of this log, so none of them is "
+            f"verified.</p>{facts}</section>"
+        )
+    if result.ok and result.unverified_tail:
+        return (
+            '<section id="verification" class="banner ok"><h2>✔ Log verified up to entry '
+            f"{result.checkpointed_size - 1}</h2><p>Every entry up to the last signed "
+            "checkpoint matches it; nothing there was altered, dropped, reordered or "
+            f"rewritten. The {result.unverified_tail} entries after it are not verified."
+            f"</p>{facts}</section>"
+        )
     if result.ok:
         return (
             '<section id="verification" class="banner ok"><h2>✔ Log verified</h2>'
@@ -323,6 +357,7 @@ def render_html(
             "<h1>Atlas dissemination log — audit report</h1>",
             f'<p class="meta">Source: {_e(source)} · generated {_e(generated)}</p>',
             _verification(result, source),
+            "" if result is None else _unsigned(stats, result),
             _cards(stats),
             "<h2>Flows: originators → recipients, by TLP</h2>",
             _flow_svg(stats),

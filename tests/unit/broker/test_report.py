@@ -9,12 +9,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
 from broker._audit_jobs import collect_report
 from broker._auditor import Problem, VerifyResult
-from broker._logcopy import write_copy
+from broker._logcopy import LogCopy, write_copy
 from broker._note import NoteSigner
 from broker._report import ReportStats, render_html
 from broker.cli import app
@@ -42,7 +43,8 @@ def stats_of(submissions: int = 3) -> ReportStats:
 
 class TestRender:
     def test_page_shows_flows_and_verdict_when_log_verified(self) -> None:
-        page = render_html(stats_of(), VerifyResult(entries=12), source="copy", generated="now")
+        result = VerifyResult(entries=12, checkpointed_size=12)
+        page = render_html(stats_of(), result, source="copy", generated="now")
         assert 'id="verification" class="banner ok"' in page
         assert "Log verified" in page
         assert re.search(r"<td>bank-a</td><td>lea-1</td>.*?TLP:AMBER", page)
@@ -53,6 +55,10 @@ class TestRender:
         page = render_html(stats_of(), result, source="copy", generated="now")
         assert "Verification FAILED at index 4" in page
         assert 'class="banner fail"' in page
+
+    def test_page_says_not_verified_when_no_checkpoint_covers_the_entries(self) -> None:
+        page = render_html(stats_of(), VerifyResult(entries=12), source="copy", generated="now")
+        assert "Not verified" in page and "Log verified" not in page
 
     def test_page_says_not_verified_when_no_key_was_given(self) -> None:
         page = render_html(stats_of(), None, source="copy", generated="now")
@@ -138,3 +144,32 @@ def test_collect_report_counts_entries_when_no_key_is_given() -> None:
     stats, result = asyncio.run(collect_report(MemoryLog(signer, submissions=5), log_keys=[]))
     assert result is None
     assert stats.entries == 20 and sum(stats.flows.values()) == 10
+
+
+def test_report_counts_lines_appended_to_a_copy_apart_and_says_they_are_not_verified(
+    tmp_path: Path,
+) -> None:
+    signer = NoteSigner(ORIGIN, PrivateKey.generate("Ed25519"))
+    copy = tmp_path / "copy"
+    asyncio.run(write_copy(MemoryLog(signer, submissions=5), copy))
+    forged = {"type": "delivery", "ts": "2026-11-02T09:00:00.000000Z", "rcpt": "lea-9",
+              "tlp": "red", "src": {"org": "bank-a"}, "objects": {"delivered": 7}}  # fmt: skip
+    with (copy / "entries.jsonl").open("ab") as fh:
+        fh.write(orjson.dumps(forged) + b"\n")
+
+    stats, result = asyncio.run(collect_report(LogCopy(copy), log_keys=[signer.verifier]))
+    assert result is not None and result.ok and result.unverified_tail == 1
+    assert stats.entries == 20 and ("bank-a", "lea-9", "red") not in stats.flows
+    assert stats.unsigned is not None and stats.unsigned.entries == 1
+    assert stats.unsigned.flows[("bank-a", "lea-9", "red")] == 1
+
+    page = render_html(stats, result, source="copy", generated="now")
+    assert "Log verified up to entry 19" in page
+    assert 'id="unsigned"' in page and "1 entries are not verified" in page
+    assert "lea-9" not in page
+
+    args = ["audit", "verify", "--from", str(copy), "--log-key", signer.verifier.vkey]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    strict = CliRunner().invoke(app, [*args, "--require-signed"])
+    assert strict.exit_code == 2
+    assert "entries 20..20 are not covered by a signed checkpoint" in strict.output
