@@ -14,10 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats.js.errors
+import orjson
 import structlog
 from nats.js import JetStreamContext
 
 from keys import canonical_json
+
+from ._bus import LOG, log_subject
 
 __all__ = [
     "CHUNK",
@@ -25,6 +28,7 @@ __all__ = [
     "append_entries",
     "decode_chunk",
     "encode_chunks",
+    "submission_outcome",
     "timestamp",
 ]
 
@@ -69,6 +73,28 @@ async def append_entries(
                 raise
             log.info("log.chunk_exists", subject=f"{subject_base}.{n}")
     return written
+
+
+async def submission_outcome(
+    js: JetStreamContext, sid: str, token_sha: str
+) -> tuple[str, dict[str, Any]] | None:
+    """What the router decided for a submission: ("accepted" | "refused", its first log
+    entry), or None while it is not decided.
+
+    An accepted submission's entries are logged under its id; a refused one's under the
+    first 32 hex digits of its token's SHA-256 (``token_sha``), since a refused token's
+    claims, its id among them, are not to be trusted.
+    """
+    for outcome, subject in (("accepted", sid), ("refused", "r" + token_sha[:32])):
+        try:
+            msg = await js.get_last_msg(LOG, log_subject(subject) + ".0")
+        except nats.js.errors.NotFoundError:
+            continue
+        lines = decode_chunk(msg.data or b"")
+        if lines:
+            entry = orjson.loads(lines[0])
+            return outcome, entry if isinstance(entry, dict) else {}
+    return None
 
 
 def count_by(entries: Iterable[Mapping[str, Any]], key: str) -> dict[str, int]:

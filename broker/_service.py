@@ -7,13 +7,14 @@ too, so every path a user runs is the path that is tested.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import secrets
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,18 @@ from ._checkpointer import run_checkpointer
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
 from ._gc import frozen_startup
+from ._log import submission_outcome
 from ._metrics import BrokerMetrics
 from ._monitor import Monitor
 from ._note import NoteVerifier
 from ._receipts import AckRecorder, ReceiptPublisher, receipt_checker
 from ._router import ROUTER_CONSUMER, Router
-from ._submission import SubmissionTooLarge, make_submission, over_size_limit
+from ._submission import (
+    SignedSubmission,
+    SubmissionTooLarge,
+    make_submission,
+    over_size_limit,
+)
 from .errors import BrokerError, ConfigError, DirectoryUnavailable, SubmissionError
 
 __all__ = [
@@ -224,6 +231,9 @@ class Published:
     sid: str
     stream_seq: int
     size: int
+    outcome: str | None = None
+    """With a wait: "accepted" or "refused" once the router decided, None if it had not."""
+    reason: str | None = None
 
 
 async def publish_bundle(
@@ -236,8 +246,12 @@ async def publish_bundle(
     feed: str | None = None,
     passphrase: bytes | None = None,
     js: JetStreamContext | None = None,
+    wait: float = 0.0,
 ) -> Published:
-    """Sign and submit a bundle; returns only after JetStream stored it."""
+    """Sign and submit a bundle; returns only after JetStream stored it.
+
+    With ``wait`` > 0, also waits up to that many seconds for the router's decision.
+    """
     _check_org(org)
     limit = settings.limits.max_bundle_bytes
     try:
@@ -263,12 +277,37 @@ async def publish_bundle(
         source=str(bundle_path),
     )
     if js is not None:
-        ack = await js.publish(submit_subject(org), signed.token, stream="SUBMISSIONS")
-    else:
-        async with nats_session(settings, embedded_ok=False, name="atlas-publish") as (_, js2):
-            ack = await js2.publish(submit_subject(org), signed.token, stream="SUBMISSIONS")
+        return await _publish_signed(js, org, signed, wait)
+    async with nats_session(settings, embedded_ok=False, name="atlas-publish") as (_, js2):
+        return await _publish_signed(js2, org, signed, wait)
+
+
+async def _publish_signed(
+    js: JetStreamContext, org: str, signed: SignedSubmission, wait: float
+) -> Published:
+    ack = await js.publish(submit_subject(org), signed.token, stream="SUBMISSIONS")
     log.info("submission.stored", sub=signed.sid, seq=ack.seq, bytes=len(signed.token))
-    return Published(sid=signed.sid, stream_seq=int(ack.seq), size=len(signed.token))
+    published = Published(sid=signed.sid, stream_seq=int(ack.seq), size=len(signed.token))
+    if wait <= 0:
+        return published
+    sha = hashlib.sha256(signed.token).hexdigest()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            decided = await submission_outcome(js, signed.sid, sha)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise SubmissionError(
+                f"submission {signed.sid} is stored, but its outcome cannot be read from the "
+                f"LOG stream ({type(exc).__name__}): may this NATS user read the log? Leave "
+                "out --wait, or ask the broker's operators"
+            ) from exc
+        if decided is not None:
+            outcome, entry = decided
+            reason = entry.get("reason") if outcome == "refused" else None
+            return replace(published, outcome=outcome, reason=str(reason) if reason else None)
+        if time.monotonic() >= deadline:
+            return published
+        await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
 def read_jwks(path: Path) -> BrokerKeyring:

@@ -50,9 +50,9 @@ from adapters._taxii import (
 from keys import MalformedPackage, PrivateKey
 from keys._b64json import b64d
 
-from ._bus import LOG, SUBMISSIONS, VIEWS, log_subject, submit_subject
+from ._bus import SUBMISSIONS, VIEWS, submit_subject
 from ._directory_store import ResolvedDirectory
-from ._log import decode_chunk
+from ._log import submission_outcome
 from ._submission import SignedSubmission, SubmissionTooLarge, make_submission
 from .errors import SubmissionError
 
@@ -349,15 +349,15 @@ class NatsTaxiiBackend:
         if stored.record.outcome != "pending":
             return stored.record
         base = stored.record
-        accepted = await self._first_entry(log_subject(stored.sid) + ".0")
-        if accepted is not None:
+        decided = await submission_outcome(self._js, stored.sid, stored.sha)
+        if decided is None:
+            self._remember(stored)
+            return base
+        outcome, entry = decided
+        if outcome == "accepted":
             record = replace(base, outcome="accepted")
         else:
-            refused = await self._first_entry(log_subject("r" + stored.sha) + ".0")
-            if refused is None:
-                self._remember(stored)
-                return base
-            record = replace(base, outcome="refused", reason=str(refused.get("reason", "refused")))
+            record = replace(base, outcome="refused", reason=str(entry.get("reason", "refused")))
         self._remember(replace(stored, record=record))
         return record
 
@@ -379,14 +379,6 @@ class NatsTaxiiBackend:
         if stored is None or not hmac.compare_digest(stored.sid[:16].encode(), half.hex().encode()):
             return None
         return stored
-
-    async def _first_entry(self, subject: str) -> dict[str, object] | None:
-        try:
-            msg = await self._js.get_last_msg(LOG, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        lines = decode_chunk(msg.data or b"")
-        return orjson.loads(lines[0]) if lines else None
 
     async def index(self, reader: str) -> ObjectIndex:
         index = self._indexes.setdefault(reader, ObjectIndex())

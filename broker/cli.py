@@ -204,6 +204,14 @@ def publish(
         str | None, typer.Option(help="Named audience, e.g. org:ec3,group:op-tanglebot.")
     ] = None,
     feed: Annotated[str | None, typer.Option(help="Feed name subscribers may follow.")] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Also wait up to this many seconds for the router's decision: exit 1 if it "
+            "refused the submission (the reason is printed), 3 if it had not decided yet.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Sign a bundle and submit it; prints the submission id once JetStream stored it."""
     from ._service import publish_bundle
@@ -218,9 +226,27 @@ def publish(
             to=_audience(parse_audience, to),
             feed=feed,
             passphrase=_passphrase(),
+            wait=wait,
         )
     )
     print(result.sid)
+    if wait <= 0:
+        return
+    if result.outcome == "refused":
+        err.print(
+            f"[bold red]refused:[/] the router refused submission {result.sid}: "
+            f"{result.reason or 'no reason logged'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    if result.outcome is None:
+        err.print(
+            f"stored, but not routed within {wait:g} s: is `atlas-broker serve` running?",
+            highlight=False,
+        )
+        raise typer.Exit(3)
+    err.print("routed: the router accepted it", highlight=False)
 
 
 def _audience(parse: Any, text: str | None) -> tuple[str, ...]:

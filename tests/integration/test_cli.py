@@ -204,3 +204,51 @@ class TestDirectoryAndPublish:
         assert [(e["type"], e["rcpt"], e["tlp"]) for e in entries] == [
             ("withheld", "lea-2", "amber")
         ]
+
+
+class TestPublishWait:
+    async def test_wait_reports_the_routers_decision_and_refusal_exits_1(
+        self,
+        nats_server: EmbeddedNats,
+        make_community: Callable[..., Any],
+        running_router: Any,
+        tmp_path: Path,
+    ) -> None:
+        community = make_community()
+        await running_router(community)
+        path = tmp_path / "b.json"
+        path.write_bytes(orjson.dumps(bundle(indicator("clear"))))
+
+        def publish(key: str, *extra: str) -> subprocess.CompletedProcess[str]:
+            args = ["publish", str(path), "--org", "bank-a", "--key", key, *extra]
+            return cli(*args, url=nats_server.url)
+
+        good = await asyncio.to_thread(publish, str(community.sign_key("bank-a")), "--wait", "30")
+        assert good.returncode == 0, good.stderr
+        assert "routed: the router accepted it" in good.stderr
+
+        # Signed with another member's key: stored by JetStream, refused by the router.
+        forged = await asyncio.to_thread(publish, str(community.sign_key("bank-b")), "--wait", "30")
+        assert forged.returncode == 1, forged.stderr
+        sid = forged.stdout.strip()
+        assert re.search(rf"refused:.*{sid}: \S+", forged.stderr), forged.stderr
+
+        unwaited = await asyncio.to_thread(publish, str(community.sign_key("bank-b")))
+        assert unwaited.returncode == 0 and "refused" not in unwaited.stderr
+
+    async def test_wait_exits_3_when_nothing_routes_the_submission(
+        self,
+        js: JetStreamContext,
+        nats_server: EmbeddedNats,
+        make_community: Callable[..., Any],
+        tmp_path: Path,
+    ) -> None:
+        community = make_community()  # the streams exist (the js fixture), no router runs
+        path = tmp_path / "b.json"
+        path.write_bytes(orjson.dumps(bundle(indicator("clear"))))
+        args = ["publish", str(path), "--org", "bank-a", "--wait", "0.5"]
+        key = ["--key", str(community.sign_key("bank-a"))]
+        result = await asyncio.to_thread(cli, *args, *key, url=nats_server.url)
+        assert result.returncode == 3, result.stderr
+        assert "not routed within 0.5 s" in result.stderr
+        assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
