@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,9 +62,13 @@ SID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the whole new content."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Write ``data`` so that ``path`` holds either the old or the whole new content.
+
+    The temporary file gets an unguessable name and is created exclusively, never through
+    a link: someone else able to write to the folder cannot aim the write elsewhere.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
