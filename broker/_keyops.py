@@ -162,23 +162,31 @@ async def revoke_key(
     return event
 
 
-def key_rows(directory: Directory, org: str | None = None) -> list[dict[str, str]]:
-    """One row per key for ``keys list``."""
+def key_state(entry: PublicKeyEntry, now: datetime) -> str:
+    """revoked | current | overlap (valid until ``not_after``) | expired | valid."""
+    if entry.revoked_at is not None and entry.revoked_at <= now:
+        return "revoked"
+    if entry.current:
+        return "current"
+    if entry.not_after is not None:
+        return "overlap" if now < entry.not_after else "expired"
+    return "valid"
+
+
+def key_rows(
+    directory: Directory, org: str | None = None, *, now: datetime | None = None
+) -> list[dict[str, str]]:
+    """One row per key for ``keys list``; an unknown ``org`` is an error naming it."""
     owners = [(BROKER, directory.broker.keys)] + [(o.id, o.keys) for o in directory.organisations]
+    if org is not None and org not in {owner for owner, _ in owners}:
+        raise DirectoryError(f"unknown organisation {org!r}")
+    moment = now or datetime.now(UTC)
     rows = []
     for owner, entries in owners:
         if org is not None and owner != org:
             continue
         for entry in entries:
-            state = (
-                "revoked"
-                if entry.revoked_at
-                else "current"
-                if entry.current
-                else "overlap"
-                if entry.not_after
-                else "valid"
-            )
+            state = key_state(entry, moment)
             rows.append(
                 {
                     "org": owner,

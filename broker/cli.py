@@ -433,8 +433,14 @@ def keys_generate(
 @keys_app.command("list")
 def keys_list(
     org: Annotated[str | None, typer.Option(help="Only this organisation's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one key per line.")] = False,
 ) -> None:
-    """List the keys the directory publishes, with their state."""
+    """List the keys the directory publishes, with their state.
+
+    States: current (new packages are sealed to it), overlap (a rotated-out key still valid
+    for opening and verifying until not_after), expired (its overlap is over), revoked,
+    valid (a signing key that is not the only one).
+    """
     from ._bus import nats_session
     from ._directory_store import fetch_directory
     from ._keyops import key_rows
@@ -444,9 +450,13 @@ def keys_list(
             return key_rows((await fetch_directory(js)).directory, org)
 
     rows = run(_list())
+    if as_json:
+        for row in rows:
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        return
     table = Table(title="keys")
     for column in ("org", "use", "kty", "kid", "state", "not_after", "revoked_at"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold", no_wrap=column == "kid")
     for row in rows:
         table.add_row(
             *(row[c] for c in ("org", "use", "kty", "kid", "state", "not_after", "revoked_at"))

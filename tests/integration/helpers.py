@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -128,3 +130,19 @@ def received_ids(out: Path) -> set[str]:
     for path in out.glob("*.json"):
         ids.update(o["id"] for o in orjson.loads(path.read_bytes())["objects"])
     return ids
+
+
+def cli(
+    *args: str, url: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``atlas-broker ARGS`` as a user runs it, JSON logs on stderr."""
+    prefix = ["--nats-url", url] if url else []
+    return subprocess.run(
+        [sys.executable, "-m", "broker", "--log-format", "json", *prefix, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )

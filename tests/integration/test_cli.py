@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,22 +17,7 @@ from nats.js import JetStreamContext
 
 from broker._bus import SUBMISSIONS
 from broker._embedded import EmbeddedNats
-from tests.integration.helpers import bundle, indicator, start_broker, wait_routed
-
-
-def cli(
-    *args: str, url: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    prefix = ["--nats-url", url] if url else []
-    return subprocess.run(
-        [sys.executable, "-m", "broker", "--log-format", "json", *prefix, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+from tests.integration.helpers import bundle, cli, indicator, start_broker, wait_routed
 
 
 class TestKeysGenerate:

@@ -9,13 +9,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pytest
 from nats.js import JetStreamContext
 
 from broker._audit import read_log
-from broker._keyops import revoke_key, rotate_key
+from broker._directory_store import fetch_directory
+from broker._keyops import key_rows, revoke_key, rotate_key
 from broker._service import receive
 from keys import generate_org_keys
-from tests.integration.helpers import bundle, indicator, publish, wait_routed
+from policy import DirectoryError
+from tests.integration.helpers import bundle, cli, indicator, publish, wait_routed
 
 
 def _ts(text: str) -> float:
@@ -97,3 +101,42 @@ async def test_nothing_is_sealed_to_a_revoked_key_within_a_bounded_time(
     assert any(e["type"] == "key" and e["event"] == "revoke" and e["kid"] == kid for e in entries)
     lea2 = [e for e in entries if e["type"] == "delivery" and e["rcpt"] == "lea-2"]
     assert len(lea2) == count, "other recipients are unaffected"
+
+
+async def test_keys_list_names_each_keys_state_as_time_passes(
+    js: JetStreamContext,
+    nats_server: Any,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    await running_router(community)
+    old = community.org("lea-1")["keys"][1]["jwk"]["kid"]
+    new = generate_org_keys("lea-1", tmp_path / "new-keys")
+    await rotate_key(js, org="lea-1", jwk=new.enc_jwk, overlap=timedelta(hours=1))
+    directory = (await fetch_directory(js)).directory
+
+    def states(now: datetime) -> dict[str, str]:
+        return {
+            r["kid"]: r["state"] for r in key_rows(directory, "lea-1", now=now) if r["use"] == "enc"
+        }
+
+    now = datetime.now(UTC)
+    assert states(now) == {old: "overlap", new.enc_jwk["kid"]: "current"}
+    assert states(now + timedelta(hours=2)) == {old: "expired", new.enc_jwk["kid"]: "current"}
+    with pytest.raises(DirectoryError, match="unknown organisation 'lea-9'"):
+        key_rows(directory, "lea-9")
+
+    await revoke_key(js, org="lea-1", kid=old)
+    listed = await asyncio.to_thread(
+        cli, "keys", "list", "--org", "lea-1", "--json", url=nats_server.url
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert {r["kid"]: r["state"] for r in rows if r["use"] == "enc"} == {
+        old: "revoked",
+        new.enc_jwk["kid"]: "current",
+    }
+    unknown = await asyncio.to_thread(cli, "keys", "list", "--org", "lea-9", url=nats_server.url)
+    assert unknown.returncode == 1 and "unknown organisation 'lea-9'" in unknown.stderr
