@@ -5,8 +5,9 @@
   only once JetStream stored it. What a failure means for the client (post again, or do
   not) is said by ``SubmitRefused``'s kind (``_publish``).
 - Status: the submission itself is the status record. A status id is the submission's
-  SUBMISSIONS sequence and the first half of its id, as one AES block under a key derived
-  from the TAXII key shared by every server instance (``StatusIds``): any instance answers,
+  SUBMISSIONS sequence, masked and bound to its id by a MAC under a key derived from the
+  TAXII key shared by every server instance, written as a v4 UUID (``StatusIds``): any
+  instance answers,
   after a restart too, and an id says nothing of how many submissions the community made.
   Pending until the router logged the submission (``atlas.log.entries.<sid>.0`` when
   accepted, ``…r<sha256 of the token>.0`` when refused), then complete. It lives as long
@@ -35,7 +36,6 @@ import nats.errors
 import nats.js.errors
 import orjson
 import structlog
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from nats.js import JetStreamContext
 
 from adapters._taxii import (
@@ -101,30 +101,57 @@ def max_body_for(max_bundle_bytes: int) -> int:
 
 
 class StatusIds:
-    """Status ids: ``(SUBMISSIONS sequence, first 8 bytes of the submission id)`` as one
-    AES-256 block, written as a UUID.
+    """Status ids: a submission's SUBMISSIONS sequence, masked, and a tag binding it to the
+    submission's id, written as an RFC 4122 version 4 UUID (TAXII's ``identifier``).
 
-    One block under a block cipher is a keyed permutation: an id can be read back only with
-    the key, two submissions never share one, and a changed or made-up id reads back as a
-    sequence whose submission does not carry that id's half (``status`` answers 404)."""
+    The 122 free bits of a v4 UUID hold the sequence (48 bits) XOR a mask derived from the
+    tag, and the tag (74 bits): a keyed MAC of the sequence and the whole submission id. With
+    the key, an id reads back as a sequence (``read``); it names that submission only if
+    ``make`` gives the same id again from the submission found there (``names``). Without
+    the key an id reveals no counter, and a made-up or changed one names nothing (one chance
+    in 2^74)."""
+
+    _SEQ_BITS = 48
+    _TAG_BITS = 74
 
     def __init__(self, shared_key: bytes) -> None:
-        key = hmac.digest(shared_key, b"atlas-broker taxii status ids", "sha256")
-        self._cipher = Cipher(algorithms.AES(key), modes.ECB())  # noqa: S305 - one block
+        root = hmac.digest(shared_key, b"atlas-broker taxii status ids", "sha256")
+        self._tag_key = hmac.digest(root, b"tag", "sha256")
+        self._mask_key = hmac.digest(root, b"mask", "sha256")
+
+    def _mask(self, tag: int) -> int:
+        digest = hmac.digest(self._mask_key, tag.to_bytes(10, "big"), "sha256")
+        return int.from_bytes(digest[:6], "big")
 
     def make(self, seq: int, sid: str) -> str:
-        block = seq.to_bytes(8, "big") + bytes.fromhex(sid)[:8]
-        encryptor = self._cipher.encryptor()
-        return str(uuid.UUID(bytes=encryptor.update(block) + encryptor.finalize()))
+        if not 0 < seq < 1 << self._SEQ_BITS:
+            raise ValueError(f"stream sequence {seq} does not fit a status id")
+        mac = hmac.digest(self._tag_key, seq.to_bytes(8, "big") + bytes.fromhex(sid), "sha256")
+        tag = int.from_bytes(mac[:10], "big") >> (80 - self._TAG_BITS)
+        high = (seq ^ self._mask(tag)) << 80  # time_low and time_mid: 48 bits
+        middle = (4 << 76) | (tag >> 62) << 64  # version 4, then 12 bits of the tag
+        low = (0b10 << 62) | (tag & ((1 << 62) - 1))  # RFC 4122 variant, 62 bits of the tag
+        return str(uuid.UUID(int=high | middle | low))
 
-    def read(self, status_id: str) -> tuple[int, bytes] | None:
+    def read(self, status_id: str) -> int | None:
+        """The sequence ``status_id`` names if it is one of ours (check it with ``names``)."""
         try:
-            block = uuid.UUID(status_id).bytes
+            value = uuid.UUID(status_id)
         except ValueError:
             return None
-        decryptor = self._cipher.decryptor()
-        plain = decryptor.update(block) + decryptor.finalize()
-        return int.from_bytes(plain[:8], "big"), plain[8:]
+        if value.version != 4 or value.variant != uuid.RFC_4122:
+            return None
+        number = value.int
+        tag = ((number >> 64) & 0xFFF) << 62 | (number & ((1 << 62) - 1))
+        return (number >> 80) ^ self._mask(tag)
+
+    def names(self, status_id: str, seq: int, sid: str) -> bool:
+        """Whether ``status_id`` was made for the submission ``sid`` stored at ``seq``."""
+        try:
+            expected = self.make(seq, sid)
+        except ValueError:
+            return False
+        return hmac.compare_digest(expected.encode(), str(status_id).lower().encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,11 +390,8 @@ class NatsTaxiiBackend:
 
     async def _read_stored(self, org: str, status_id: str) -> _Stored | None:
         """The submission a status id names, if it is ``org``'s and still kept."""
-        located = self._ids.read(status_id)
-        if located is None:
-            return None
-        seq, half = located
-        if not 0 < seq < 2**63:
+        seq = self._ids.read(status_id)
+        if seq is None or seq == 0:
             return None
         try:
             msg = await self._js.get_msg(SUBMISSIONS, seq)
@@ -376,7 +400,7 @@ class NatsTaxiiBackend:
         if msg.subject != submit_subject(org):
             return None
         stored = _stored(status_id, org, msg.data or b"")
-        if stored is None or not hmac.compare_digest(stored.sid[:16].encode(), half.hex().encode()):
+        if stored is None or not self._ids.names(status_id, seq, stored.sid):
             return None
         return stored
 

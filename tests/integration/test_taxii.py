@@ -186,6 +186,7 @@ class TestBadInput:
         assert caught.value.response.status_code == 404
         mine = await asyncio.to_thread(lambda: front.root("bank-a").get_status(status.id))
         assert mine.id == status.id
+        assert uuid.UUID(mine.id).version == 4  # TAXII's identifier: an RFC 4122 v4 UUID
 
     async def test_404_when_a_status_id_is_changed_or_made_up(self, front: Front) -> None:
         status = await asyncio.to_thread(_add, front, "bank-a", "community", [indicator("clear")])
@@ -203,9 +204,9 @@ class TestBadInput:
         stale id after the stream was recreated, or one made with a guessed sequence."""
         status = await asyncio.to_thread(_add, front, "bank-a", "community", [indicator("clear")])
         ids = StatusIds(load_cursor_key(front.settings))
-        located = ids.read(status.id)
-        assert located is not None
-        other_sid = ids.make(located[0], secrets.token_hex(16))
+        seq = ids.read(status.id)
+        assert seq is not None
+        other_sid = ids.make(seq, secrets.token_hex(16))
         with pytest.raises(requests.HTTPError) as caught:
             await asyncio.to_thread(lambda: front.root("bank-a").get_status(other_sid))
         assert caught.value.response.status_code == 404

@@ -18,28 +18,59 @@ KEY = bytes(range(32))
 
 
 class TestStatusIds:
-    @pytest.mark.parametrize("seq", [1, 2, 255, 2**32 + 7, 2**63 - 1])
-    def test_reads_back_sequence_and_id_half_when_made_with_the_same_key(self, seq: int) -> None:
+    @pytest.mark.parametrize("seq", [1, 2, 255, 2**32 + 7, 2**48 - 1])
+    def test_reads_back_the_sequence_and_names_the_submission_it_was_made_for(
+        self, seq: int
+    ) -> None:
         sid = secrets.token_hex(16)
         status_id = StatusIds(KEY).make(seq, sid)
-        assert str(uuid.UUID(status_id)) == status_id
-        assert StatusIds(KEY).read(status_id) == (seq, bytes.fromhex(sid)[:8])
+        parsed = uuid.UUID(status_id)
+        assert str(parsed) == status_id
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert StatusIds(KEY).read(status_id) == seq
+        assert StatusIds(KEY).names(status_id, seq, sid)
+        assert StatusIds(KEY).names(status_id.upper(), seq, sid)
+
+    def test_names_no_other_submission_at_the_same_place(self) -> None:
+        sid = secrets.token_hex(16)
+        status_id = StatusIds(KEY).make(9, sid)
+        assert not StatusIds(KEY).names(status_id, 9, secrets.token_hex(16))
+        assert not StatusIds(KEY).names(status_id, 9, sid[:16] + secrets.token_hex(8))
+        assert not StatusIds(KEY).names(status_id, 10, sid)
+
+    def test_any_changed_hex_digit_names_nothing(self) -> None:
+        sid = secrets.token_hex(16)
+        status_id = StatusIds(KEY).make(77, sid)
+        for at, digit in enumerate(status_id):
+            if digit == "-" or at in (14, 19):  # the version digit, and the variant's
+                continue
+            changed = status_id[:at] + ("0" if digit != "0" else "1") + status_id[at + 1 :]
+            seq = StatusIds(KEY).read(changed)
+            assert seq is None or not StatusIds(KEY).names(changed, seq, sid), at
 
     def test_says_nothing_of_the_sequence_when_ids_are_consecutive(self) -> None:
         sid = secrets.token_hex(16)
         first, second = (StatusIds(KEY).make(seq, sid).replace("-", "") for seq in (1, 2))
-        # One block cipher block: a sequence one apart changes about every hex digit (for
-        # random digits 30 of 32 on average; fewer than 16 has odds below one in 10^9).
-        assert sum(a != b for a, b in zip(first, second, strict=True)) >= 16
+        # The 30 digits outside the version and variant are keyed-MAC output for each: about
+        # 28 differ for random digits; fewer than 14 has odds below one in 10^9.
+        assert sum(a != b for a, b in zip(first, second, strict=True)) >= 14
 
     def test_reads_another_place_when_the_key_differs(self) -> None:
         sid = secrets.token_hex(16)
         status_id = StatusIds(KEY).make(5, sid)
-        assert StatusIds(bytes(32)).read(status_id) != (5, bytes.fromhex(sid)[:8])
+        other = StatusIds(bytes(32))
+        seq = other.read(status_id)
+        assert seq is not None and not other.names(status_id, seq, sid)
 
-    @pytest.mark.parametrize("text", ["", "status-1", "12345", "g" * 32])
-    def test_reads_nothing_when_the_id_is_not_a_uuid(self, text: str) -> None:
+    @pytest.mark.parametrize(
+        "text", ["", "status-1", "12345", "g" * 32, "00000000-0000-1000-8000-000000000000"]
+    )
+    def test_reads_nothing_when_the_id_is_not_a_v4_uuid(self, text: str) -> None:
         assert StatusIds(KEY).read(text) is None
+
+    def test_refuses_a_sequence_that_does_not_fit(self) -> None:
+        with pytest.raises(ValueError, match="does not fit"):
+            StatusIds(KEY).make(2**48, secrets.token_hex(16))
 
 
 class TestStoredSubmission:
