@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from policy import is_observable, observable_id_problem
+from policy import is_observable, observable_id_problem, selector_resolves
 
 from ._errors import AdapterError
 
@@ -91,6 +91,9 @@ def parse_bundle(
     return data  # type: ignore[no-any-return]
 
 
+BUNDLE_MARKINGS = ("object_marking_refs", "granular_markings")
+
+
 def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None:
     if not isinstance(data, Mapping):
         raise InvalidBundle(
@@ -111,6 +114,12 @@ def check_bundle(data: Any, *, source: str = "bundle", max_objects: int) -> None
         raise InvalidBundle(
             f"{source}: a bundle with 'spec_version' is STIX 2.0; Atlas takes STIX 2.1 bundles"
         )
+    for name in BUNDLE_MARKINGS:
+        if name in data:
+            raise InvalidBundle(
+                f"{source}: the bundle itself has '{name}': a STIX 2.1 bundle carries no "
+                "markings, so nobody would read them; mark the objects"
+            )
     objects = data.get("objects", [])
     if not isinstance(objects, list):
         raise InvalidBundle(f"{source}: 'objects' is a {_kind(objects)}, expected a list")
@@ -347,6 +356,10 @@ def _properties_problem(obj: Mapping[str, Any]) -> str | None:
     references (who authored an object, what a view must carry): a reference with a space,
     a newline or of another type than the spec says would slip past those comparisons."""
     for name, value in obj.items():
+        if name == "granular_markings":
+            problem = _selectors_problem(obj, value)
+            if problem is not None:
+                return problem
         if "_ref" in name and name != "object_marking_refs":
             problem = _ref_problem(name, value)
             if problem is not None:
@@ -355,6 +368,22 @@ def _properties_problem(obj: Mapping[str, Any]) -> str | None:
             problem = _value_problem(value, 1)
             if problem is not None:
                 return problem
+    return None
+
+
+def _selectors_problem(obj: Mapping[str, Any], markings: Any) -> str | None:
+    """A granular selector must name something the object holds (its shape is the policy's
+    to judge: markings the broker cannot read withhold the object)."""
+    if not isinstance(markings, list):
+        return None
+    for j, entry in enumerate(markings):
+        selectors = entry.get("selectors") if isinstance(entry, Mapping) else None
+        for selector in selectors if isinstance(selectors, list) else ():
+            if isinstance(selector, str) and selector and not selector_resolves(obj, selector):
+                return (
+                    f"granular_markings[{j}] selector {_shown(selector)} names nothing in the "
+                    "object (a list index is a step of its own: 'external_references.[0].url')"
+                )
     return None
 
 

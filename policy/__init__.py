@@ -23,6 +23,7 @@ from ._directory import (
     Subscription,
 )
 from ._errors import BundleRejected, DirectoryError, PolicyError
+from ._markings import selector_resolves
 from ._observables import id_problem as observable_id_problem
 from ._observables import is_observable
 from ._tlp import Tlp
@@ -62,5 +63,6 @@ __all__ = [
     "normal_timestamp",
     "observable_id_problem",
     "recipients",
+    "selector_resolves",
     "version_digests",
 ]

@@ -48,6 +48,7 @@ from ._markings import (
     MarkingTable,
     Marks,
     is_statement_definition,
+    selector_resolves,
 )
 from ._refs import Finder
 from ._tlp import Tlp
@@ -125,6 +126,10 @@ def stix_objects(bundle: object) -> list[tuple[dict[str, Any], str, str, str]]:
     """Check the bundle's shape; return (object, id, type, modified-or-empty) per element."""
     if not isinstance(bundle, Mapping) or bundle.get("type") != "bundle":
         raise BundleRejected("not a STIX bundle: expected a JSON object with type 'bundle'")
+    for name in ("object_marking_refs", "granular_markings"):
+        if name in bundle:
+            # STIX 2.1 bundles carry no markings: whatever they say, it applies to nothing.
+            raise BundleRejected(f"the bundle itself has '{name}': mark the objects instead")
     objects = bundle.get("objects", [])
     if not isinstance(objects, list):
         raise BundleRejected("bundle 'objects' is not a list")
@@ -303,6 +308,12 @@ def _entry(
     granular = obj.get("granular_markings", _ABSENT)
     if granular is not _ABSENT:
         granular = None if granular is None else table.granular(granular)
+        if granular and not all(
+            selector_resolves(obj, selector)
+            for raw in obj["granular_markings"]
+            for selector in raw["selectors"]
+        ):
+            granular = None  # a selector that names nothing: unreadable (fail closed)
     return Entry(
         obj,
         obj_id,

@@ -18,7 +18,8 @@ Decisions documented here:
   is unknown, and an object carrying it is withheld (fail closed).
 - ``object_marking_refs`` or ``granular_markings`` that are not of the STIX shape (a list of
   strings; a list of objects with a non-empty list of string ``selectors`` and a string
-  ``marking_ref`` or ``lang``) are unreadable, and the object is withheld. So is an explicit
+  ``marking_ref`` or ``lang``), or with a selector that names nothing in the object
+  (``selector_resolves``), are unreadable, and the object is withheld. So is an explicit
   JSON ``null`` for either property: STIX has no null values, and absent is not the same
   claim as null.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "Granular",
     "MarkingTable",
     "Marks",
+    "selector_resolves",
 ]
 
 _TLP2_EXTENSION = "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d"
@@ -203,6 +205,30 @@ class MarkingTable:
                 return None
             out.append(Granular(marks=marks, tops=frozenset(tops)))
         return tuple(out)
+
+
+def selector_resolves(obj: Mapping[str, Any], selector: str) -> bool:
+    """Whether a granular ``selector`` names something the object holds (STIX 2.1 7.2.3.1).
+
+    Steps are separated by ``.``; a list index is a step of its own, ``[n]``
+    (``external_references.[0].url``). A selector that names nothing (``description[0]``,
+    a misspelt or absent property, an index past the end) restricts nothing that the
+    broker could find, so it is unreadable: the object is withheld, never derived.
+    """
+    node: Any = obj
+    for step in selector.split("."):
+        if step.startswith("[") and step.endswith("]"):
+            index = step[1:-1]
+            if not (isinstance(node, list) and index.isdigit() and index.isascii()):
+                return False
+            if int(index) >= len(node):
+                return False
+            node = node[int(index)]
+        elif isinstance(node, dict) and step in node:
+            node = node[step]
+        else:
+            return False
+    return True
 
 
 def is_statement_definition(obj: Mapping[str, Any]) -> bool:

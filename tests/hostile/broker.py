@@ -443,9 +443,9 @@ async def _phases(
         answer = answers[case.id]
         if case.path == "taxii" and answer.status == 202:
             answer.record = await taxii.status(case.org, answer.body["id"])
-            located = ids.read(answer.body["id"])
-            assert located is not None, answer.body["id"]
-            stored = await js.get_msg(SUBMISSIONS, located[0])
+            seq = ids.read(answer.body["id"])
+            assert seq is not None, answer.body["id"]
+            stored = await js.get_msg(SUBMISSIONS, seq)
             answer.record_sha = hashlib.sha256(stored.data or b"").hexdigest()[:32]
 
     # -- what the partners' receive bridges write, and the log

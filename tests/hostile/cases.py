@@ -618,6 +618,43 @@ def _wrong_types() -> list[Case]:
         out += _refused_at_the_edge(name, obj, message)
     for name, (props, message) in timestamps.items():
         out += _refused_at_the_edge(name, ind(f"wrong-types/{name}", **props), message)
+    # A granular selector that names nothing restricts nothing the broker could find: a
+    # derived copy once kept the field it meant (external_references[0].url, no dot).
+    red = TLP2["red"]
+    refs = [{"source_name": "x", "url": "https://red.example/"}]
+    for name, selector in {
+        "points-nowhere": "no_such_property",
+        "index-nowhere": "labels.[99]",
+        "index-without-dot": "external_references[0].url",
+        "case-differs": "Description",
+        "leading-space": " description",
+        "into-a-string": "description.[0]",
+    }.items():
+        case_name = f"wrong-types/granular-selector-{name}"
+        obj = ind(
+            case_name,
+            tlp="clear",
+            description="for RED eyes",
+            labels=["a"],
+            external_references=refs,
+            granular_markings=[{"marking_ref": red, "selectors": [selector]}],
+        )
+        out += _refused_at_the_edge(f"granular-selector-{name}", obj, "names nothing in the object")
+    for name in ("object_marking_refs", "granular_markings"):
+        case_name = f"wrong-types/bundle-level-{name}"
+        data = {**bundle(case_name, ind(case_name)), name: [TLP2["red"]]}
+        if name == "granular_markings":
+            data[name] = [{"marking_ref": red, "selectors": ["objects"]}]
+        out.append(
+            Case(
+                f"nats/{case_name}",
+                "wrong types",
+                "nats",
+                refused("invalid-bundle", f"the bundle itself has '{name}'"),
+                token=good_token(case_name, data),
+                client=(orjson.dumps(data), f"the bundle itself has '{name}'"),
+            )
+        )
     for name, (value, message, taxii) in _numbers().items():
         case_name = f"wrong-types/number-{name}"
         obj = ind(case_name, x_value="@@N@@")
@@ -1194,16 +1231,6 @@ def _markings() -> list[Case]:
         "granular-null": ({"granular_markings": None}, "unreadable-marking", []),
         "granular-ref-points-nowhere": (
             {"granular_markings": [{"marking_ref": unknown, "selectors": ["name"]}]},
-            "granular",
-            [],
-        ),
-        "granular-selector-points-nowhere": (
-            {"granular_markings": [{"marking_ref": red, "selectors": ["no_such_property"]}]},
-            "granular",
-            [],
-        ),
-        "granular-selector-index-nowhere": (
-            {"granular_markings": [{"marking_ref": red, "selectors": ["labels.[99]"]}]},
             "granular",
             [],
         ),

@@ -94,6 +94,56 @@ class TestGranularWithoutOptIn:
         view = view_for(bundle(ind), "bank-b", named={"bank-b"})
         assert decision_for(view, ind).reason == "unreadable-marking"
 
+    @pytest.mark.parametrize(
+        "selector",
+        [
+            "external_references[0].url",  # the index must be a step of its own
+            "external_references.[1].url",  # past the end
+            "external_references.[0].nope",
+            "external_references.[x]",
+            "description[0]",
+            " description",
+            "Description",
+            "description.x",
+            "name.[0]",
+        ],
+    )
+    def test_a_selector_that_names_nothing_withholds_even_with_derived_copies(
+        self, stix: Stix, view_for: ViewFor, derived_directory: Directory, selector: str
+    ) -> None:
+        ind = stix.indicator(
+            "clear",
+            description="RED-ONLY text",
+            external_references=[{"source_name": "x", "url": "https://red.example/"}],
+            granular_markings=[{"marking_ref": TLP2["red"], "selectors": [selector]}],
+        )
+        view = view_for(bundle(ind), "bank-b", directory=derived_directory)
+        assert view.bundle is None
+        assert decision_for(view, ind).reason == "unreadable-marking"
+
+    @pytest.mark.parametrize(
+        ("selector", "secret"),
+        [("external_references.[0].url", "red.example"), ("description", "RED-ONLY")],
+    )
+    def test_a_selector_in_stix_form_is_derived_without_its_property(
+        self,
+        stix: Stix,
+        view_for: ViewFor,
+        derived_directory: Directory,
+        selector: str,
+        secret: str,
+    ) -> None:
+        ind = stix.indicator(
+            "clear",
+            description="RED-ONLY text",
+            external_references=[{"source_name": "x", "url": "https://red.example/"}],
+            granular_markings=[{"marking_ref": TLP2["red"], "selectors": [selector]}],
+        )
+        view = view_for(bundle(ind), "bank-b", directory=derived_directory)
+        (made,) = _copies(view, "indicator")
+        assert selector.partition(".")[0] not in made and "granular_markings" not in made
+        assert secret not in str(view.bundle)
+
 
 class TestDerivedCopies:
     def test_derived_copy_without_restricted_field_when_opted_in(
