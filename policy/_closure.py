@@ -61,6 +61,8 @@ class Clearance:
     submission_id: str
     broker_identity: str
     timestamp: str
+    id_key: bytes
+    """Keys the ids of derived copies (``_derive.keyed_uuid``)."""
 
 
 @dataclass(slots=True)
@@ -254,6 +256,7 @@ class _Pass:
                 submission_id=clearance.submission_id,
                 broker_identity_id=clearance.broker_identity,
                 timestamp=clearance.timestamp,
+                id_key=clearance.id_key,
             )
             copies[i] = copy
             found = bundle.finder.mentions(copy, entry.id)

@@ -18,10 +18,13 @@ new object instead. Decisions documented here:
   entries it is cleared for keep their selectors into the properties that remain. A
   container may drop withheld ``object_refs``, unless a granular selector points into
   ``object_refs`` (its indices would shift) or nothing would remain.
-- The copy's id is a UUIDv5 of the submission, the original (id and modified) and what was
-  removed, so that recipients who get the same copy get the same id, and different copies
-  never share an id. ``created`` and ``modified`` are ``now``; ``created_by_ref`` is the
-  broker's identity, whose identity object travels with every view that holds a copy.
+- The copy's id is a keyed MAC (the router's digest key) of the submission, the original
+  (id and modified) and what was removed, written as a version 4 UUID: recipients who get
+  the same copy get the same id, and different copies never share one. It is keyed because
+  what was removed includes withheld ids: an SCO's id is a UUIDv5 of its value, and an
+  unkeyed hash would let a recipient test guesses of the withheld values offline.
+  ``created`` and ``modified`` are ``now``; ``created_by_ref`` is the broker's identity,
+  whose identity object travels with every view that holds a copy.
 - The ``derived-from`` relationship (copy → original) names the original's id. A copy is
   only ever made when the recipient is cleared for the original's object-level markings
   (only fields or references were held back), and the original is never an SCO and never
@@ -36,6 +39,7 @@ new object instead. Decisions documented here:
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -51,6 +55,7 @@ __all__ = [
     "can_remove",
     "derive",
     "derived_from",
+    "keyed_uuid",
     "stix_timestamp",
 ]
 
@@ -120,6 +125,7 @@ def derive(
     submission_id: str,
     broker_identity_id: str,
     timestamp: str,
+    id_key: bytes,
 ) -> dict[str, Any]:
     """The copy of ``obj`` without ``removed_props`` and the ``removed_refs`` object_refs."""
     obj_type = obj["type"]
@@ -158,21 +164,27 @@ def derive(
             copy["granular_markings"] = kept
         else:
             del copy["granular_markings"]
-    copy["id"] = f"{obj_type}--{uuid.uuid5(NAMESPACE, seed)}"
+    copy["id"] = f"{obj_type}--{keyed_uuid(id_key, seed)}"
     copy["created_by_ref"] = broker_identity_id
     copy["created"] = timestamp
     copy["modified"] = timestamp
     return copy
 
 
+def keyed_uuid(key: bytes, seed: str) -> uuid.UUID:
+    """A version 4 UUID from HMAC-SHA256(key, seed): stable, and unguessable without key."""
+    mac = hmac.digest(key, seed.encode(), "sha256")
+    return uuid.UUID(bytes=mac[:16], version=4)
+
+
 def derived_from(
-    copy: Mapping[str, Any], original: Mapping[str, Any], *, timestamp: str
+    copy: Mapping[str, Any], original: Mapping[str, Any], *, timestamp: str, id_key: bytes
 ) -> dict[str, Any]:
     """The broker's ``derived-from`` relationship from a copy to its original."""
     rel: dict[str, Any] = {
         "type": "relationship",
         "spec_version": "2.1",
-        "id": f"relationship--{uuid.uuid5(NAMESPACE, 'derived-from|' + copy['id'])}",
+        "id": f"relationship--{keyed_uuid(id_key, 'derived-from|' + copy['id'])}",
         "created_by_ref": copy["created_by_ref"],
         "created": timestamp,
         "modified": timestamp,

@@ -154,6 +154,7 @@ def _clearance(
     recipient: str,
     timestamp: str,
     received_before: Collection[str],
+    id_key: bytes,
 ) -> Clearance | None:
     org = directory.organisation(recipient)
     if org is None:
@@ -188,6 +189,7 @@ def _clearance(
         submission_id=submission.submission_id,
         broker_identity=directory.broker.stix_identity,
         timestamp=timestamp,
+        id_key=id_key,
     )
 
 
@@ -210,7 +212,10 @@ def _view(
     entries = prepared.entries
     if not isinstance(received_before, Mapping | AbstractSet):
         received_before = frozenset(received_before)
-    clearance = _clearance(directory, submission, prepared, recipient, timestamp, received_before)
+    id_key = hmac.digest(digest_key, b"atlas-broker derived ids", "sha256")
+    clearance = _clearance(
+        directory, submission, prepared, recipient, timestamp, received_before, id_key
+    )
     if clearance is None:
         status = [WITHHELD] * len(entries)
         reasons = ["auditor"] * len(entries)
@@ -228,7 +233,10 @@ def _view(
     if copies:
         derived = sorted(copies.items(), key=lambda item: item[1]["id"])
         objects.extend(made for _, made in derived)
-        relations = [derived_from(made, entries[i].obj, timestamp=timestamp) for i, made in derived]
+        relations = [
+            derived_from(made, entries[i].obj, timestamp=timestamp, id_key=id_key)
+            for i, made in derived
+        ]
         relations.sort(key=lambda rel: rel["id"])
         objects.extend(relations)
         objects.append(broker_identity(directory.broker.stix_identity, directory.broker.name))

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from policy import Directory, View
-from policy._derive import can_remove, stix_timestamp
+from policy._derive import NAMESPACE, can_remove, stix_timestamp
 
 from ._support import (
     BROKER_IDENTITY,
@@ -191,7 +191,24 @@ class TestDerivedCopies:
         (b,) = _copies(second, "indicator")
         (c,) = _copies(other_submission, "indicator")
         assert a["id"] == b["id"] != c["id"]
-        assert uuid.UUID(a["id"].partition("--")[2]).version == 5
+        assert uuid.UUID(a["id"].partition("--")[2]).version == 4
+
+    def test_a_copys_id_gives_no_test_for_guesses_of_what_was_withheld(
+        self, stix: Stix, view_for: ViewFor, derived_directory: Directory
+    ) -> None:
+        """The seed of a copy's id names the withheld references, and an observable's id is
+        a UUIDv5 of its value: an unkeyed id let a recipient try every IPv4 address."""
+        secret = stix.ipv4("203.0.113.77", tlp="red")
+        rep = stix.report([secret, stix.indicator("clear")], "clear")
+        view = view_for(bundle(secret, rep), "bank-b", directory=derived_directory)
+        (made,) = _copies(view, "report")
+        assert secret["id"] not in made["object_refs"]
+        copy_uuid = uuid.UUID(made["id"].partition("--")[2])
+        for last in range(256):
+            guess = stix.ipv4(f"203.0.113.{last}")["id"]
+            seed = "|".join(("derived", "sub-1", rep["id"], rep["modified"], "", guess))
+            assert uuid.uuid5(NAMESPACE, seed) != copy_uuid
+            assert uuid.uuid5(uuid.NAMESPACE_URL, seed) != copy_uuid
 
     def test_cleared_granular_markings_kept_on_copy(
         self, stix: Stix, view_for: ViewFor, derived_directory: Directory
