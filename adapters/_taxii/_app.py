@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._stix import MAX_DEPTH, parse_json, value_problem
-from ._auth import Credentials, FailedLogins, LoginsBusy
+from ._auth import Credentials, FailedLogins, LoginsBusy, claimed_org
 from ._cursor import CursorCodec, InvalidCursor
 from ._http import (
     STIX_MEDIA_TYPE,
@@ -130,8 +130,9 @@ class _Server:
         # client's network. Only failures that cost a scrypt check count: a flood of cheap
         # refusals (a token over 512 characters, a Basic user the token does not name)
         # cannot push an organisation's failures out of the bounded table.
-        claimed = token.split(".", 1)[0][:64]
-        costly = len(token) <= 512 and user in (None, claimed)
+        claimed = claimed_org(user, token)
+        head, dot, _ = token.partition(".")
+        costly = len(token) <= 512 and user in (None, head if dot else "")
         peer = _network(request.client.host if request.client is not None else "-")
         key = (peer, claimed)
         org: str | None = None
@@ -144,7 +145,8 @@ class _Server:
                 raise TaxiiHttpError(
                     429,
                     "Too many failed logins",
-                    f"too many failed logins for {claimed!r} or from this address: retry in "
+                    f"too many failed logins for {claimed or 'this login'!r} or from this "
+                    f"address: retry in "
                     f"{math.ceil(wait)} s",
                     {"Retry-After": str(math.ceil(wait))},
                 )
@@ -170,7 +172,7 @@ class _Server:
                     self.network_logins.forgive(network)
                 raise TaxiiHttpError(503, "Busy", str(exc), {"Retry-After": "1"}) from None
             if org is None:
-                log.warning("taxii.login_failed", org=claimed, peer=peer)
+                log.warning("taxii.login_failed", org=claimed or None, peer=peer)
             elif costly:
                 self.failed_logins.succeeded(key)
                 self.network_logins.forgive(network)

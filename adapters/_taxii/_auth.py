@@ -37,6 +37,7 @@ __all__ = [
     "CredentialsError",
     "FailedLogins",
     "LoginsBusy",
+    "claimed_org",
     "hash_secret",
     "new_token",
     "set_secret",
@@ -44,6 +45,21 @@ __all__ = [
 
 _N, _R, _P = 2**14, 8, 1
 _ORG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+
+
+def claimed_org(user: str | None, token: str) -> str:
+    """The organisation a login names, for rate limits and logs; "" when it names none.
+
+    HTTP Basic: the user name, when it is an organisation id. A bearer token
+    (``<org>.<secret>``): its head, when that is one. Never any other part of a password: one
+    typed without its ``<org>.`` head must not reach the logs.
+    """
+    if user is not None:
+        return user if _ORG_RE.match(user) else ""
+    head, dot, _ = token.partition(".")
+    return head if dot and _ORG_RE.match(head) else ""
+
+
 _CACHE_TTL = 300.0
 
 

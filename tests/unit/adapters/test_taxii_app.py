@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import structlog
 
 from adapters._taxii import Credentials, MemoryBackend, create_app, hash_secret
 from adapters._taxii._auth import FailedLogins
@@ -131,6 +132,32 @@ class TestAuthentication:
 
     def test_refused_when_password_is_wrong(self, client: AppClient) -> None:
         assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.nope")), 401)
+
+    @pytest.mark.parametrize(
+        ("headers", "org"),
+        [
+            (
+                {"Authorization": "Basic " + base64.b64encode(b"bank-a:Secret Pa55").decode()},
+                "bank-a",
+            ),
+            (
+                {"Authorization": "Basic " + base64.b64encode(b"bank-a:my.pa55word").decode()},
+                "bank-a",
+            ),
+            ({"Authorization": "Basic " + base64.b64encode(b"Me Myself:my.pa55").decode()}, None),
+            ({"Authorization": "Bearer Secret-Pa55"}, None),
+            ({"Authorization": "Bearer bank-b.Secret-Pa55"}, "bank-b"),
+        ],
+    )
+    def test_a_failed_login_logs_no_part_of_the_password(
+        self, client: AppClient, headers: dict[str, str], org: str | None
+    ) -> None:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))
+        with structlog.testing.capture_logs() as logs:
+            assert_taxii_error(client.get("/taxii2/", headers=headers), 401)
+        (failed,) = [entry for entry in logs if entry["event"] == "taxii.login_failed"]
+        assert failed["org"] == org
+        assert not any("pa55" in str(value).lower() for e in logs for value in e.values())
 
     def test_refused_when_token_of_another_org_is_sent_as_basic(self, client: AppClient) -> None:
         resp = client.get("/taxii2/", headers=basic("bank-a", TOKENS["bank-b"]))
