@@ -8,6 +8,11 @@ and every worker applies it within its polling interval. Each key event is a LOG
   valid for opening and verifying until ``not_after`` (the overlap), then drops out.
 - ``revoke``: from ``revoked_at`` on, nothing is sealed to the key, no submission signed
   with it is accepted, and (for a broker key) no package it signed after that time opens.
+- ``load`` (``directory load FILE``): the file replaces the stored directory, except that
+  it may not make a revoked key valid again (or revoked later): the file on disk does not
+  know of revocations made with ``keys revoke``, and reloading it must not undo them.
+  Keys the file drops (a rotation's new key, say) are named to the operator, and the
+  load is logged.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from ._bus import DIRECTORY_BUCKET, log_subject
 from ._directory_store import resolve
 from ._log import append_entries, timestamp
 
-__all__ = ["KeyEvent", "key_rows", "revoke_key", "rotate_key"]
+__all__ = ["DirectoryLoad", "KeyEvent", "key_rows", "load_directory", "revoke_key", "rotate_key"]
 
 _KEY = "directory"
 BROKER = "atlas-broker"
@@ -61,6 +66,80 @@ async def _store(js: JetStreamContext, directory: Directory, revision: int) -> i
         raise DirectoryError(
             "the directory changed while this key operation ran; run it again"
         ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryLoad:
+    revision: int
+    added: tuple[str, ...]
+    """``<org>/<kid>`` of keys the stored directory did not have."""
+    dropped: tuple[str, ...]
+    """``<org>/<kid>`` of keys the stored directory had and the new one does not."""
+
+
+def _all_keys(directory: Directory) -> dict[tuple[str, str], PublicKeyEntry]:
+    owners = [(directory.broker.id, directory.broker.keys)]
+    owners += [(o.id, o.keys) for o in directory.organisations]
+    return {(owner, _kid(entry)): entry for owner, entries in owners for entry in entries}
+
+
+async def load_directory(
+    js: JetStreamContext, directory: Directory, *, source: str, now: datetime | None = None
+) -> DirectoryLoad:
+    """Store ``directory`` in place of the stored one; refused if it undoes a revocation."""
+    now = now or datetime.now(UTC)
+    resolve(directory)  # never store a directory whose keys do not parse
+    try:
+        stored, revision = await _load(js)
+    except DirectoryError:
+        stored, revision = None, 0
+    old = _all_keys(stored) if stored is not None else {}
+    new = _all_keys(directory)
+    undone = [
+        f"{owner}'s key {kid} (revoked at {entry.revoked_at.isoformat()})"
+        for (owner, kid), entry in old.items()
+        if entry.revoked_at is not None
+        and (owner, kid) in new
+        and (
+            new[(owner, kid)].revoked_at is None or new[(owner, kid)].revoked_at > entry.revoked_at  # type: ignore[operator]
+        )
+    ]
+    if undone:
+        raise DirectoryError(
+            f"{source} would make revoked keys valid again: {'; '.join(undone[:5])}"
+            + (f" and {len(undone) - 5} more" if len(undone) > 5 else "")
+            + ". Copy their revoked_at into the file (`atlas-broker directory show --json` "
+            "shows it), or remove those keys from it"
+        )
+    payload = directory.model_dump_json().encode()
+    kv = await js.key_value(DIRECTORY_BUCKET)
+    try:
+        if stored is None:
+            new_revision = int(await kv.create(_KEY, payload))
+        else:
+            new_revision = int(await kv.update(_KEY, payload, last=revision))
+    except nats.js.errors.KeyWrongLastSequenceError:
+        raise DirectoryError(
+            "the directory changed while it was being loaded; run it again"
+        ) from None
+    result = DirectoryLoad(
+        revision=new_revision,
+        added=tuple(f"{o}/{k}" for o, k in sorted(new.keys() - old.keys())),
+        dropped=tuple(f"{o}/{k}" for o, k in sorted(old.keys() - new.keys())),
+    )
+    sha = hashlib.sha256(payload).hexdigest()
+    entry = {
+        "type": "directory",
+        "ts": timestamp(now),
+        "event": "load",
+        "directory_revision": new_revision,
+        "directory_sha256": sha,
+        "keys_added": list(result.added),
+        "keys_dropped": list(result.dropped),
+    }
+    digest = hashlib.sha256(f"load|{new_revision}|{sha}".encode()).hexdigest()
+    await append_entries(js, log_subject("d" + digest[:32]), [entry])
+    return result
 
 
 def _entries(directory: Directory, org: str) -> tuple[PublicKeyEntry, ...]:

@@ -339,20 +339,32 @@ def receive(
 def directory_load(
     file: Annotated[Path, typer.Argument(help="Directory TOML file.")],
 ) -> None:
-    """Validate a directory file and store it in the key-value bucket."""
+    """Validate a directory file and store it in the key-value bucket; logged.
+
+    Refused when the file would make a key revoked with `keys revoke` valid again. Keys
+    the file drops (one made current by `keys rotate`, say) are named: they stop being
+    valid at once.
+    """
     from ._bus import ensure_streams, nats_session
-    from ._directory_store import read_directory_file, store_directory
+    from ._directory_store import read_directory_file
+    from ._keyops import load_directory
     from ._service import streams_for
 
-    async def _load() -> int:
+    async def _load() -> Any:
         directory = read_directory_file(file)
         cfg = settings()
         async with nats_session(cfg, embedded_ok=False, name="atlas-directory") as (_, js):
             await ensure_streams(js, streams_for(cfg))
-            return await store_directory(js, directory)
+            return await load_directory(js, directory, source=str(file))
 
-    revision = run(_load())
-    out.print(f"directory stored (revision {revision})")
+    loaded = run(_load())
+    for key in loaded.dropped:
+        err.print(
+            f"[yellow]⚠[/] {key} is not in {file}: that key is no longer valid",
+            highlight=False,
+            soft_wrap=True,
+        )
+    out.print(f"directory stored (revision {loaded.revision})")
 
 
 @directory_app.command("show")

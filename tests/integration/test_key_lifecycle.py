@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+import tomli_w
 from nats.js import JetStreamContext
 
 from broker._audit import read_log
@@ -140,3 +141,39 @@ async def test_keys_list_names_each_keys_state_as_time_passes(
     }
     unknown = await asyncio.to_thread(cli, "keys", "list", "--org", "lea-9", url=nats_server.url)
     assert unknown.returncode == 1 and "unknown organisation 'lea-9'" in unknown.stderr
+
+
+async def test_reloading_the_directory_file_cannot_undo_a_revocation(
+    js: JetStreamContext,
+    nats_server: Any,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    await running_router(community)
+    path = tmp_path / "directory.toml"
+    path.write_text(tomli_w.dumps(community.doc))
+    old = community.org("lea-1")["keys"][1]["jwk"]["kid"]
+    new = generate_org_keys("lea-1", tmp_path / "new-keys")
+    await rotate_key(js, org="lea-1", jwk=new.enc_jwk, overlap=timedelta(hours=1))
+    await revoke_key(js, org="lea-1", kid=old)
+    before = await fetch_directory(js)
+
+    refused = await asyncio.to_thread(cli, "directory", "load", str(path), url=nats_server.url)
+    assert refused.returncode == 1, refused.stderr
+    assert f"would make revoked keys valid again: lea-1's key {old}" in refused.stderr
+    assert (await fetch_directory(js)).revision == before.revision
+
+    # The same file without the revoked key loads; the rotated-in key it lacks is named.
+    doc = community.doc
+    lea = next(o for o in doc["organisations"] if o["id"] == "lea-1")
+    lea["keys"] = [k for k in lea["keys"] if k["jwk"].get("kid") != old]
+    path.write_text(tomli_w.dumps(doc))
+    loaded = await asyncio.to_thread(cli, "directory", "load", str(path), url=nats_server.url)
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"lea-1/{new.enc_jwk['kid']} is not in {path}" in loaded.stderr
+    entries = [r.entry async for r in read_log(js)]
+    (load,) = [e for e in entries if e["type"] == "directory"]
+    assert load["keys_dropped"] == sorted([f"lea-1/{new.enc_jwk['kid']}", f"lea-1/{old}"])
+    assert load["directory_revision"] == (await fetch_directory(js)).revision
