@@ -14,16 +14,18 @@ Decisions documented here:
 - Containers for marking inheritance are ``report``, ``grouping`` and ``observed-data``. An
   object without a TLP marking of its own (PAP or statement markings alone do not count)
   takes the strictest of the originator's default (else AMBER) and the effective TLP of
-  every container of the submission that lists it in ``object_refs``, transitively. This
-  is the fail-closed reading of the design: a container can raise an unmarked object's
-  level, never lower it below the default. A container whose own markings are unknown or
-  unreadable passes that on: its unmarked contents are withheld as ``unknown-marking``.
+  every container of the submission that lists it in ``object_refs``, transitively, and
+  the statement markings of those containers too. This is the fail-closed reading of the
+  design: a container can raise an unmarked object's level, never lower it below the
+  default. A container whose own markings are unknown or unreadable passes that on: its
+  unmarked contents are withheld as ``unknown-marking``.
 - A marking-definition object of the bundle that is neither a statement (see
   ``_markings``), nor a PAP id, nor a well-known TLP id is an unknown marking itself: it is
   withheld (``unknown-marking``), and the closure withholds whatever mentions it.
 - Marking-definition and extension-definition objects without TLP markings of their own get
   no default level: they are metadata that travels only with the objects that use them, so
-  their exposure is bounded by their users'. When they carry TLP markings, those apply.
+  their exposure is bounded by their users'. When they carry TLP markings, those apply;
+  when a container lists them, its markings apply as to any unmarked object.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._directory import Directory, Organisation
@@ -341,33 +343,57 @@ def _item_ids(ref: str, finder: Finder, self_id: str) -> frozenset[str]:
 
 
 def _inherit(entries: list[Entry], by_id: Mapping[str, list[int]], default: Tlp) -> None:
-    """Effective TLP per entry: own marking, else strictest of default and containers."""
+    """Effective markings per entry: its own; unmarked, the strictest of default and
+    containers.
+
+    An entry without a TLP marking of its own takes the strictest TLP of the originator's
+    default and of every container listing it, transitively, and every statement marking
+    of those containers (a report marked "not for law enforcement" says so of what it
+    lists). Definitions get no default, but do take their containers' markings: a
+    definition listed in a RED report is RED. The broker's canonical TLP definitions take
+    nothing.
+    """
     unmarked: list[bool] = []
+    statements: list[frozenset[str]] = []
     for entry in entries:
         entry.unknown = entry.marks.unknown or entry.marks.unreadable
         own = entry.marks.tlp
-        if own is not None or entry.definition:
+        statements.append(entry.marks.statements)
+        if own is not None or entry.canonical is not None:
             entry.level = own
             unmarked.append(False)
         else:
-            entry.level = default
+            entry.level = None if entry.definition else default
             unmarked.append(True)
     work = [i for i, e in enumerate(entries) if e.type in INHERIT_CONTAINERS and e.object_refs]
     while work:
-        container = entries[work.pop()]
+        index = work.pop()
+        container = entries[index]
+        passed = statements[index]
         for ref in container.object_refs:
             for j in by_id[ref]:
                 if not unmarked[j]:
                     continue
                 target = entries[j]
-                level = container.level or default
-                current = target.level or default
                 changed = False
-                if level.rank > current.rank:
-                    target.level = level
+                if container.level is not None and (
+                    target.level is None or container.level.rank > target.level.rank
+                ):
+                    target.level = container.level
                     changed = True
                 if container.unknown and not target.unknown:
                     target.unknown = True
                     changed = True
+                if not passed <= statements[j]:
+                    statements[j] = statements[j] | passed
+                    changed = True
                 if changed and target.type in INHERIT_CONTAINERS:
                     work.append(j)
+    shared: dict[tuple[int, frozenset[str]], Marks] = {}
+    for entry, effective in zip(entries, statements, strict=True):
+        if effective != entry.marks.statements:
+            key = (id(entry.marks), effective)
+            marks = shared.get(key)
+            if marks is None:
+                marks = shared[key] = replace(entry.marks, statements=effective)
+            entry.marks = marks

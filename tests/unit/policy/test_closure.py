@@ -439,6 +439,51 @@ class TestContainers:
         assert view.bundle is None
         assert decision_for(view, ind).reason == "unknown-marking"
 
+    def test_unmarked_object_takes_its_containers_statement_marking(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        """A report marked "no law enforcement" says so of what it lists: a partner that
+        the rule denies got the report withheld and its unmarked indicator delivered."""
+        ind = stix.indicator(None)
+        inner = stix.sdo("grouping", None, context="suspicious-activity", object_refs=[ind["id"]])
+        report = stix.report([inner], None, object_marking_refs=[TLP2["amber"], NO_LE])
+        view = view_for(bundle(ind, inner, report), "lea-1", named_groups={"lea"})
+        assert view.bundle is None
+        for obj in (ind, inner, report):
+            assert decision_for(view, obj).reason == "statement-rule"
+        member = view_for(bundle(ind, inner, report), "bank-b", named_groups={"banks"})
+        assert ids_of(member) == {ind["id"], inner["id"], report["id"]}
+
+    def test_object_with_its_own_tlp_keeps_its_own_markings_in_a_statement_container(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        ind = stix.indicator("green")
+        report = stix.report([ind], None, object_marking_refs=[TLP2["amber"], NO_LE])
+        view = view_for(bundle(ind, report), "lea-1", named_groups={"lea"})
+        assert ids_of(view) == {ind["id"]}
+
+    def test_unmarked_definition_listed_in_a_red_report_is_red(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        ext = stix.sdo(
+            "extension-definition",
+            None,
+            name="internal",
+            description="INTERNAL",
+            created_by_ref="identity--00000000-0000-4000-8000-0000000000aa",
+            schema="https://example.org/schema",
+            version="1.0",
+            extension_types=["property-extension"],
+        )
+        ind = stix.indicator(
+            "clear", extensions={ext["id"]: {"extension_type": "property-extension"}}
+        )
+        report = stix.report([ext], "red")
+        view = view_for(bundle(ext, ind, report), "vendor-c")
+        assert decision_for(view, ext).reason == "red-not-named"
+        assert decision_for(view, ind).reason == "ref-withheld"
+        assert view.bundle is None
+
 
 class TestRevocation:
     def test_revocation_reaches_previous_receiver_at_its_earlier_level(
