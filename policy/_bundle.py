@@ -61,6 +61,7 @@ __all__ = [
     "Entry",
     "PreparedBundle",
     "canonical_digest",
+    "normal_timestamp",
     "prepare",
     "stix_objects",
 ]
@@ -106,6 +107,9 @@ class Entry:
     """``level.rank``, or -1 without a level."""
     tlp_key: str = "none"
     """``level.value``, or ``"none"``: the key of the per-TLP counts."""
+    version_ref: tuple[str, str] | None = None
+    """A ``language-content``'s ``(object_ref, object_modified)``, the modified normalised:
+    it translates that one version."""
 
 
 @dataclass(slots=True, eq=False)
@@ -122,6 +126,8 @@ class PreparedBundle:
     classes: list[tuple[Marks, Tlp | None, bool, tuple[Granular, ...] | None]]
     """Distinct (marks, level, unknown, granular) combinations; ``Entry.mclass`` indexes it."""
     definitions: set[str]
+    by_version: dict[tuple[str, str], int]
+    """(id, normalised modified) → entry index."""
 
 
 def stix_objects(bundle: object) -> list[tuple[dict[str, Any], str, str, str]]:
@@ -153,6 +159,20 @@ def stix_objects(bundle: object) -> list[tuple[dict[str, Any], str, str, str]]:
     return out
 
 
+_TIMESTAMP_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?Z"
+)
+
+
+def normal_timestamp(value: str) -> str:
+    """A STIX timestamp without trailing zeros in its fraction; anything else unchanged."""
+    match = _TIMESTAMP_RE.fullmatch(value)
+    if match is None:
+        return value
+    fraction = (match.group(2) or "").rstrip("0")
+    return f"{match.group(1)}.{fraction}Z" if fraction else f"{match.group(1)}Z"
+
+
 def canonical_digest(obj: Mapping[str, Any]) -> str:
     """SHA-256 of the object's canonical JSON (sorted keys, no whitespace, UTF-8)."""
     try:
@@ -161,6 +181,8 @@ def canonical_digest(obj: Mapping[str, Any]) -> str:
         )
     except (TypeError, ValueError) as exc:
         raise BundleRejected("an object holds a value that is not plain JSON") from exc
+    except RecursionError as exc:
+        raise BundleRejected("an object is nested too deeply to compare") from exc
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -169,7 +191,8 @@ def _dedupe(
 ) -> dict[tuple[str, str], tuple[dict[str, Any], str, str, str]]:
     unique: dict[tuple[str, str], tuple[dict[str, Any], str, str, str]] = {}
     for item in items:
-        key = (item[1], item[3])
+        # ``…:00.000Z`` and ``…:00Z`` are one instant: one version (as version_digests says).
+        key = (item[1], normal_timestamp(item[3]))
         first = unique.get(key)
         if first is None:
             unique[key] = item
@@ -251,8 +274,9 @@ def prepare(
             mclass = class_index[mkey] = len(classes)
             classes.append((entry.marks, entry.level, entry.unknown, entry.granular))
         entry.mclass = mclass
+    by_version = {(e.id, normal_timestamp(e.modified)): i for i, e in enumerate(entries)}
     return PreparedBundle(
-        entries, by_id, referrers, order, table, org, finder, classes, definitions
+        entries, by_id, referrers, order, table, org, finder, classes, definitions, by_version
     )
 
 
@@ -307,6 +331,11 @@ def _entry(
     # An explicit null is unreadable (see ``_markings``); only an absent property means none.
     marks = obj.get("object_marking_refs", _ABSENT)
     marks = NO_MARKS if marks is _ABSENT else UNREADABLE if marks is None else table.resolve(marks)
+    version_ref = None
+    if obj_type == "language-content":
+        target, when = obj.get("object_ref"), obj.get("object_modified")
+        if isinstance(target, str) and isinstance(when, str):
+            version_ref = (target, normal_timestamp(when))
     granular = obj.get("granular_markings", _ABSENT)
     if granular is not _ABSENT:
         granular = None if granular is None else table.granular(granular)
@@ -332,6 +361,7 @@ def _entry(
         obj.get("revoked") is True,
         None,
         items,
+        version_ref=version_ref,
     )
 
 

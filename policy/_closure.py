@@ -15,6 +15,9 @@ Decisions documented here:
   original's ``created_by_ref``: the broker does not launder content whose author the
   recipient may not see. References to ids outside the bundle are allowed: they reveal
   nothing the originator did not put at the referencing object's own level.
+- A ``language-content`` translates one version, ``(object_ref, object_modified)``: when
+  the bundle holds that version and it is not delivered as is, the translation is withheld
+  (``ref-withheld``), even when another version of the id is delivered.
 - The closure only ever withholds more, so it has a single least fixed point whatever the
   order of work; reason codes are assigned after it, from the final state, so that they do
   not depend on the order either.
@@ -212,27 +215,42 @@ class _Pass:
                 visible[entry.id] += 1
         queue = [entry_id for entry_id, count in visible.items() if count == 0]
         referrers = bundle.referrers
-        while queue:
-            gone = queue.pop()
-            for i in referrers.get(gone, ()):
-                state = status[i]
-                if state == WITHHELD or (
-                    state == DERIVED and gone not in self._answers(i, listed=True)
-                ):
-                    continue
-                entry = entries[i]
-                if gone in entry.object_refs and self._may_drop(i, gone):
-                    if state == DERIVED:
+        translations = [i for i, entry in enumerate(entries) if entry.version_ref is not None]
+        more = True
+        while more:
+            while queue:
+                gone = queue.pop()
+                for i in referrers.get(gone, ()):
+                    state = status[i]
+                    if state == WITHHELD or (
+                        state == DERIVED and gone not in self._answers(i, listed=True)
+                    ):
                         continue
-                    status[i] = DERIVED
-                    reasons[i] = "ref-withheld"
-                else:
-                    status[i] = WITHHELD
-                    reasons[i] = "ref-withheld"
+                    entry = entries[i]
+                    if gone in entry.object_refs and self._may_drop(i, gone):
+                        if state == DERIVED:
+                            continue
+                        status[i] = DERIVED
+                        reasons[i] = "ref-withheld"
+                    else:
+                        status[i] = WITHHELD
+                        reasons[i] = "ref-withheld"
+                    if state == DELIVERED:
+                        visible[entry.id] -= 1
+                        if visible[entry.id] == 0:
+                            queue.append(entry.id)
+            # A translation names one version: it goes only where that version goes as is.
+            more = False
+            for i in translations:
+                target = bundle.by_version.get(entries[i].version_ref)  # type: ignore[arg-type]
+                if status[i] == WITHHELD or target is None or status[target] == DELIVERED:
+                    continue
+                more = True
+                state, status[i], reasons[i] = status[i], WITHHELD, "ref-withheld"
                 if state == DELIVERED:
-                    visible[entry.id] -= 1
-                    if visible[entry.id] == 0:
-                        queue.append(entry.id)
+                    visible[entries[i].id] -= 1
+                    if visible[entries[i].id] == 0:
+                        queue.append(entries[i].id)
         for i, entry in enumerate(entries):
             if reasons[i] == "ref-withheld" and status[i] == WITHHELD:
                 if any(visible[ref] == 0 for ref in entry.marking_refs):

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import hmac
-import re
 import uuid
 from collections.abc import Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -56,7 +55,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ._bundle import PreparedBundle, canonical_digest, prepare, stix_objects
+from ._bundle import PreparedBundle, canonical_digest, normal_timestamp, prepare, stix_objects
 from ._closure import DELIVERED, DERIVED, WITHHELD, Clearance, run
 from ._derive import NAMESPACE, broker_identity, derived_from, stix_timestamp
 from ._directory import Directory, OrgKind
@@ -115,7 +114,8 @@ class View:
     """A STIX 2.1 bundle, or None when nothing is delivered."""
     decisions: tuple[Decision, ...]
     tlp: Tlp | None
-    """Highest TLP level among the delivered and derived objects."""
+    """Highest TLP level inside: of the delivered and derived objects and of the granular
+    markings they carry."""
     delivered: int
     withheld: int
     derived: int
@@ -256,8 +256,10 @@ def _view(
         state = status[i]
         bucket = counts[state]
         bucket[entry.tlp_key] = bucket.get(entry.tlp_key, 0) + 1
-        if state != WITHHELD and entry.rank > top:
-            top = entry.rank
+        if state == DELIVERED:
+            top = max(top, entry.rank, _granular_rank(entry.obj))
+        elif state == DERIVED:
+            top = max(top, entry.rank, _granular_rank(copies[i]))
         copy_digest = None
         if state == DERIVED:
             copy_digest = hmac.digest(
@@ -280,6 +282,19 @@ def _view(
         withheld_by_tlp=counts[WITHHELD],
         derived_by_tlp=counts[DERIVED],
     )
+
+
+def _granular_rank(obj: Mapping[str, Any]) -> int:
+    """The highest TLP rank among an object's granular markings (-1: none): what the view's
+    ``tlp`` (the highest level inside) must count besides the object's own level."""
+    top = -1
+    markings = obj.get("granular_markings")
+    for entry in markings if isinstance(markings, list) else ():
+        ref = entry.get("marking_ref") if isinstance(entry, dict) else None
+        level = TLP_IDS.get(ref) if isinstance(ref, str) else None
+        if level is not None and level.rank > top:
+            top = level.rank
+    return top
 
 
 def evaluate(
@@ -380,20 +395,6 @@ def version_digests(bundle: Mapping[str, Any]) -> dict[tuple[str, str], str]:
                 f"two objects share an id and modified but differ in content (type {obj_type!r})"
             )
     return out
-
-
-_TIMESTAMP_RE = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?Z"
-)
-
-
-def normal_timestamp(value: str) -> str:
-    """A STIX timestamp without trailing zeros in its fraction; anything else unchanged."""
-    match = _TIMESTAMP_RE.fullmatch(value)
-    if match is None:
-        return value
-    fraction = (match.group(2) or "").rstrip("0")
-    return f"{match.group(1)}.{fraction}Z" if fraction else f"{match.group(1)}Z"
 
 
 def authors(bundle: Mapping[str, Any], *, directory: Directory) -> dict[str, str | None]:

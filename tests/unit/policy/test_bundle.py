@@ -137,6 +137,25 @@ class TestVersions:
         with pytest.raises(BundleRejected, match="differ in content"):
             version_digests(bundle(ind, other))
 
+    def test_an_object_nested_past_the_recursion_limit_is_rejected_not_a_crash(
+        self, stix: Stix
+    ) -> None:
+        deep: Any = "x"
+        for _ in range(5000):
+            deep = [deep]
+        data = {"type": "bundle", "objects": [stix.indicator("clear", x_deep=deep)]}
+        with pytest.raises(BundleRejected, match="nested too deeply"):
+            version_digests(data)
+
+    def test_evaluate_agrees_that_two_spellings_are_one_version(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        clear = {**stix.indicator("clear"), "modified": "2024-05-01T00:00:00.000Z"}
+        red = {**clear, "modified": "2024-05-01T00:00:00Z", "object_marking_refs": [TLP2["red"]]}
+        with pytest.raises(BundleRejected, match="differ in content"):
+            view_for(bundle(clear, red), "bank-b")
+        assert len(view_for(bundle(clear, dict(clear)), "bank-b").decisions) == 1
+
     def test_marking_definitions_are_versioned_without_modified(self, stix: Stix) -> None:
         statement = {
             "type": "marking-definition",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -483,6 +484,49 @@ class TestContainers:
         assert decision_for(view, ext).reason == "red-not-named"
         assert decision_for(view, ind).reason == "ref-withheld"
         assert view.bundle is None
+
+
+class TestTranslations:
+    def _versions(self, stix: Stix) -> tuple[dict[str, Any], dict[str, Any]]:
+        first = stix.sdo("malware", "clear", name="m", is_family=False)
+        second = dict(
+            first,
+            modified="2024-05-02T00:00:00.000Z",
+            object_marking_refs=[TLP2["red"]],
+            description="RED secret",
+        )
+        return first, second
+
+    def test_a_translation_of_a_withheld_version_is_withheld(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        first, second = self._versions(stix)
+        text = stix.sdo(
+            "language-content",
+            "clear",
+            object_ref=first["id"],
+            object_modified="2024-05-02T00:00:00Z",  # the RED version, written another way
+            contents={"de": {"description": "ROT Geheimnis"}},
+        )
+        view = view_for(bundle(first, second, text), "bank-b")
+        assert ids_of(view) == {first["id"]}
+        assert decision_for(view, text).reason == "ref-withheld"
+        named = view_for(bundle(first, second, text), "bank-b", named={"bank-b"})
+        assert text["id"] in ids_of(named)
+
+    def test_a_translation_of_a_delivered_version_is_delivered(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        first, second = self._versions(stix)
+        text = stix.sdo(
+            "language-content",
+            "clear",
+            object_ref=first["id"],
+            object_modified=first["modified"],
+            contents={"de": {"name": "m"}},
+        )
+        view = view_for(bundle(first, second, text), "bank-b")
+        assert ids_of(view) == {first["id"], text["id"]}
 
 
 class TestRevocation:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from policy import Directory, View
+from policy import Directory, Tlp, View
 from policy._derive import NAMESPACE, can_remove, stix_timestamp
 
 from ._support import (
@@ -59,6 +59,15 @@ class TestGranularWithoutOptIn:
         view = view_for(bundle(ind), "bank-b", named={"bank-b"})
         assert objects_of(view)[ind["id"]] == ind
         assert_valid_stix(view)
+
+    def test_the_views_tlp_counts_granular_levels_inside(
+        self, stix: Stix, view_for: ViewFor, derived_directory: Directory
+    ) -> None:
+        ind = _red_description(stix)  # GREEN, with a RED description
+        whole = view_for(bundle(ind), "bank-b", named={"bank-b"})
+        assert whole.tlp is Tlp.RED
+        copy = view_for(bundle(ind), "bank-b", directory=derived_directory)
+        assert copy.tlp is Tlp.GREEN  # the RED field is not inside
 
     def test_granular_lang_entry_restricts_nothing(self, stix: Stix, view_for: ViewFor) -> None:
         ind = stix.indicator("clear", granular_markings=[{"lang": "en", "selectors": ["name"]}])
