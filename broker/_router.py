@@ -398,6 +398,13 @@ class Router:
         directory = resolved.directory
         named_orgs = frozenset(item[4:] for item in to if item.startswith("org:"))
         named_groups = frozenset(item[6:] for item in to if item.startswith("group:"))
+        group_ids = {group.id for group in directory.groups}
+        unknown_to = sorted(
+            [f"org:{o}" for o in named_orgs if directory.organisation(o) is None]
+            + [f"group:{g}" for g in named_groups if g not in group_ids]
+        )
+        if unknown_to:
+            log.warning("submission.unknown_audience", sub=sid, org=org, names=unknown_to)
         submission = policy.Submission(
             originator=org,
             submission_id=sid,
@@ -450,6 +457,7 @@ class Router:
                 "objects": len(bundle.get("objects", [])),
                 "recipients": len(recipients),
                 **({"via": via} if via else {}),
+                **({"unknown_to": unknown_to} if unknown_to else {}),
             }
         ]
         sealed: list[tuple[str, View, SealedPackage]] = []

@@ -234,6 +234,8 @@ class Published:
     outcome: str | None = None
     """With a wait: "accepted" or "refused" once the router decided, None if it had not."""
     reason: str | None = None
+    unknown_to: tuple[str, ...] = ()
+    """With a wait: names of the audience (``--to``) the directory does not know."""
 
 
 async def publish_bundle(
@@ -304,7 +306,13 @@ async def _publish_signed(
         if decided is not None:
             outcome, entry = decided
             reason = entry.get("reason") if outcome == "refused" else None
-            return replace(published, outcome=outcome, reason=str(reason) if reason else None)
+            unknown = entry.get("unknown_to")
+            return replace(
+                published,
+                outcome=outcome,
+                reason=str(reason) if reason else None,
+                unknown_to=tuple(map(str, unknown)) if isinstance(unknown, list) else (),
+            )
         if time.monotonic() >= deadline:
             return published
         await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))

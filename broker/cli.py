@@ -247,6 +247,14 @@ def publish(
         )
         raise typer.Exit(3)
     err.print("routed: the router accepted it", highlight=False)
+    if result.unknown_to:
+        err.print(
+            f"[yellow]⚠[/] --to names what the directory does not know: "
+            f"{', '.join(result.unknown_to)} (bare ids are organisations; groups are "
+            "group:<id>)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _audience(parse: Any, text: str | None) -> tuple[str, ...]:

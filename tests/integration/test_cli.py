@@ -209,6 +209,13 @@ class TestPublishWait:
         good = await asyncio.to_thread(publish, str(community.sign_key("bank-a")), "--wait", "30")
         assert good.returncode == 0, good.stderr
         assert "routed: the router accepted it" in good.stderr
+        assert "does not know" not in good.stderr
+
+        misnamed = await asyncio.to_thread(
+            publish, str(community.sign_key("bank-a")), "--wait", "30", "--to", "lea,group:nope"
+        )
+        assert misnamed.returncode == 0, misnamed.stderr
+        assert "names what the directory does not know: group:nope, org:lea" in misnamed.stderr
 
         # Signed with another member's key: stored by JetStream, refused by the router.
         forged = await asyncio.to_thread(publish, str(community.sign_key("bank-b")), "--wait", "30")
