@@ -155,6 +155,19 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     return out
 
 
+class LogFormat(StrEnum):
+    auto = "auto"
+    console = "console"
+    json = "json"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @app.callback()
 def _global(
     config: Annotated[
@@ -167,8 +180,16 @@ def _global(
     nats_url: Annotated[
         str | None, typer.Option(help="NATS server URL; default: the embedded server.")
     ] = None,
-    log_format: Annotated[str | None, typer.Option(help="auto | console | json")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error")] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            case_sensitive=False,
+            help="Logs on stderr: console on a terminal, else JSON lines (auto).",
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel | None, typer.Option(case_sensitive=False, help="Least level logged.")
+    ] = None,
 ) -> None:
     _state.clear()
     _state.update(
@@ -183,7 +204,10 @@ def _global(
     except ATLAS_ERRORS as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
-    configure_logging(log_format or cfg.log_format, log_level or cfg.log_level)
+    configure_logging(
+        log_format.value if log_format else cfg.log_format,
+        log_level.value if log_level else cfg.log_level,
+    )
     keep_heap_top()
 
 

@@ -63,6 +63,13 @@ class TestConfiguration:
         # Refused before anything started: no embedded server was left behind.
         assert not (tmp_path / "data" / "nats" / "url").exists()
 
+    def test_an_unknown_log_level_or_format_is_named_without_a_traceback(self) -> None:
+        for option, value in (("--log-level", "loud"), ("--log-format", "yaml")):
+            result = cli(option, value, "status")
+            assert result.returncode == 2, result.stderr
+            assert f"Invalid value for '{option}'" in result.stderr
+            assert "Traceback" not in result.stderr
+
     def test_invalid_setting_stops_startup_naming_it(self, tmp_path: Path) -> None:
         result = cli("serve", env={"ATLAS_ROUTER__WORKERS": "zero"})
         assert result.returncode == 2
