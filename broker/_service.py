@@ -325,7 +325,14 @@ def read_jwks(path: Path) -> BrokerKeyring:
         keys = [PublicKey.from_jwk(jwk) for jwk in data["keys"]]
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, KeyRegistryError) as exc:
         raise ConfigError(f"--broker-jwks {path}: not a usable JWK set ({exc})") from exc
-    return BrokerKeyring.of(*keys)
+    signing = [key for key in keys if key.use == "sig"]
+    if not signing:
+        kinds = ", ".join(sorted({key.kind for key in keys})) or "no keys"
+        raise ConfigError(
+            f"--broker-jwks {path}: no signing key in the set ({kinds}): give the broker's "
+            "public signing keys (its JWK set, as `keys generate --org atlas-broker` printed it)"
+        )
+    return BrokerKeyring.of(*signing)  # encryption keys in the set are not the broker's trust
 
 
 class BrokerRing:

@@ -565,9 +565,21 @@ def keys_revoke(
 
 def _read_json(path: Path) -> Any:
     try:
-        return orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        err.print(f"[bold red]error:[/] {path}: {exc}", highlight=False)
+        raw = path.read_bytes()
+    except OSError as exc:
+        err.print(
+            f"[bold red]error:[/] {path}: cannot read: {exc.strerror or exc}", highlight=False
+        )
+        raise typer.Exit(1) from exc
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        hint = (
+            " it is a PEM key; give the public JWK (JSON) that `keys generate` printed"
+            if raw.lstrip().startswith(b"-----BEGIN")
+            else f" {exc}"
+        )
+        err.print(f"[bold red]error:[/] {path}: not JSON:{hint}", highlight=False)
         raise typer.Exit(1) from exc
 
 
