@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,13 @@ async def _on_error(exc: Exception) -> None:
     log.warning("nats.error", error=str(exc), kind=type(exc).__name__)
 
 
-async def _on_disconnect() -> None:
-    log.info("nats.disconnected")
+def _on_disconnect(nc: list[NATS]) -> Callable[[], Awaitable[None]]:
+    async def _logged() -> None:
+        if nc and (nc[0].is_draining or nc[0].is_closed):
+            return  # closing on purpose: not news
+        log.info("nats.disconnected")
+
+    return _logged
 
 
 async def _on_reconnect() -> None:
@@ -229,7 +235,36 @@ def _servers(url: str) -> list[str]:
     servers = [part.strip() for part in url.split(",") if part.strip()]
     if not servers:
         raise NatsUnavailable(f"no NATS server in URL {url!r}")
+    for server in servers:
+        parsed = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            port = parsed.port
+        except ValueError:
+            port = -1
+        if (
+            parsed.scheme not in _SCHEMES
+            or not parsed.hostname
+            or port == -1
+            or parsed.path not in ("", "/")
+        ):
+            raise ConfigError(
+                f"NATS URL {server!r} is not a server URL: write nats://HOST:PORT (or tls://, "
+                "ws://, wss://), several separated by commas"
+            )
     return servers
+
+
+_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+
+def _without_secret(server: str) -> str:
+    """A server URL for messages: a password or token in it is replaced by ``***``."""
+    head, sep, rest = server.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return server
+    userinfo, _, host = rest.partition("@")
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{head}://{user + ':' if user else ''}***@{host}"
 
 
 DRAIN_SECONDS = 5
@@ -263,6 +298,8 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
         kwargs["tls"] = tls
     # nats-py retries the first connection as often as later reconnections (forever with
     # -1), so a wrong URL or password would hang; bound the first attempt ourselves.
+    holder: list[NATS] = []
+    shown = ",".join(_without_secret(server) for server in servers)
     try:
         async with asyncio.timeout(cfg.connect_timeout * 2 + 1):
             nc = await nats.connect(
@@ -274,25 +311,26 @@ async def connect(url: str, settings: Settings, *, name: str = "atlas-broker") -
                 allow_reconnect=True,
                 drain_timeout=DRAIN_SECONDS,
                 error_cb=_on_error,
-                disconnected_cb=_on_disconnect,
+                disconnected_cb=_on_disconnect(holder),
                 reconnected_cb=_on_reconnect,
                 **kwargs,
             )
     except TimeoutError as exc:
         raise NatsUnavailable(
-            f"cannot connect to NATS at {url}: no successful login within "
+            f"cannot connect to NATS at {shown}: no successful login within "
             f"{cfg.connect_timeout * 2 + 1:.0f} s (is the server up, are the credentials right?)"
         ) from exc
     except (OSError, nats.errors.Error) as exc:
         raise NatsUnavailable(
-            f"cannot connect to NATS at {url}: {str(exc) or type(exc).__name__}"
+            f"cannot connect to NATS at {shown}: {str(exc) or type(exc).__name__}"
         ) from exc
+    holder.append(nc)
     if 0 < nc.max_payload < cfg.max_payload:
         # The limits were checked against nats.max_payload: a server taking less would
         # refuse packages and submissions the broker admitted, again at every retry.
         await nc.close()
         raise ConfigError(
-            f"nats.max_payload is {cfg.max_payload:,} bytes but the NATS server at {url} takes "
+            f"nats.max_payload is {cfg.max_payload:,} bytes but the NATS server at {shown} takes "
             f"at most {nc.max_payload:,}: set nats.max_payload (ATLAS_NATS__MAX_PAYLOAD) to "
             f"{nc.max_payload} or less, or raise max_payload in the server's configuration"
         )

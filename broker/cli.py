@@ -39,7 +39,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 directory_app = typer.Typer(help="Load and show the community directory.", no_args_is_help=True)
-keys_app = typer.Typer(help="Generate organisation and broker keys.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Generate, rotate, revoke and list organisation and broker keys.", no_args_is_help=True
+)
 audit_app = typer.Typer(
     help="Read, verify, query, export and report on the dissemination log.", no_args_is_help=True
 )
@@ -213,7 +215,12 @@ def _global(
 
 @app.command()
 def serve() -> None:
-    """Run the router on the configured NATS server, or on an embedded one."""
+    """Run the broker: router workers, log checkpointer and HTTP monitor, until Ctrl-C.
+
+    NATS: nats.url, else an embedded nats-server with its store in the data folder.
+    Needs the broker's Ed25519 key: broker.signing_key or ATLAS_BROKER__SIGNING_KEY.
+    Exits 130 on Ctrl-C.
+    """
     from ._service import serve as _serve
 
     run(_serve(settings()))
@@ -450,6 +457,12 @@ def keys_generate(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the private key files.")],
     sign: Annotated[SignKind, typer.Option(help="Signing key type.")] = SignKind.ED25519,
     enc: Annotated[EncKind, typer.Option(help="Encryption key type.")] = EncKind.X25519,
+    toml: Annotated[
+        bool,
+        typer.Option(
+            "--toml", help="Print the public keys as directory TOML, ready to paste, not JSON."
+        ),
+    ] = False,
 ) -> None:
     """Write private keys (mode 0600, never overwritten); print the public JWKs.
 
@@ -467,11 +480,33 @@ def keys_generate(
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
     err.print(f"wrote {generated.sign_path} and {generated.enc_path} (mode 0600)")
+    if toml:
+        print(_directory_toml(org, [generated.sign_jwk, generated.enc_jwk]), end="")
+        return
     print(
         orjson.dumps(
             {"keys": [generated.sign_jwk, generated.enc_jwk]}, option=orjson.OPT_INDENT_2
         ).decode()
     )
+
+
+def _directory_toml(org: str, jwks: list[dict[str, str]]) -> str:
+    """The ``keys`` entries of a directory file for these public JWKs (inline tables)."""
+    table = "broker.keys" if org == "atlas-broker" else "organisations.keys"
+    where = "after [broker]" if table == "broker.keys" else "under its [[organisations]] entry"
+    lines = [f"# {org}: paste {where}"]
+    for jwk in jwks:
+        if table == "broker.keys" and jwk["use"] != "sig":
+            continue  # the directory publishes the broker's signing keys only
+        members = ", ".join(
+            f"{name} = {orjson.dumps(value).decode()}" for name, value in jwk.items()
+        )
+        lines.append(f"[[{table}]]")
+        lines.append(f'use = "{jwk["use"]}"')
+        if jwk["use"] == "enc":
+            lines.append("current = true")
+        lines.append(f"jwk = {{ {members} }}")
+    return "\n".join(lines) + "\n"
 
 
 @keys_app.command("list")

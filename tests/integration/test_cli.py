@@ -7,6 +7,7 @@ import re
 import signal
 import stat
 import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ from nats.js import JetStreamContext
 
 from broker._bus import SUBMISSIONS
 from broker._embedded import EmbeddedNats
+from policy import Directory
 from tests.integration.helpers import bundle, cli, indicator, start_broker, wait_routed
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class TestKeysGenerate:
@@ -29,6 +33,22 @@ class TestKeysGenerate:
         assert all("d" not in k for k in jwks)
         for name in ("bank-a.sign.pem", "bank-a.enc.pem"):
             assert stat.S_IMODE((tmp_path / "k" / name).stat().st_mode) == 0o600
+
+    def test_toml_output_pastes_into_a_directory_file(self, tmp_path: Path) -> None:
+        doc = tomllib.loads((ROOT / "deploy" / "directory.example.toml").read_text())
+        for org in ("atlas-broker", "ec3"):
+            result = cli("keys", "generate", "--org", org, "--out", str(tmp_path), "--toml")
+            assert result.returncode == 0, result.stderr
+            pasted = tomllib.loads(result.stdout)
+            if org == "atlas-broker":
+                doc["broker"]["keys"] = pasted["broker"]["keys"]
+                assert [k["use"] for k in doc["broker"]["keys"]] == ["sig"]
+            else:
+                ec3 = next(o for o in doc["organisations"] if o["id"] == "ec3")
+                ec3["keys"] = pasted["organisations"]["keys"]
+        directory = Directory.from_mapping(doc)
+        ec3_keys = next(o for o in directory.organisations if o.id == "ec3").keys
+        assert [(k.use, k.current) for k in ec3_keys] == [("sig", True), ("enc", True)]
 
     def test_refuses_to_overwrite_existing_keys(self, tmp_path: Path) -> None:
         assert cli("keys", "generate", "--org", "bank-a", "--out", str(tmp_path)).returncode == 0
