@@ -654,9 +654,31 @@ def _describe_entry(index: int, e: dict[str, Any]) -> str:
     if kind == "submission":
         return f"{head} {e.get('org')} {e.get('result')} {e.get('reason') or ''} {e.get('sub', '')}"
     if kind == "delivery":
+        objects = e.get("objects")
+        counts = (
+            " ".join(f"{name}={n}" for name, n in objects.items())
+            if isinstance(objects, dict)
+            else objects
+        )
         return (
             f"{head} {src.get('org')} → {e.get('rcpt')}  tlp={e.get('tlp')} "
-            f"objects={e.get('objects')} pkg={e.get('pkg')}"
+            f"{counts} pkg={e.get('pkg')}"
+        )
+    if kind == "receipt":
+        if e.get("result") == "refused":
+            return f"{head} from {e.get('rcpt')}  REFUSED (the acknowledgement did not verify)"
+        return f"{head} from {e.get('rcpt')}  acknowledged pkg={e.get('pkg')}"
+    if kind == "key":
+        return f"{head} {e.get('event')} {e.get('org')} {e.get('use')} key {e.get('kid')}"
+    if kind == "directory":
+        return (
+            f"{head} {e.get('event')} revision {e.get('directory_revision')}"
+            f"  keys added {len(e.get('keys_added') or [])}, "
+            f"dropped {len(e.get('keys_dropped') or [])}"
+        )
+    if kind not in ("withheld", "derived"):
+        return f"{head} " + " ".join(
+            f"{name}={value}" for name, value in e.items() if name not in ("v", "ts", "type")
         )
     return (
         f"{head} {src.get('org')} → {e.get('rcpt')}  {e.get('obj_type', '')} "
