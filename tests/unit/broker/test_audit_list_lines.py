@@ -31,7 +31,7 @@ def test_a_delivery_lists_its_counts_plainly() -> None:
             "tlp": "amber",
             "objects": {"delivered": 3, "withheld": 1},
             "pkg": "p1",
-        },  # fmt: skip
+        },
     )
     assert "bank-a → ec3  tlp=amber delivered=3 withheld=1 pkg=p1" in line
     assert "{" not in line
