@@ -8,6 +8,7 @@ by ``audit export --format log``; it needs public keys only.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
@@ -246,12 +247,22 @@ def register(
                 "--out", help="File (csv, jsonl) or new folder (log); '-' for standard output."
             ),
         ],
-        fmt: Annotated[str, typer.Option("--format", help="csv | jsonl | log")] = "jsonl",
+        fmt: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="csv | jsonl (flattened) | raw (entries as logged) | log (a verifiable copy)",
+            ),
+        ] = "jsonl",
         from_dir: FromDir = None,
     ) -> None:
         """Export the log: CSV or JSON lines for people and tools, or a verifiable copy."""
         from ._audit_jobs import write_entries
         from ._logcopy import write_copy
+
+        if fmt not in ("csv", "jsonl", "raw", "log"):
+            err.print(f"[bold red]error:[/] --format {fmt!r}: use csv, jsonl, raw or log")
+            raise typer.Exit(2)
 
         async def _export() -> str:
             async with source_for(from_dir) as (source, _):
@@ -259,7 +270,12 @@ def register(
                     manifest = await write_copy(source, out_path)
                     return f"{manifest['entries']} entries, {manifest['checkpoints']} checkpoints"
                 if str(out_path) == "-":
-                    count = await write_entries(source, sys.stdout, fmt=fmt)
+                    try:
+                        count = await write_entries(source, sys.stdout, fmt=fmt)
+                    except BrokenPipeError:
+                        # The reader had enough (`| head`): stop reading the log, quietly.
+                        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                        return "entries until the reader closed the pipe"
                 else:
                     with out_path.open("w", newline="", encoding="utf-8") as fh:
                         count = await write_entries(source, fh, fmt=fmt)

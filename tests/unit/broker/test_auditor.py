@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -296,3 +298,31 @@ def test_chunks_fit_when_submission_logs_many_entries() -> None:
         MemoryLog(NoteSigner(ORIGIN, PrivateKey.generate("Ed25519"))).checkpoints[0][1]
     )
     assert message.size >= 10
+
+
+def test_export_to_a_pipe_closed_early_ends_quietly(
+    copy_of: Callable[..., Path], tmp_path: Path
+) -> None:
+    copy = copy_of(submissions=3000)  # 12,000 entries: far more than a pipe holds
+    export = subprocess.Popen(
+        [sys.executable, "-m", "broker", "audit", "export", "--from", str(copy), "--out", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert export.stdout is not None and export.stderr is not None
+    first = export.stdout.readline()
+    export.stdout.close()  # what `| head -1` does
+    _, stderr = export.communicate(timeout=60)
+    assert orjson.loads(first)["index"] == 0
+    assert export.returncode == 0, stderr.decode()
+    assert b"Traceback" not in stderr and b"exception" not in stderr.lower()
+
+
+def test_export_refuses_an_unknown_format_before_writing_anything(
+    copy_of: Callable[..., Path], tmp_path: Path
+) -> None:
+    target = tmp_path / "out.xml"
+    args = ["audit", "export", "--from", str(copy_of()), "--out", str(target), "--format", "xml"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "use csv, jsonl, raw or log" in result.output
+    assert not target.exists()
