@@ -32,6 +32,7 @@ from ._checkpoint import log_origin
 from ._checkpointer import run_checkpointer
 from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
+from ._embedded import running_url
 from ._gc import frozen_startup
 from ._log import submission_outcome
 from ._metrics import BrokerMetrics
@@ -200,6 +201,15 @@ async def serve(settings: Settings, *, on_monitor: Callable[[str], None] | None 
     """
     signing_key = broker_signing_key(settings)
     broker_p256_key(settings)  # a wrong file stops serve here, not in the router
+    if settings.nats.url is None:
+        other = running_url(Path(settings.data_dir))
+        if other is not None:
+            # It would attach to the other's server, and hang once that one stops.
+            raise ConfigError(
+                f"another `atlas-broker serve` already runs on {settings.data_dir} (its "
+                f"embedded nats-server is at {other}): stop it first, or run several workers "
+                "against one NATS server by setting nats.url for each (deploy/README.md)"
+            )
     metrics = BrokerMetrics(ROUTER_CONSUMER)
     async with nats_session(settings, embedded_ok=True, name="atlas-broker-serve") as (nc, js):
         # Started: what lives now (libraries, settings, the connection) lives as long as

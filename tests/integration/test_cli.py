@@ -269,3 +269,30 @@ class TestPublishWait:
         assert result.returncode == 3, result.stderr
         assert "not routed within 0.5 s" in result.stderr
         assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+
+
+async def test_a_second_serve_on_the_same_data_folder_is_refused_naming_the_first(
+    make_community: Callable[..., Any], tmp_path: Path
+) -> None:
+    community = make_community()
+    broker_key = community.root / "atlas-broker" / "atlas-broker.sign.pem"
+    config = tmp_path / "atlas.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[nats]\nport = 0\n'
+        f'[broker]\nsigning_key = "{broker_key}"\n[monitor]\nport = 0\n'
+    )
+    first = await start_broker(config, "serve", stderr=asyncio.subprocess.PIPE)
+    try:
+        url_file = tmp_path / "data" / "nats" / "url"
+        for _ in range(300):
+            if url_file.exists() and url_file.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        second = await start_broker(config, "serve", stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 1, stderr.decode()
+        assert "another `atlas-broker serve` already runs on" in stderr.decode()
+        assert first.returncode is None  # the first one runs on
+    finally:
+        first.send_signal(signal.SIGINT)
+        await asyncio.wait_for(first.communicate(), 60)
