@@ -9,6 +9,7 @@ withheld and why, and the log. Exits non-zero if any step of the path failed.
 from __future__ import annotations
 
 import asyncio
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from ._logcopy import LiveLog
 from ._router import ROUTER_CONSUMER
 from ._service import publish_bundle, receive, run_router, streams_for
 from ._taxii_service import run_taxii
+from .errors import ConfigError
 
 __all__ = ["run_demo"]
 
@@ -49,14 +51,32 @@ async def run_demo(*, keep: Path | None, console: Console, serve_port: int | Non
     """Run the demo; with ``serve_port``, keep the community up behind a TAXII server on
     loopback at that port (0: a free one) until cancelled (Ctrl-C)."""
     started = time.monotonic()
+    if serve_port:
+        _check_port_free(serve_port)
     if keep is not None:
+        if keep.exists() and any(keep.iterdir()):  # noqa: ASYNC240 - once, at start
+            raise ConfigError(f"--keep {keep} is not empty: give a new or empty folder")
         keep.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
-        return await _demo(keep, console, started, serve_port)
+        return await _demo(keep, console, started, serve_port, kept=True)
     with tempfile.TemporaryDirectory(prefix="atlas-demo-") as tmp:
-        return await _demo(Path(tmp), console, started, serve_port)
+        return await _demo(Path(tmp), console, started, serve_port, kept=False)
 
 
-async def _demo(root: Path, console: Console, started: float, serve_port: int | None) -> bool:
+def _check_port_free(port: int) -> None:
+    """Fail before the demo runs, not after, when the TAXII port is taken."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"port {port} on 127.0.0.1 is in use ({exc.strerror}): pick another with "
+                "--port, or --port 0 for a free one"
+            ) from exc
+
+
+async def _demo(
+    root: Path, console: Console, started: float, serve_port: int | None, *, kept: bool
+) -> bool:
     console.rule("[bold]Atlas broker demo")
     keydir = root / "keys"
     public: dict[str, list[dict[str, Any]]] = {}
@@ -112,7 +132,11 @@ async def _demo(root: Path, console: Console, started: float, serve_port: int | 
             receipts_ok = await _receipts(js, settings, root, results, enc_paths, keydir, console)
             entries = [record.entry async for record in read_log(js)]
             verified = await _verify(js, root, len(entries), console)
-            ok = _report(console, root, results, entries, sids) and verified and receipts_ok
+            ok = (
+                _report(console, root, results, entries, sids, kept=kept)
+                and verified
+                and receipts_ok
+            )
             console.print(
                 f"finished in {time.monotonic() - started:.1f} s — "
                 + ("[bold green]OK" if ok else "[bold red]FAILED")
@@ -305,6 +329,8 @@ def _report(
     results: dict[str, ReceiveStats],
     entries: list[dict[str, Any]],
     sids: dict[str, str],
+    *,
+    kept: bool,
 ) -> bool:
     problems: list[str] = []
     table = Table(title="What each recipient received and what was withheld")
@@ -364,5 +390,8 @@ def _report(
         problems.append("the RED bundle named to interpol did not arrive there")
     for problem in problems:
         console.print(f"[bold red]problem:[/] {problem}")
-    console.print(f"received bundles are in {root / 'received'} (kept only with --keep)")
+    if kept:
+        console.print(f"received bundles are in {root / 'received'}")
+    else:
+        console.print("the demo's folder is deleted at exit; --keep DIR keeps it")
     return not problems

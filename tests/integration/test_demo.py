@@ -145,3 +145,23 @@ def _demo_serve(tmp_path: Path, stderr: IO[str]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_demo_refuses_a_taken_port_and_a_used_folder_before_running(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    from broker.errors import ConfigError
+
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is not empty: give a new or empty folder"):
+        await run_demo(keep=tmp_path, console=Console(file=io.StringIO()))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        shown = io.StringIO()
+        with pytest.raises(ConfigError, match=f"port {port} on 127.0.0.1 is in use"):
+            await run_demo(keep=None, console=Console(file=shown), serve_port=port)
+        assert shown.getvalue() == ""  # refused before the demo ran, not after
