@@ -17,6 +17,7 @@ import orjson
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from keys import generate_org_keys
@@ -135,7 +136,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(_main())
     except ATLAS_ERRORS as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     except ExceptionGroup as group:
         # A task of a group (serve's router, monitor) stopped on one of our errors.
@@ -143,7 +144,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         if ours is None or rest is not None:
             raise  # a bug beside our error keeps its traceback
         first = _leaves(ours)[0]
-        err.print(f"[bold red]error:[/] {first}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(first))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from group
     except asyncio.CancelledError:
         err.print("stopped")
@@ -204,7 +205,7 @@ def _global(
     try:
         cfg = settings()
     except ATLAS_ERRORS as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     configure_logging(
         log_format.value if log_format else cfg.log_format,
@@ -292,7 +293,7 @@ def _audience(parse: Any, text: str | None) -> tuple[str, ...]:
     try:
         return parse(text)  # type: ignore[no-any-return]
     except ATLAS_ERRORS as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
 
 
@@ -477,7 +478,7 @@ def keys_generate(
             passphrase=_passphrase(),
         )
     except ATLAS_ERRORS as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     err.print(f"wrote {generated.sign_path} and {generated.enc_path} (mode 0600)")
     if toml:
@@ -602,8 +603,9 @@ def _read_json(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except OSError as exc:
+        reason = escape(str(exc.strerror or exc))
         err.print(
-            f"[bold red]error:[/] {path}: cannot read: {exc.strerror or exc}", highlight=False
+            f"[bold red]error:[/] {escape(str(path))}: cannot read: {reason}", highlight=False
         )
         raise typer.Exit(1) from exc
     try:
@@ -614,7 +616,9 @@ def _read_json(path: Path) -> Any:
             if raw.lstrip().startswith(b"-----BEGIN")
             else f" {exc}"
         )
-        err.print(f"[bold red]error:[/] {path}: not JSON:{hint}", highlight=False)
+        err.print(
+            f"[bold red]error:[/] {escape(str(path))}: not JSON:{escape(hint)}", highlight=False
+        )
         raise typer.Exit(1) from exc
 
 
@@ -738,7 +742,7 @@ def deploy_nats_config(
         parsed = read_directory_file(directory)
         users = write_users(parsed, out_dir / "nkeys")
     except ATLAS_ERRORS as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     files: list[Path] = []
     if cluster:
@@ -756,7 +760,7 @@ def deploy_nats_config(
             [binary, "-t", "-c", str(path)], capture_output=True, text=True, check=False
         )
         if check.returncode != 0:
-            err.print(f"[bold red]error:[/] {path}: {check.stderr.strip() or check.stdout}")
+            err.print(f"[bold red]error:[/] {path}: {escape(check.stderr.strip() or check.stdout)}")
             raise typer.Exit(1)
         out.print(f"{path}: valid")
     out.print(

@@ -64,6 +64,7 @@ class TestConfiguration:
         result = cli("--data-dir", str(tmp_path), "serve")
         assert result.returncode == 1
         assert "broker.signing_key is not set" in result.stderr
+        assert "set [broker] signing_key in the configuration" in result.stderr
 
     def test_serve_refuses_a_p256_broker_key_naming_why(self, tmp_path: Path) -> None:
         keys = tmp_path / "k"
