@@ -24,7 +24,14 @@ import structlog
 from nats.js import JetStreamContext
 
 from adapters import ReceiptKeeper, Receiver, ReceiveStats, supervised
-from keys import BrokerKeyring, KeyRegistryError, PrivateKey, PublicKey, load_private_key
+from keys import (
+    BrokerKeyring,
+    KeyFileError,
+    KeyRegistryError,
+    PrivateKey,
+    PublicKey,
+    load_private_key,
+)
 from policy import PolicyError
 
 from ._bus import Streams, ensure_streams, nats_session, submit_subject
@@ -328,6 +335,21 @@ async def _publish_signed(
         await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
 
+def _decryption_key(path: Path, passphrase: bytes | None) -> PrivateKey:
+    """A ``receive --key``: an encryption key; a signing key given by mistake is named."""
+    try:
+        key = load_private_key(path, passphrase=passphrase)
+    except KeyFileError:
+        # A P-256 file whose name does not say its use: here it can only be for decryption.
+        return load_private_key(path, passphrase=passphrase, use="enc")
+    if key.use == "enc":
+        return key
+    raise ConfigError(
+        f"--key {path} is a {key.kind} signing key: give the organisation's encryption key "
+        "(its .enc.pem or .enc.jwk file); a signing key goes to --sign-key"
+    )
+
+
 def read_jwks(path: Path) -> BrokerKeyring:
     """A pinned broker key set: ``{"keys": [JWK, ...]}``."""
     try:
@@ -422,7 +444,7 @@ async def receive(
     ``sign_key_path`` each is acknowledged with a signature that the broker logs.
     """
     _check_org(org)
-    keys = [load_private_key(p, passphrase=passphrase) for p in key_paths]
+    keys = [_decryption_key(p, passphrase) for p in key_paths]
     decryption = {k.public.thumbprint: k for k in keys}
     pinned = read_jwks(broker_jwks) if broker_jwks else None
 
