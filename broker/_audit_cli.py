@@ -20,12 +20,15 @@ import structlog
 import typer
 from nats.js import JetStreamContext
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ._config import Settings
 
 __all__ = ["register"]
+
+_TLP_NAMES = ("clear", "green", "amber", "amber+strict", "red", "none")
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -188,12 +191,17 @@ def register(
     def audit_query(
         from_dir: FromDir = None,
         org: Annotated[str | None, typer.Option(help="Originator or recipient.")] = None,
-        originator: Annotated[str | None, typer.Option()] = None,
-        recipient: Annotated[str | None, typer.Option()] = None,
+        originator: Annotated[
+            str | None, typer.Option(help="The organisation that submitted.")
+        ] = None,
+        recipient: Annotated[str | None, typer.Option(help="The receiving organisation.")] = None,
         tlp: Annotated[str | None, typer.Option(help="clear|green|amber|amber+strict|red")] = None,
         action: Annotated[
             str | None,
-            typer.Option(help="submission|delivery|withheld|derived|receipt|accepted|refused"),
+            typer.Option(
+                help="An entry type (submission|delivery|withheld|derived|receipt|key|"
+                "directory|notice) or a result (accepted|refused)"
+            ),
         ] = None,
         reason: Annotated[str | None, typer.Option(help="A reason code.")] = None,
         since: Annotated[str | None, typer.Option(help="From this time (RFC 3339).")] = None,
@@ -202,6 +210,13 @@ def register(
     ) -> None:
         """Entries by organisation, recipient, TLP, action and time."""
         from ._audit_jobs import Query, flatten, normalise_time
+
+        if tlp is not None and tlp.lower() not in _TLP_NAMES:
+            err.print(
+                f"[bold red]error:[/] --tlp {escape(tlp)!r}: use one of {', '.join(_TLP_NAMES)}",
+                highlight=False,
+            )
+            raise typer.Exit(2)
 
         async def _query() -> list[dict[str, Any]]:
             query = Query(
@@ -329,6 +344,15 @@ def register(
     ) -> None:
         """Print the log verifier keys (name+id+key) for a broker JWK set."""
         from ._audit_jobs import log_verifiers
+
+        if not origin.endswith("/log"):
+            err.print(
+                f"[yellow]⚠[/] origin {escape(origin)!r} does not end in /log: a log's origin is "
+                "'<broker id>/log' (the first line of its checkpoints), and keys for another "
+                "name verify nothing",
+                highlight=False,
+                soft_wrap=True,
+            )
 
         async def _vkeys() -> list[str]:
             return [v.vkey for v in log_verifiers([], broker_jwks, origin)]

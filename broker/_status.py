@@ -54,7 +54,7 @@ def status_url(settings: Settings, explicit: str | None) -> str:
 
 def _get(url: str) -> tuple[int, bytes]:
     if not url.startswith(("http://", "https://")):
-        raise MonitorUnreachable(f"{url}: not an http(s) URL")
+        raise MonitorUnreachable(f"{url}: not an http(s) URL (write it as http://HOST:PORT)")
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT) as resp:  # noqa: S310 - checked
             return int(resp.status), resp.read()

@@ -40,3 +40,23 @@ def test_a_delivery_lists_its_counts_plainly() -> None:
 def test_an_entry_of_another_type_shows_its_members() -> None:
     line = _describe_entry(5, {"v": 1, "type": "notice", "ts": TS, "reason": "x", "sub": "s"})
     assert "reason=x sub=s" in line and "v=1" not in line
+
+
+def test_query_refuses_a_tlp_that_is_not_one() -> None:
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+
+    result = CliRunner().invoke(app, ["audit", "query", "--tlp", "orange"])
+    assert result.exit_code == 2 and "--tlp 'orange': use one of clear" in result.output
+
+
+def test_vkey_warns_of_an_origin_that_is_not_a_logs() -> None:
+    from typer.testing import CliRunner
+
+    from broker.cli import app
+
+    result = CliRunner().invoke(
+        app, ["audit", "vkey", "--broker-jwks", "/nonexistent", "--origin", "atlas-broker"]
+    )
+    assert "does not end in /log" in result.output
