@@ -35,6 +35,16 @@ def _red_description(stix: Stix, **props: Any) -> dict[str, Any]:
     )
 
 
+def _red_at(stix: Stix, selector: str) -> dict[str, Any]:
+    """A CLEAR indicator with a RED granular marking at ``selector``."""
+    return stix.indicator(
+        "clear",
+        description="RED-ONLY text",
+        external_references=[{"source_name": "x", "url": "https://red.example/"}],
+        granular_markings=[{"marking_ref": TLP2["red"], "selectors": [selector]}],
+    )
+
+
 def _copies(view: View, kind: str) -> list[dict[str, Any]]:
     return [
         o
@@ -120,12 +130,7 @@ class TestGranularWithoutOptIn:
     def test_a_selector_that_names_nothing_withholds_even_with_derived_copies(
         self, stix: Stix, view_for: ViewFor, derived_directory: Directory, selector: str
     ) -> None:
-        ind = stix.indicator(
-            "clear",
-            description="RED-ONLY text",
-            external_references=[{"source_name": "x", "url": "https://red.example/"}],
-            granular_markings=[{"marking_ref": TLP2["red"], "selectors": [selector]}],
-        )
+        ind = _red_at(stix, selector)
         view = view_for(bundle(ind), "bank-b", directory=derived_directory)
         assert view.bundle is None
         assert decision_for(view, ind).reason == "unreadable-marking"
@@ -142,12 +147,7 @@ class TestGranularWithoutOptIn:
         selector: str,
         secret: str,
     ) -> None:
-        ind = stix.indicator(
-            "clear",
-            description="RED-ONLY text",
-            external_references=[{"source_name": "x", "url": "https://red.example/"}],
-            granular_markings=[{"marking_ref": TLP2["red"], "selectors": [selector]}],
-        )
+        ind = _red_at(stix, selector)
         view = view_for(bundle(ind), "bank-b", directory=derived_directory)
         (made,) = _copies(view, "indicator")
         assert selector.partition(".")[0] not in made and "granular_markings" not in made
