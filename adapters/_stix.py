@@ -307,6 +307,11 @@ def _timestamps_problem(obj: Mapping[str, Any], obj_type: str) -> str | None:
     """
     created = obj.get("created", _ABSENT)
     modified = obj.get("modified", _ABSENT)
+    if obj_type == "language-content" and "object_modified" in obj:
+        # It names the version translated: the broker matches it to one, so it must be one.
+        named = _stamp(obj["object_modified"], "object_modified")
+        if isinstance(named, str):
+            return named
     if is_observable(obj_type) and (created is not _ABSENT or modified is not _ABSENT):
         # A 'modified' would make it a versioned object with an owner, and then one member
         # could keep the others from sharing that address.

@@ -107,9 +107,9 @@ class Entry:
     """``level.rank``, or -1 without a level."""
     tlp_key: str = "none"
     """``level.value``, or ``"none"``: the key of the per-TLP counts."""
-    version_ref: tuple[str, str] | None = None
-    """A ``language-content``'s ``(object_ref, object_modified)``, the modified normalised:
-    it translates that one version."""
+    version_ref: tuple[str, str | None] | None = None
+    """A ``language-content``'s ``(object_ref, object_modified)``: the id lower-cased, the
+    modified normalised, None when absent or not a string. It translates that version."""
 
 
 @dataclass(slots=True, eq=False)
@@ -127,7 +127,9 @@ class PreparedBundle:
     """Distinct (marks, level, unknown, granular) combinations; ``Entry.mclass`` indexes it."""
     definitions: set[str]
     by_version: dict[tuple[str, str], int]
-    """(id, normalised modified) → entry index."""
+    """(lower-cased id, normalised modified) → entry index."""
+    versions_of: dict[str, list[int]]
+    """Lower-cased id → the entry indices of its versions."""
 
 
 def stix_objects(bundle: object) -> list[tuple[dict[str, Any], str, str, str]]:
@@ -274,9 +276,23 @@ def prepare(
             mclass = class_index[mkey] = len(classes)
             classes.append((entry.marks, entry.level, entry.unknown, entry.granular))
         entry.mclass = mclass
-    by_version = {(e.id, normal_timestamp(e.modified)): i for i, e in enumerate(entries)}
+    by_version: dict[tuple[str, str], int] = {}
+    versions_of: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        by_version[(e.id.lower(), normal_timestamp(e.modified))] = i
+        versions_of.setdefault(e.id.lower(), []).append(i)
     return PreparedBundle(
-        entries, by_id, referrers, order, table, org, finder, classes, definitions, by_version
+        entries,
+        by_id,
+        referrers,
+        order,
+        table,
+        org,
+        finder,
+        classes,
+        definitions,
+        by_version,
+        versions_of,
     )
 
 
@@ -334,8 +350,11 @@ def _entry(
     version_ref = None
     if obj_type == "language-content":
         target, when = obj.get("object_ref"), obj.get("object_modified")
-        if isinstance(target, str) and isinstance(when, str):
-            version_ref = (target, normal_timestamp(when))
+        if isinstance(target, str):
+            version_ref = (
+                target.lower(),
+                normal_timestamp(when) if isinstance(when, str) else None,
+            )
     granular = obj.get("granular_markings", _ABSENT)
     if granular is not _ABSENT:
         granular = None if granular is None else table.granular(granular)
@@ -380,8 +399,8 @@ def _inherit(entries: list[Entry], by_id: Mapping[str, list[int]], default: Tlp)
     default and of every container listing it, transitively, and every statement marking
     of those containers (a report marked "not for law enforcement" says so of what it
     lists). Definitions get no default, but do take their containers' markings: a
-    definition listed in a RED report is RED. The broker's canonical TLP definitions take
-    nothing.
+    definition listed in a RED report is RED. The broker's canonical TLP definitions and
+    the well-known PAP definitions take nothing: their content is public.
     """
     unmarked: list[bool] = []
     statements: list[frozenset[str]] = []
@@ -389,7 +408,7 @@ def _inherit(entries: list[Entry], by_id: Mapping[str, list[int]], default: Tlp)
         entry.unknown = entry.marks.unknown or entry.marks.unreadable
         own = entry.marks.tlp
         statements.append(entry.marks.statements)
-        if own is not None or entry.canonical is not None:
+        if own is not None or entry.canonical is not None or entry.id in PAP_IDS:
             entry.level = own
             unmarked.append(False)
         else:

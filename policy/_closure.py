@@ -17,7 +17,9 @@ Decisions documented here:
   nothing the originator did not put at the referencing object's own level.
 - A ``language-content`` translates one version, ``(object_ref, object_modified)``: when
   the bundle holds that version and it is not delivered as is, the translation is withheld
-  (``ref-withheld``), even when another version of the id is delivered.
+  (``ref-withheld``), even when another version of the id is delivered. Without
+  ``object_modified``, or naming a version the bundle does not hold, it goes out only if
+  every version of the id the bundle holds does.
 - The closure only ever withholds more, so it has a single least fixed point whatever the
   order of work; reason codes are assigned after it, from the final state, so that they do
   not depend on the order either.
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ._bundle import Entry, PreparedBundle
-from ._derive import can_remove, derive
+from ._derive import can_remove, content_derived_id, derive
 from ._markings import Granular, Marks
 from ._tlp import Tlp
 
@@ -164,6 +166,7 @@ class _Pass:
             entry.items is None
             or entry.revoked
             or not self.clearance.derive
+            or content_derived_id(entry.id)
             or "object_refs" in self.removed_props.get(i, _EMPTY)
             or any("object_refs" in g.tops for g in entry.granular or ())
             or gone in self._answers(i, listed=False)
@@ -174,6 +177,16 @@ class _Pass:
             return False
         self.removed_refs[i] = removed
         return True
+
+    def _translated_version_delivered(self, i: int) -> bool:
+        """Whether the version a translation names goes out as is: the one it names when
+        the bundle holds it, else every version of the id the bundle holds (a translation
+        without ``object_modified``, or naming another, may be of any of them)."""
+        bundle = self.bundle
+        target, when = bundle.entries[i].version_ref or ("", None)
+        named = bundle.by_version.get((target, when)) if when is not None else None
+        found = [named] if named is not None else bundle.versions_of.get(target, [])
+        return all(self.status[j] == DELIVERED for j in found)
 
     def judge(self) -> None:
         bundle = self.bundle
@@ -198,7 +211,12 @@ class _Pass:
                 reasons[i] = reason
             elif props:
                 reasons[i] = "granular"
-                if clearance.derive and not entry.revoked and can_remove(entry.type, props):
+                if (
+                    clearance.derive
+                    and not entry.revoked
+                    and can_remove(entry.type, props)
+                    and not content_derived_id(entry.id)
+                ):
                     status[i] = DERIVED
                     self.removed_props[i] = props
                 else:
@@ -242,8 +260,7 @@ class _Pass:
             # A translation names one version: it goes only where that version goes as is.
             more = False
             for i in translations:
-                target = bundle.by_version.get(entries[i].version_ref)  # type: ignore[arg-type]
-                if status[i] == WITHHELD or target is None or status[target] == DELIVERED:
+                if status[i] == WITHHELD or self._translated_version_delivered(i):
                     continue
                 more = True
                 state, status[i], reasons[i] = status[i], WITHHELD, "ref-withheld"

@@ -25,7 +25,9 @@ new object instead. Decisions documented here:
   unkeyed hash would let a recipient test guesses of the withheld values offline.
   ``created`` and ``modified`` are ``now``; ``created_by_ref`` is the broker's identity,
   whose identity object travels with every view that holds a copy.
-- The ``derived-from`` relationship (copy → original) names the original's id. A copy is
+- The ``derived-from`` relationship (copy → original) names the original's id. An
+  original whose id is a UUIDv5 (``content_derived_id``: a hash of content, such as a
+  name, that the copy may leave out) is never derived. A copy is
   only ever made when the recipient is cleared for the original's object-level markings
   (only fields or references were held back), and the original is never an SCO and never
   has a restricted selector on ``id``: the original's id is information at a level the
@@ -40,6 +42,7 @@ new object instead. Decisions documented here:
 from __future__ import annotations
 
 import hmac
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -53,6 +56,7 @@ __all__ = [
     "NAMESPACE",
     "broker_identity",
     "can_remove",
+    "content_derived_id",
     "derive",
     "derived_from",
     "keyed_uuid",
@@ -129,15 +133,16 @@ def derive(
 ) -> dict[str, Any]:
     """The copy of ``obj`` without ``removed_props`` and the ``removed_refs`` object_refs."""
     obj_type = obj["type"]
-    seed = "|".join(
-        (
+    seed = json.dumps(
+        [
             "derived",
             submission_id,
             obj["id"],
             str(obj.get("modified", "")),
-            ",".join(sorted(removed_props)),
-            ",".join(sorted(removed_refs)),
-        )
+            sorted(removed_props),
+            sorted(removed_refs),
+        ],
+        separators=(",", ":"),
     )
     copy: dict[str, Any] = {}
     for key, value in obj.items():
@@ -169,6 +174,16 @@ def derive(
     copy["created"] = timestamp
     copy["modified"] = timestamp
     return copy
+
+
+def content_derived_id(object_id: str) -> bool:
+    """Whether an id's UUID is version 5: a hash of content some producers choose (a name,
+    say). The ``derived-from`` relationship names the original's id, so such an original is
+    never derived: its id could confirm a guess of what the copy leaves out."""
+    try:
+        return uuid.UUID(object_id.partition("--")[2]).version == 5
+    except ValueError:
+        return True  # not a UUID the broker can read: fail closed
 
 
 def keyed_uuid(key: bytes, seed: str) -> uuid.UUID:

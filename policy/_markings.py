@@ -221,6 +221,8 @@ def selector_resolves(obj: Mapping[str, Any], selector: str) -> bool:
             index = step[1:-1]
             if not (isinstance(node, list) and index.isdigit() and index.isascii()):
                 return False
+            if index != "0" and index.startswith("0"):
+                return False  # one index, one spelling: stix2 refuses "[01]"
             if int(index) >= len(node):
                 return False
             node = node[int(index)]

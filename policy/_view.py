@@ -103,6 +103,8 @@ class Decision:
     action: Action
     reason: str
     tlp: Tlp | None
+    """The object's effective level; for a delivered object, the highest level inside it
+    (a granular marking above its own level counts): the level the recipient was given."""
     derived_digest: str | None = None
     """For a derived copy: the keyed digest of the copy's id and modified."""
 
@@ -254,21 +256,24 @@ def _view(
     for i in prepared.decision_order:
         entry = entries[i]
         state = status[i]
-        bucket = counts[state]
-        bucket[entry.tlp_key] = bucket.get(entry.tlp_key, 0) + 1
+        level, key = entry.level, entry.tlp_key
         if state == DELIVERED:
-            top = max(top, entry.rank, _granular_rank(entry.obj))
+            inside = _granular_rank(entry.obj)
+            if inside > entry.rank:  # a field above the object's own level went out with it
+                level = _BY_RANK[inside]
+                key = level.value
+            top = max(top, entry.rank, inside)
         elif state == DERIVED:
             top = max(top, entry.rank, _granular_rank(copies[i]))
+        bucket = counts[state]
+        bucket[key] = bucket.get(key, 0) + 1
         copy_digest = None
         if state == DERIVED:
             copy_digest = hmac.digest(
                 digest_key, f"{copies[i]['id']}|{timestamp}".encode(), "sha256"
             ).hex()
         decisions.append(
-            Decision(
-                entry.digest, entry.type, _ACTIONS[state], reasons[i], entry.level, copy_digest
-            )
+            Decision(entry.digest, entry.type, _ACTIONS[state], reasons[i], level, copy_digest)
         )
     return View(
         recipient=recipient,

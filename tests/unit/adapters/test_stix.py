@@ -172,3 +172,31 @@ class TestRequiredProperties:
         assert not validate_instance(partial, ValidationOptions(version="2.1")).is_valid
         with pytest.raises(InvalidBundle, match=f"need '{name}'"):
             check_bundle(_bundle(partial), max_objects=1)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("2024-05-01T00:00:00.000Z", True),
+        ("2024-05-01T00:00:00Z", True),
+        ("2024-05-01T00:00:00.000+00:00", False),
+        ("2024-05-01t00:00:00z", False),
+        (5, False),
+    ],
+)
+def test_a_translations_object_modified_must_be_a_stix_timestamp(value: object, ok: bool) -> None:
+    """The policy matches it to the version translated: an unmatched spelling once let a
+    translation of a withheld version through."""
+    t = "2024-05-01T00:00:00.000Z"
+    text = {"type": "language-content", "spec_version": "2.1",
+            "id": "language-content--6ba7b810-9dad-41d1-80b4-00c04fd430c8",
+            "created": t, "modified": t, "object_modified": value,
+            "object_ref": "malware--6ba7b811-9dad-41d1-80b4-00c04fd430c8",
+            "contents": {"de": {"name": "x"}}}  # fmt: skip
+    data = {"type": "bundle", "id": "bundle--6ba7b812-9dad-41d1-80b4-00c04fd430c8",
+            "objects": [text]}  # fmt: skip
+    if ok:
+        check_bundle(data, max_objects=10)
+    else:
+        with pytest.raises(InvalidBundle, match=r"'object_modified' .* is not a STIX timestamp"):
+            check_bundle(data, max_objects=10)

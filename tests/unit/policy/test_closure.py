@@ -463,6 +463,27 @@ class TestContainers:
         view = view_for(bundle(ind, report), "lea-1", named_groups={"lea"})
         assert ids_of(view) == {ind["id"]}
 
+    def test_a_pap_definition_listed_in_a_red_report_stays_public(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        pap = {
+            "type": "marking-definition",
+            "spec_version": "2.1",
+            "id": PAP_GREEN,
+            "created": TS,
+            "name": "PAP:GREEN",
+            "extensions": {
+                "extension-definition--f8d78575-edfd-406e-8e84-6162a8450f5b": {
+                    "extension_type": "property-extension",
+                    "pap": "green",
+                }
+            },
+        }
+        ind = stix.indicator(None, object_marking_refs=[TLP2["green"], PAP_GREEN])
+        report = stix.report([pap], "red")
+        view = view_for(bundle(pap, ind, report), "bank-b")
+        assert ind["id"] in ids_of(view)
+
     def test_unmarked_definition_listed_in_a_red_report_is_red(
         self, stix: Stix, view_for: ViewFor
     ) -> None:
@@ -488,7 +509,13 @@ class TestContainers:
 
 class TestTranslations:
     def _versions(self, stix: Stix) -> tuple[dict[str, Any], dict[str, Any]]:
-        first = stix.sdo("malware", "clear", name="m", is_family=False)
+        first = stix.sdo(
+            "malware",
+            "clear",
+            id="malware--6ba7b810-9dad-41d1-80b4-00c04fd430c8",  # hex letters: case matters
+            name="m",
+            is_family=False,
+        )
         second = dict(
             first,
             modified="2024-05-02T00:00:00.000Z",
@@ -527,6 +554,27 @@ class TestTranslations:
         )
         view = view_for(bundle(first, second, text), "bank-b")
         assert ids_of(view) == {first["id"], text["id"]}
+
+    @pytest.mark.parametrize("spelling", ["absent", "upper-case id", "another version"])
+    def test_a_translation_that_may_be_of_a_withheld_version_is_withheld(
+        self, stix: Stix, view_for: ViewFor, spelling: str
+    ) -> None:
+        first, second = self._versions(stix)
+        text = stix.sdo(
+            "language-content",
+            "clear",
+            object_ref=first["id"],
+            contents={"de": {"description": "ROT Geheimnis"}},
+        )
+        if spelling == "upper-case id":
+            kind, _, uid = first["id"].partition("--")
+            text["object_ref"] = f"{kind}--{uid.upper()}"
+            text["object_modified"] = second["modified"]
+        elif spelling == "another version":
+            text["object_modified"] = "2024-05-03T00:00:00.000Z"
+        view = view_for(bundle(first, second, text), "bank-b")
+        assert decision_for(view, text).reason == "ref-withheld"
+        assert ids_of(view) == {first["id"]}
 
 
 class TestRevocation:

@@ -70,6 +70,35 @@ class TestGranularWithoutOptIn:
         assert objects_of(view)[ind["id"]] == ind
         assert_valid_stix(view)
 
+    def test_an_original_with_a_content_derived_id_is_withheld_not_derived(
+        self, stix: Stix, view_for: ViewFor, derived_directory: Directory
+    ) -> None:
+        """derived-from names the original: a UUIDv5 of the name the copy leaves out would
+        confirm a guess of it."""
+        name = "Plant 7, Rotterdam"
+        place = stix.sdo(
+            "location",
+            "green",
+            id=f"location--{uuid.uuid5(uuid.NAMESPACE_URL, name)}",
+            name=name,
+            region="europe",
+            granular_markings=[{"marking_ref": TLP2["red"], "selectors": ["name"]}],
+        )
+        view = view_for(bundle(place), "bank-b", directory=derived_directory)
+        assert view.bundle is None
+        assert decision_for(view, place).action == "withheld"
+
+    def test_a_delivered_objects_decision_gives_the_level_inside_it(
+        self, stix: Stix, view_for: ViewFor
+    ) -> None:
+        ind = _red_description(stix)  # GREEN, with a RED description
+        view = view_for(bundle(ind), "bank-b", named={"bank-b"})
+        assert decision_for(view, ind).tlp is Tlp.RED
+        assert view.delivered_by_tlp == {"red": 1}
+        revoked = {**ind, "modified": "2024-06-01T00:00:00.000Z", "revoked": True}
+        again = view_for(bundle(revoked), "bank-b", received_before={ind["id"]: Tlp.RED})
+        assert decision_for(again, revoked).action == "delivered"
+
     def test_the_views_tlp_counts_granular_levels_inside(
         self, stix: Stix, view_for: ViewFor, derived_directory: Directory
     ) -> None:
@@ -125,6 +154,7 @@ class TestGranularWithoutOptIn:
             "Description",
             "description.x",
             "name.[0]",
+            "external_references.[00]",
         ],
     )
     def test_a_selector_that_names_nothing_withholds_even_with_derived_copies(
