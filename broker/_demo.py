@@ -54,8 +54,11 @@ async def run_demo(*, keep: Path | None, console: Console, serve_port: int | Non
     if serve_port:
         _check_port_free(serve_port)
     if keep is not None:
-        if keep.exists() and any(keep.iterdir()):  # noqa: ASYNC240 - once, at start
-            raise ConfigError(f"--keep {keep} is not empty: give a new or empty folder")
+        used = [name for name in ("keys", "data", "received") if (keep / name).exists()]
+        if used:  # the demo writes these: another run's would collide with this one's
+            raise ConfigError(
+                f"--keep {keep} already holds a demo ({', '.join(used)}): give a new folder"
+            )
         keep.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start
         return await _demo(keep, console, started, serve_port, kept=True)
     with tempfile.TemporaryDirectory(prefix="atlas-demo-") as tmp:

@@ -145,6 +145,8 @@ def _demo_serve(tmp_path: Path, stderr: IO[str]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()  # a failure must not leave its pipe to a later test's GC
 
 
 async def test_demo_refuses_a_taken_port_and_a_used_folder_before_running(
@@ -154,8 +156,8 @@ async def test_demo_refuses_a_taken_port_and_a_used_folder_before_running(
 
     from broker.errors import ConfigError
 
-    (tmp_path / "old.txt").write_text("x")
-    with pytest.raises(ConfigError, match="is not empty: give a new or empty folder"):
+    (tmp_path / "keys").mkdir()
+    with pytest.raises(ConfigError, match=r"already holds a demo \(keys\): give a new folder"):
         await run_demo(keep=tmp_path, console=Console(file=io.StringIO()))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
