@@ -5,7 +5,13 @@ context, a submit function, key material).
 """
 
 from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
-from ._consumer import cancel_and_wait, durable_pull, keep_in_progress, supervised
+from ._consumer import (
+    cancel_and_wait,
+    durable_pull,
+    ensure_durable,
+    keep_in_progress,
+    supervised,
+)
 from ._errors import AdapterError, BridgeError, TaxiiProtocolError
 from ._receipts import ReceiptKeeper, ReceiptStats
 from ._stix import InvalidBundle, check_bundle, parse_bundle, parse_json
@@ -24,6 +30,7 @@ __all__ = [
     "cancel_and_wait",
     "check_bundle",
     "durable_pull",
+    "ensure_durable",
     "keep_in_progress",
     "parse_bundle",
     "parse_json",

@@ -19,6 +19,7 @@ __all__ = [
     "Backoff",
     "cancel_and_wait",
     "durable_pull",
+    "ensure_durable",
     "keep_in_progress",
     "supervised",
 ]
@@ -97,8 +98,21 @@ async def durable_pull(
     The consumer is only created when missing, so a client whose permissions allow just
     INFO/NEXT/ACK on a consumer the broker created still binds to it.
     """
+    await ensure_durable(js, stream, name, filter_subject, ack_wait=ack_wait)
+    return await js.pull_subscribe_bind(name, stream=stream)
+
+
+async def ensure_durable(
+    js: JetStreamContext, stream: str, name: str, filter_subject: str, *, ack_wait: float = 60
+) -> bool:
+    """Make durable pull consumer ``name`` unless it exists; True when it was made.
+
+    The broker makes every organisation's consumers (``ensure_party_consumers``), so that
+    under the generated NATS configuration organisations never need to create one.
+    """
     try:
         await js.consumer_info(stream, name)
+        return False
     except nats.js.errors.NotFoundError:
         await js.add_consumer(
             stream,
@@ -111,7 +125,7 @@ async def durable_pull(
                 filter_subject=filter_subject,
             ),
         )
-    return await js.pull_subscribe_bind(name, stream=stream)
+        return True
 
 
 async def keep_in_progress(msg: Msg, interval: float) -> None:

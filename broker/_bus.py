@@ -366,7 +366,8 @@ async def nats_session(
     try:
         nc = await connect(url, settings, name=name)
         try:
-            yield nc, nc.jetstream()
+            prefix = settings.nats.api_prefix
+            yield nc, nc.jetstream(prefix=prefix) if prefix else nc.jetstream()
         finally:
             with contextlib.suppress(Exception):
                 await nc.drain()

@@ -28,9 +28,11 @@ import base64
 import binascii
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -252,7 +254,9 @@ async def read_stream(
     """Messages of ``stream`` on ``subject`` from ``start_seq`` (to ``stop_seq``), in order.
 
     An ephemeral pull consumer without acks; a gap in its consumer sequence (a message lost
-    on the way) raises rather than skipping an entry.
+    on the way) raises rather than skipping an entry. A reader that may not create
+    consumers (an auditor under the generated NATS configuration, whose account is lent
+    only stream info and message get) reads message by message instead.
     """
     info = await js.stream_info(stream)
     last = info.state.last_seq if stop_seq is None else min(stop_seq, info.state.last_seq)
@@ -266,7 +270,16 @@ async def read_stream(
         inactive_threshold=30.0,
         mem_storage=True,
     )
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    except (
+        nats.errors.NoRespondersError,
+        nats.errors.TimeoutError,
+        nats.js.errors.ServiceUnavailableError,  # nats-py's word for "no responders" here
+    ):
+        async for msg in _read_by_get(js, stream, subject, max(1, start_seq), last):
+            yield msg
+        return
     expected = 1
     try:
         while True:
@@ -288,3 +301,36 @@ async def read_stream(
                     return
     finally:
         await sub.unsubscribe()
+
+
+async def _read_by_get(
+    js: JetStreamContext, stream: str, subject: str, start: int, last: int
+) -> AsyncIterator[Msg]:
+    """``read_stream`` one stored message at a time (``STREAM.MSG.GET``, next by subject)."""
+    seq, count = start, 0
+    while seq <= last:
+        try:
+            raw = await js.get_msg(stream, seq, subject=subject, next=True)
+        except nats.js.errors.NotFoundError:
+            return
+        found = int(raw.seq or 0)
+        if found < seq or found > last:
+            return
+        count += 1
+        pair = Msg.Metadata.SequencePair(consumer=count, stream=found)
+        metadata = Msg.Metadata(
+            sequence=pair,
+            num_pending=0,
+            num_delivered=1,
+            timestamp=raw.time or datetime.now(UTC),
+            stream=stream,
+            consumer="",
+        )
+        yield Msg(
+            _client=js._nc,  # a Msg needs its client; this one is never acked
+            subject=raw.subject or subject,
+            data=raw.data or b"",
+            headers=raw.headers,
+            _metadata=metadata,
+        )
+        seq = found + 1

@@ -76,7 +76,12 @@ class NatsSettings(_Section):
     never old ones dropped). nats-server reserves both on its store's disk and, by
     default, grants JetStream 75% of the disk's free space: lower this on a small disk."""
     inbox_prefix: str | None = Field(default=None, pattern=r"^_INBOX\.[a-z0-9][a-z0-9_-]{0,62}$")
-    """Reply subjects prefix; with generated permissions: ``_INBOX.<your org id>``."""
+    """Reply subjects prefix (optional: under the generated configuration each organisation
+    has an account of its own, and its replies never meet another's)."""
+    api_prefix: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_$][A-Za-z0-9_$.-]*$")
+    """JetStream API prefix. Under the generated configuration an organisation's account
+    reaches the broker's streams through ``atlas.api`` (``deploy nats-config``); the broker
+    itself leaves it unset."""
 
     @model_validator(mode="after")
     def _one_credential(self) -> NatsSettings:

@@ -1,22 +1,34 @@
 """nats-server configurations generated from the directory (``deploy nats-config``).
 
-Each organisation logs in with its own nkey and may do only what its role needs:
+Every organisation logs in with its own nkey **in an account of its own**; the streams live
+in the broker's account (``ATLAS``), which exports to each organisation exactly the
+subjects its role needs, and nothing else exists in the organisation's account:
 
-- everyone: receive its own deliveries and receipts through its own durable consumers
-  (``rcv-<org>``, ``rct-<org>``, whose filter is fixed in the API subject the server
-  checks), send acknowledgements on ``atlas.ack.<org>``, read the directory bucket, and
-  receive replies only on its own inbox prefix ``_INBOX.<org>.>``;
-- members also publish on their own ``atlas.submit.<org>`` and nothing else;
-- auditors read LOG (and only read it);
-- the broker may do everything; nobody else may write LOG.
+- everyone: pull its own deliveries and receipts from the durable consumers the broker
+  made for it (``rcv-<org>``, ``rct-<org>``: their info, next-message and ack subjects
+  only), send acknowledgements on ``atlas.ack.<org>``, and read the directory bucket;
+- members also publish on their own ``atlas.submit.<org>``;
+- auditors read LOG and WITNESS message by message (stream info and get);
+- the broker's user, in ``ATLAS``, may do everything.
 
-Clients must use the inbox prefix ``_INBOX.<org>`` (``atlas-broker`` does when
-``nats.inbox_prefix`` is set; the generated README says so).
+Why accounts and not per-user permissions in one account: nats-server does not check a
+publish's reply subject against the publisher's permissions, and JetStream answers a
+request by publishing to that reply subject inside the account. With one account, any
+user allowed one JetStream request (a pull on its own consumer) could name a stream
+subject as the reply and have the server write into LOG, or name an API subject and have
+it delete a stream. Across accounts, every answer goes back into the requester's own
+account, where no stream listens and no API runs.
+
+The consumers are made by ``directory load`` and by ``serve`` (``ensure_party_consumers``):
+an organisation may not create consumers, whose configuration could aim deliveries
+anywhere in the broker's account. Cluster routes authenticate with a generated password
+(``nkeys/route.pass``).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +37,25 @@ import nkeys
 
 from policy import Directory, OrgKind
 
-__all__ = ["NatsUser", "permissions_for", "render_cluster", "render_single", "write_users"]
+from .errors import ConfigError
+
+__all__ = [
+    "ORG_API_PREFIX",
+    "NatsUser",
+    "exports_for",
+    "render_accounts",
+    "render_cluster",
+    "render_single",
+    "route_password",
+    "write_users",
+]
 
 BROKER_USER = "atlas-broker"
+BROKER_ACCOUNT = "ATLAS"
+ORG_API_PREFIX = "atlas.api"
+"""Where an organisation's account reaches the broker's JetStream API (``nats.api_prefix``):
+``$JS.API`` itself in an account without JetStream is answered by the server, "not
+enabled"."""
 _API = "$JS.API"
 
 
@@ -39,49 +67,66 @@ class NatsUser:
     seed_file: Path | None = None
 
 
-def _recipient(org: str) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class Export:
+    subject: str
+    stream_response: bool = False
+    """The answer is several messages (a pull's batch), not one."""
+
+
+def _recipient(org: str) -> list[Export]:
+    out: list[Export] = []
+    # The broker made these consumers with their filters: nothing here can set one.
+    for stream, consumer in (("DELIVERIES", f"rcv-{org}"), ("RECEIPTS", f"rct-{org}")):
+        out += [
+            Export(f"{_API}.CONSUMER.INFO.{stream}.{consumer}"),
+            Export(f"{_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}", stream_response=True),
+            Export(f"$JS.ACK.{stream}.{consumer}.>"),
+        ]
+    out += [
+        Export(f"atlas.ack.{org}"),
+        Export(f"{_API}.STREAM.INFO.KV_atlas_directory"),
+        Export(f"{_API}.STREAM.MSG.GET.KV_atlas_directory"),
+        Export(f"{_API}.DIRECT.GET.KV_atlas_directory.>"),
+    ]
+    return out
+
+
+def _auditor() -> list[Export]:
     return [
-        f"{_API}.CONSUMER.CREATE.DELIVERIES.rcv-{org}.atlas.deliver.{org}.*",
-        f"{_API}.CONSUMER.INFO.DELIVERIES.rcv-{org}",
-        f"{_API}.CONSUMER.MSG.NEXT.DELIVERIES.rcv-{org}",
-        f"$JS.ACK.DELIVERIES.rcv-{org}.>",
-        f"{_API}.CONSUMER.CREATE.RECEIPTS.rct-{org}.atlas.receipt.{org}.*",
-        f"{_API}.CONSUMER.INFO.RECEIPTS.rct-{org}",
-        f"{_API}.CONSUMER.MSG.NEXT.RECEIPTS.rct-{org}",
-        f"$JS.ACK.RECEIPTS.rct-{org}.>",
-        f"atlas.ack.{org}",
-        f"{_API}.STREAM.INFO.KV_atlas_directory",
-        f"{_API}.STREAM.MSG.GET.KV_atlas_directory",
-        f"{_API}.DIRECT.GET.KV_atlas_directory.>",
-        f"{_API}.INFO",
+        Export(f"{_API}.STREAM.INFO.LOG"),
+        Export(f"{_API}.STREAM.MSG.GET.LOG"),
+        Export(f"{_API}.STREAM.INFO.WITNESS"),
+        Export(f"{_API}.STREAM.MSG.GET.WITNESS"),
+        Export(f"{_API}.STREAM.INFO.KV_atlas_directory"),
+        Export(f"{_API}.STREAM.MSG.GET.KV_atlas_directory"),
+        Export(f"{_API}.DIRECT.GET.KV_atlas_directory.>"),
     ]
 
 
-def _auditor() -> list[str]:
-    return [
-        f"{_API}.STREAM.INFO.LOG",
-        f"{_API}.STREAM.MSG.GET.LOG",
-        f"{_API}.CONSUMER.CREATE.LOG.>",
-        f"{_API}.CONSUMER.MSG.NEXT.LOG.>",
-        f"{_API}.CONSUMER.DELETE.LOG.>",
-    ]
-
-
-def permissions_for(directory: Directory, org: str) -> dict[str, list[str]]:
-    """``publish``/``subscribe`` allow lists of one organisation's NATS user."""
+def exports_for(directory: Directory, org: str) -> list[Export]:
+    """What the broker's account lends one organisation's account."""
     found = directory.organisation(org)
     if found is None:
         raise KeyError(org)
-    publish = _recipient(org)
-    if found.kind == OrgKind.MEMBER:
-        publish.append(f"atlas.submit.{org}")
     if found.kind == OrgKind.AUDITOR:
-        publish = [*_auditor(), f"{_API}.INFO"]
-    return {"publish": publish, "subscribe": [f"_INBOX.{org}.>"]}
+        return _auditor()
+    exports = _recipient(org)
+    if found.kind == OrgKind.MEMBER:
+        exports.append(Export(f"atlas.submit.{org}"))
+    return exports
+
+
+def _account(org: str) -> str:
+    return f"ORG-{org}"
 
 
 def write_users(directory: Directory, out_dir: Path, extra: Iterable[str] = ()) -> list[NatsUser]:
     """One nkey per organisation (and the broker); seeds written 0600, never overwritten."""
+    if directory.organisation(BROKER_USER) is not None:
+        raise ConfigError(
+            f"an organisation has the id {BROKER_USER!r}, the broker's NATS user: rename it"
+        )
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     users = []
     for name in [BROKER_USER, *extra, *(o.id for o in directory.organisations)]:
@@ -97,26 +142,59 @@ def write_users(directory: Directory, out_dir: Path, extra: Iterable[str] = ()) 
     return users
 
 
-def _list(items: list[str]) -> str:
-    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+def _q(text: str) -> str:
+    return '"' + text + '"'
 
 
-def _authorization(directory: Directory, users: list[NatsUser]) -> str:
-    lines = ["authorization {", "  users = ["]
-    for user in users:
-        lines.append(f"    # {user.name}")
-        if user.name == BROKER_USER:
-            lines.append(f'    {{nkey: "{user.nkey}"}}')
+def render_accounts(directory: Directory, users: list[NatsUser]) -> str:
+    """The ``accounts`` block: the broker's account and one per organisation."""
+    by_name = {user.name: user for user in users}
+    granted: dict[tuple[str, bool], list[str]] = {}
+    imports: dict[str, list[Export]] = {}
+    for org in directory.organisations:
+        if org.id not in by_name:
             continue
-        perms = permissions_for(directory, user.name)
-        lines.append(
-            f'    {{nkey: "{user.nkey}", permissions: {{'
-            f"publish: {{allow: {_list(perms['publish'])}}}, "
-            f"subscribe: {{allow: {_list(perms['subscribe'])}}}, "
-            "allow_responses: false}}"
-        )
-    lines += ["  ]", "}"]
+        imports[org.id] = exports_for(directory, org.id)
+        for export in imports[org.id]:
+            granted.setdefault((export.subject, export.stream_response), []).append(
+                _account(org.id)
+            )
+    lines = ["accounts {", f"  {BROKER_ACCOUNT}: {{", "    jetstream: enabled"]
+    lines.append(f"    users: [{{nkey: {_q(by_name[BROKER_USER].nkey)}}}]")
+    lines.append("    exports: [")
+    for (subject, stream), accounts in sorted(granted.items()):
+        kind = ", response_type: stream" if stream else ""
+        names = ", ".join(_q(a) for a in sorted(accounts))
+        lines.append(f"      {{service: {_q(subject)}{kind}, accounts: [{names}]}}")
+    lines += ["    ]", "  }"]
+    for org_id, exports in imports.items():
+        lines.append(f"  # {org_id}")
+        lines.append(f"  {_q(_account(org_id))}: {{")
+        lines.append(f"    users: [{{nkey: {_q(by_name[org_id].nkey)}}}]")
+        lines.append("    imports: [")
+        for export in exports:
+            local = export.subject
+            if local.startswith(_API + "."):
+                local = ORG_API_PREFIX + local[len(_API) :]
+            lines.append(
+                f"      {{service: {{account: {BROKER_ACCOUNT}, subject: {_q(export.subject)}}}, "
+                f"to: {_q(local)}}}"
+            )
+        lines += ["    ]", "  }"]
+    lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def route_password(out_dir: Path) -> str:
+    """The cluster routes' shared password: made once (0600), reused after."""
+    path = out_dir / "route.pass"
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
 
 
 def render_single(
@@ -133,7 +211,7 @@ def render_single(
         f'listen: "{host}:{port}"\n'
         "max_payload: 1MB\n"
         f'jetstream {{\n  store_dir: "{store_dir}"\n  sync_interval: always\n}}\n'
-        + _authorization(directory, users)
+        + render_accounts(directory, users)
     )
 
 
@@ -146,10 +224,17 @@ def render_cluster(
     hosts: tuple[str, str, str] = ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
     client_ports: tuple[int, int, int] = (4222, 4223, 4224),
     cluster_ports: tuple[int, int, int] = (6222, 6223, 6224),
+    route_secret: str,
 ) -> str:
-    """Node ``node`` (0-2) of a 3-node cluster; streams are created with R3 on it."""
+    """Node ``node`` (0-2) of a 3-node cluster; streams are created with R3 on it.
+
+    Routes log in with ``route_secret``: a server that cannot is not a node of this
+    cluster, and sees nothing.
+    """
     routes = ", ".join(
-        f'"nats-route://{hosts[i]}:{cluster_ports[i]}"' for i in range(3) if i != node
+        f'"nats-route://route:{route_secret}@{hosts[i]}:{cluster_ports[i]}"'
+        for i in range(3)
+        if i != node
     )
     return (
         "# Generated by `atlas-broker deploy nats-config --cluster` (node "
@@ -159,5 +244,6 @@ def render_cluster(
         "max_payload: 1MB\n"
         f'jetstream {{\n  store_dir: "{store_dir}"\n}}\n'
         f'cluster {{\n  name: "atlas"\n  listen: "{hosts[node]}:{cluster_ports[node]}"\n'
-        f"  routes: [{routes}]\n}}\n" + _authorization(directory, users)
+        f'  authorization {{\n    user: "route"\n    password: "{route_secret}"\n  }}\n'
+        f"  routes: [{routes}]\n}}\n" + render_accounts(directory, users)
     )

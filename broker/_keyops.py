@@ -26,14 +26,23 @@ import nats.js.errors
 import orjson
 from nats.js import JetStreamContext
 
+from adapters import ensure_durable
 from keys import InvalidKey, PublicKey
-from policy import Directory, DirectoryError, PublicKeyEntry
+from policy import Directory, DirectoryError, OrgKind, PublicKeyEntry
 
-from ._bus import DIRECTORY_BUCKET, log_subject
+from ._bus import DELIVERIES, DIRECTORY_BUCKET, RECEIPTS, log_subject
 from ._directory_store import resolve
 from ._log import append_entries, timestamp
 
-__all__ = ["DirectoryLoad", "KeyEvent", "key_rows", "load_directory", "revoke_key", "rotate_key"]
+__all__ = [
+    "DirectoryLoad",
+    "KeyEvent",
+    "ensure_party_consumers",
+    "key_rows",
+    "load_directory",
+    "revoke_key",
+    "rotate_key",
+]
 
 _KEY = "directory"
 BROKER = "atlas-broker"
@@ -139,7 +148,23 @@ async def load_directory(
     }
     digest = hashlib.sha256(f"load|{new_revision}|{sha}".encode()).hexdigest()
     await append_entries(js, log_subject("d" + digest[:32]), [entry])
+    await ensure_party_consumers(js, directory)
     return result
+
+
+async def ensure_party_consumers(js: JetStreamContext, directory: Directory) -> int:
+    """Each organisation's durable consumers on its deliveries and receipts; how many were
+    made. Under the generated NATS configuration organisations may only use them."""
+    made = 0
+    for org in directory.organisations:
+        if org.kind == OrgKind.AUDITOR:
+            continue
+        for stream, name, subject in (
+            (DELIVERIES, f"rcv-{org.id}", f"atlas.deliver.{org.id}.*"),
+            (RECEIPTS, f"rct-{org.id}", f"atlas.receipt.{org.id}.*"),
+        ):
+            made += await ensure_durable(js, stream, name, subject)
+    return made
 
 
 def _entries(directory: Directory, org: str) -> tuple[PublicKeyEntry, ...]:

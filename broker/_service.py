@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import orjson
 import structlog
 from nats.js import JetStreamContext
@@ -41,6 +42,7 @@ from ._config import Settings
 from ._directory_store import DirectoryWatcher, fetch_directory
 from ._embedded import running_url
 from ._gc import frozen_startup
+from ._keyops import ensure_party_consumers
 from ._log import submission_outcome
 from ._metrics import BrokerMetrics
 from ._monitor import Monitor
@@ -181,6 +183,12 @@ async def run_router(
         if attach is not None:
             attach(router)
         await router.ensure_consumer()
+        try:
+            made = await ensure_party_consumers(js, (await fetch_directory(js)).directory)
+            if made:
+                log.info("router.party_consumers_made", count=made)
+        except DirectoryUnavailable:
+            pass  # none loaded yet: `directory load` makes them
         if ready is not None:
             ready.set()
         log.info("router.started", workers=settings.router.workers)
@@ -314,7 +322,11 @@ async def _publish_signed(
     while True:
         try:
             decided = await submission_outcome(js, signed.sid, sha)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        except (
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,  # nats-py's word for no responders
+        ) as exc:
             raise SubmissionError(
                 f"submission {signed.sid} is stored, but its outcome cannot be read from the "
                 f"LOG stream ({type(exc).__name__}): may this NATS user read the log? Leave "

@@ -727,14 +727,14 @@ def deploy_nats_config(
         "/var/lib/nats"
     ),
 ) -> None:
-    """nats-server configs with one nkey user per organisation and per-subject permissions.
+    """nats-server configs: one account and nkey per organisation, lent only its subjects.
 
     Every file is checked with `nats-server -t`. Seeds are written 0600 and reused when
     present; hand each organisation its own seed only.
     """
     import subprocess
 
-    from ._deploy import render_cluster, render_single, write_users
+    from ._deploy import render_cluster, render_single, route_password, write_users
     from ._directory_store import read_directory_file
     from ._embedded import find_nats_server
 
@@ -746,9 +746,14 @@ def deploy_nats_config(
         raise typer.Exit(1) from exc
     files: list[Path] = []
     if cluster:
+        secret = route_password(out_dir / "nkeys")
         for node in range(3):
             path = out_dir / f"nats-node{node + 1}.conf"
-            path.write_text(render_cluster(parsed, users, node=node, store_dir=store / f"n{node}"))
+            text = render_cluster(
+                parsed, users, node=node, store_dir=store / f"n{node}", route_secret=secret
+            )
+            path.write_text(text)
+            path.chmod(0o600)  # it holds the routes' password
             files.append(path)
     else:
         path = out_dir / "nats.conf"
@@ -764,8 +769,9 @@ def deploy_nats_config(
             raise typer.Exit(1)
         out.print(f"{path}: valid")
     out.print(
-        f"{len(users)} nkey users; seeds in {out_dir / 'nkeys'} (0600). Clients use "
-        'nats.nkey_seed_file and nats.inbox_prefix = "_INBOX.<org>".'
+        f"{len(users)} nkey users, each in an account of its own; seeds in "
+        f"{out_dir / 'nkeys'} (0600). Clients set nats.nkey_seed_file. Run `directory "
+        "load` with the broker's seed: it makes each organisation's consumers."
     )
 
 

@@ -1,9 +1,12 @@
 """Isolation enforced by nats-server itself, with the configuration generated from the
-directory: nobody reads another's deliveries, publishes for another member, or writes LOG."""
+directory: each organisation in an account of its own, lent only its own subjects. Nobody
+reads another's deliveries, publishes for another member, writes LOG, or makes the server
+write anywhere by naming a reply subject."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -11,27 +14,46 @@ from typing import Any
 
 import nats
 import nats.errors
+import orjson
 import pytest
 from nats.aio.client import Client as NATS
 
+from adapters import durable_pull
 from broker import EmbeddedNats
-from broker._bus import DELIVERIES, LOG, SUBMISSIONS, deliver_subject, ensure_streams
-from broker._deploy import _authorization, render_cluster, render_single, write_users
+from broker._bus import (
+    DELIVERIES,
+    LOG,
+    SUBMISSIONS,
+    deliver_subject,
+    ensure_streams,
+)
+from broker._checkpoint import ENTRIES_FILTER, read_stream
+from broker._config import Settings
+from broker._deploy import (
+    ORG_API_PREFIX,
+    render_accounts,
+    render_cluster,
+    render_single,
+    write_users,
+)
+from broker._directory_store import fetch_directory, store_directory
 from broker._embedded import find_nats_server
+from broker._keyops import ensure_party_consumers
+from broker._service import publish_bundle, receive, run_router
+from broker.errors import SubmissionError
+from tests.integration.helpers import bundle, indicator, wait_routed
+
+REFUSED = (nats.errors.Error, asyncio.TimeoutError)
 
 
-async def _login(url: str, seed: Path, org: str | None, errors: list[str]) -> NATS:
-    async def _on_error(exc: Exception) -> None:
-        errors.append(str(exc))
-
-    options: dict[str, Any] = {"inbox_prefix": f"_INBOX.{org}"} if org else {}
-    return await nats.connect(
-        url, nkeys_seed=str(seed), error_cb=_on_error, max_reconnect_attempts=1, **options
-    )
+async def _login(url: str, seed: Path) -> NATS:
+    return await nats.connect(url, nkeys_seed=str(seed), max_reconnect_attempts=1)
 
 
 @pytest.fixture
 async def secured(tmp_path: Path, make_community: Callable[..., Any]) -> Any:
+    """The generated accounts on a real server; the broker made the streams, the directory
+    and every organisation's consumers, as `directory load` does."""
     community = make_community()
     community.doc["organisations"].append(
         {"id": "audit-1", "name": "Auditor", "kind": "auditor", "keys": []}
@@ -39,10 +61,17 @@ async def secured(tmp_path: Path, make_community: Callable[..., Any]) -> Any:
     directory = community.directory()
     users = write_users(directory, tmp_path / "nkeys")
     server = EmbeddedNats(
-        tmp_path / "srv", publish_url=False, extra_config=_authorization(directory, users)
+        tmp_path / "srv", publish_url=False, extra_config=render_accounts(directory, users)
     )
     await server.start()
-    yield server, tmp_path / "nkeys"
+    broker = await _login(server.url, tmp_path / "nkeys" / "atlas-broker.nk")
+    js = broker.jetstream()
+    await ensure_streams(js)
+    await store_directory(js, directory)
+    await ensure_party_consumers(js, directory)
+    server.community = community  # type: ignore[attr-defined]
+    yield server, tmp_path / "nkeys", js
+    await broker.close()
     await server.stop()
 
 
@@ -56,7 +85,9 @@ def test_generated_configurations_pass_nats_server_check(
     for node in range(3):
         path = tmp_path / f"node{node + 1}.conf"
         path.write_text(
-            render_cluster(directory, users, node=node, store_dir=tmp_path / f"js{node}")
+            render_cluster(
+                directory, users, node=node, store_dir=tmp_path / f"js{node}", route_secret="s"
+            )
         )
         files.append(path)
     for path in files:
@@ -72,87 +103,154 @@ def test_generated_configurations_pass_nats_server_check(
         assert seed.stat().st_mode & 0o777 == 0o600
 
 
-async def test_a_partner_cannot_read_another_partners_deliveries(secured: Any) -> None:
-    server, seeds = secured
-    errors: list[str] = []
-    broker = await _login(server.url, seeds / "atlas-broker.nk", None, errors)
-    js = broker.jetstream()
-    await ensure_streams(js)
-    await js.publish(deliver_subject("lea-2", "a" * 32), b"sealed-for-lea-2")
-
-    intruder = await _login(server.url, seeds / "lea-1.nk", "lea-1", errors)
-    got: list[bytes] = []
+async def test_a_partner_reads_its_own_deliveries_and_nothing_of_another(secured: Any) -> None:
+    server, seeds, js = secured
+    await js.publish(deliver_subject("lea-1", "a" * 32), b"sealed-for-lea-1")
+    await js.publish(deliver_subject("lea-2", "b" * 32), b"sealed-for-lea-2")
+    partner = await _login(server.url, seeds / "lea-1.nk")
+    pjs = partner.jetstream(prefix=ORG_API_PREFIX)
+    seen: list[bytes] = []
 
     async def _collect(msg: Any) -> None:
-        got.append(msg.data)
+        seen.append(msg.data)
 
-    await intruder.subscribe("atlas.deliver.lea-2.>", cb=_collect)
-    ijs = intruder.jetstream()
-    with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
-        await ijs.add_consumer(
-            DELIVERIES,
-            durable_name="rcv-lea-2",
-            name="rcv-lea-2",
-            filter_subject="atlas.deliver.lea-2.*",
-            timeout=2,
-        )
-    with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
-        await ijs.add_consumer(
-            DELIVERIES,
-            durable_name="rcv-lea-1",
-            name="rcv-lea-1",
-            filter_subject="atlas.deliver.lea-2.*",
-            timeout=2,
-        )
-    await js.publish(deliver_subject("lea-2", "b" * 32), b"another")
-    await asyncio.sleep(0.5)
-    assert got == []
-    assert any("permissions violation" in e.lower() for e in errors), errors
-    # Its own consumer, with its own filter, it may create and read.
-    await ijs.add_consumer(
-        DELIVERIES,
-        durable_name="rcv-lea-1",
-        name="rcv-lea-1",
-        filter_subject="atlas.deliver.lea-1.*",
-        timeout=2,
-    )
-    await intruder.close()
-    await broker.close()
+    await partner.subscribe("atlas.deliver.>", cb=_collect)
+    sub = await durable_pull(pjs, DELIVERIES, "rcv-lea-1", "atlas.deliver.lea-1.*")
+    (msg,) = await sub.fetch(1, timeout=5)
+    assert msg.data == b"sealed-for-lea-1"
+    await msg.ack_sync()
+    assert (await js.consumer_info(DELIVERIES, "rcv-lea-1")).num_ack_pending == 0
+    assert (await fetch_directory(pjs)).directory.community.id == "test"
+    for attempt in (
+        pjs.consumer_info(DELIVERIES, "rcv-lea-2"),
+        pjs.add_consumer(DELIVERIES, durable_name="x", filter_subject="atlas.deliver.lea-2.*"),
+        pjs.get_msg(DELIVERIES, 2),
+        pjs.stream_info(DELIVERIES),
+    ):
+        with pytest.raises(REFUSED):
+            await asyncio.wait_for(attempt, 5)
+    await asyncio.sleep(0.3)
+    assert seen == []  # nothing of the broker's account reaches a subscription here
+    await partner.close()
 
 
 async def test_a_member_cannot_publish_for_another_member(secured: Any) -> None:
-    server, seeds = secured
-    errors: list[str] = []
-    broker = await _login(server.url, seeds / "atlas-broker.nk", None, errors)
-    js = broker.jetstream()
-    await ensure_streams(js)
-    member = await _login(server.url, seeds / "bank-a.nk", "bank-a", errors)
-    mjs = member.jetstream()
-    with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+    server, seeds, js = secured
+    member = await _login(server.url, seeds / "bank-a.nk")
+    mjs = member.jetstream(prefix=ORG_API_PREFIX)
+    with pytest.raises(REFUSED):
         await mjs.publish("atlas.submit.bank-b", b"forged", timeout=2)
     ack = await mjs.publish("atlas.submit.bank-a", b"own", timeout=2)
     assert ack.stream == SUBMISSIONS
     assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
     await member.close()
-    await broker.close()
 
 
-async def test_nobody_but_the_broker_writes_log(secured: Any) -> None:
-    server, seeds = secured
-    errors: list[str] = []
-    broker = await _login(server.url, seeds / "atlas-broker.nk", None, errors)
-    js = broker.jetstream()
-    await ensure_streams(js)
+async def test_nobody_but_the_broker_writes_log_and_the_auditor_reads_it(secured: Any) -> None:
+    server, seeds, js = secured
     for org in ("bank-a", "lea-1", "audit-1"):
-        client = await _login(server.url, seeds / f"{org}.nk", org, errors)
-        with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
-            await client.jetstream().publish("atlas.log.entries.x.0", b"{}", timeout=2)
+        client = await _login(server.url, seeds / f"{org}.nk")
+        with pytest.raises(REFUSED):
+            await client.jetstream(prefix=ORG_API_PREFIX).publish(
+                "atlas.log.entries.x.0", b"{}", timeout=2
+            )
         await client.close()
     assert (await js.stream_info(LOG)).state.messages == 0
-    # The auditor can read LOG.
     await js.publish("atlas.log.entries.y.0", b'{"v":1}')
-    auditor = await _login(server.url, seeds / "audit-1.nk", "audit-1", errors)
-    info = await auditor.jetstream().stream_info(LOG)
-    assert info.state.messages == 1
+    auditor = await _login(server.url, seeds / "audit-1.nk")
+    ajs = auditor.jetstream(prefix=ORG_API_PREFIX)
+    assert (await ajs.stream_info(LOG)).state.messages == 1
+    read = [msg.data async for msg in read_stream(ajs, ENTRIES_FILTER)]
+    assert read == [b'{"v":1}']
+    with pytest.raises(REFUSED):
+        await asyncio.wait_for(ajs.purge_stream(LOG), 5)
     await auditor.close()
-    await broker.close()
+
+
+async def test_a_reply_subject_makes_the_server_write_nothing_in_the_brokers_account(
+    secured: Any,
+) -> None:
+    """nats-server does not check a reply subject against permissions, and JetStream
+    answers a request there. In one account, a pull on one's own consumer with the reply
+    `$JS.API.STREAM.DELETE.LOG` deleted LOG (found by a probe); across accounts every
+    answer stays in the requester's account."""
+    server, seeds, js = secured
+    before = {name: (await js.stream_info(name)).state.messages for name in (LOG, SUBMISSIONS)}
+    directory = await fetch_directory(js)
+    partner = await _login(server.url, seeds / "lea-1.nk")
+    member = await _login(server.url, seeds / "bank-a.nk")
+    pull = f"{ORG_API_PREFIX}.CONSUMER.MSG.NEXT.DELIVERIES.rcv-lea-1"
+    for reply in (
+        "$JS.API.STREAM.DELETE.LOG",
+        "$JS.API.STREAM.PURGE.SUBMISSIONS",
+        "$JS.API.CONSUMER.DELETE.DELIVERIES.rcv-lea-2",
+        "atlas.log.entries.forged.0",
+        "atlas.log.checkpoints",
+        "atlas.submit.bank-b",
+        "$KV.atlas_directory.directory",
+    ):
+        await partner.publish(pull, b'{"no_wait":true}', reply=reply)
+        await partner.publish("$JS.API.STREAM.INFO.KV_atlas_directory", b"", reply=reply)
+        await member.publish("atlas.submit.bank-a", b"own", reply=reply)
+    await partner.flush()
+    await member.flush()
+    await asyncio.sleep(0.5)
+    assert (await js.stream_info(LOG)).state.messages == before[LOG]
+    assert (await js.stream_info(SUBMISSIONS)).state.messages == before[SUBMISSIONS] + 7
+    assert (await js.consumer_info(DELIVERIES, "rcv-lea-2")).name == "rcv-lea-2"
+    assert (await fetch_directory(js)).revision == directory.revision
+    await partner.close()
+    await member.close()
+
+
+async def test_a_member_publishes_and_a_partner_receives_through_the_generated_accounts(
+    secured: Any, settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The real CLI paths (publish_bundle, receive) as organisations: their nkey and the
+    API prefix their account is lent; the router runs as the broker."""
+    server, seeds, js = secured
+    community = server.community
+    broker_settings = settings_for(community, server.url)
+    ready = asyncio.Event()
+    router = asyncio.create_task(
+        run_router(js, broker_settings, signing_key=community.broker_key, ready=ready)
+    )
+
+    def as_org(org: str) -> Settings:
+        nats_cfg = broker_settings.nats.model_copy(
+            update={"nkey_seed_file": seeds / f"{org}.nk", "api_prefix": ORG_API_PREFIX}
+        )
+        return broker_settings.model_copy(
+            update={"nats": nats_cfg, "data_dir": tmp_path / f"data-{org}"}
+        )
+
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        path = tmp_path / "b.json"
+        path.write_bytes(orjson.dumps(bundle(indicator("amber"))))
+        published = await publish_bundle(
+            as_org("bank-a"),
+            path,
+            org="bank-a",
+            key_path=community.sign_key("bank-a"),
+            to=("org:lea-1",),
+        )
+        await wait_routed(js, 1)
+        stats = await receive(
+            as_org("lea-1"),
+            org="lea-1",
+            key_paths=[community.enc_key("lea-1")],
+            out_dir=tmp_path / "inbox",
+            once=True,
+        )
+        assert stats.received == 1 and stats.quarantined == 0
+        assert (tmp_path / "inbox" / f"{published.sid}.json").exists()
+        # A member may not read LOG: publish --wait says so, its submission stored.
+        with pytest.raises(SubmissionError, match="its outcome cannot be read from the LOG"):
+            await publish_bundle(
+                as_org("bank-a"), path, org="bank-a", key_path=community.sign_key("bank-a"), wait=5
+            )
+    finally:
+        router.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await router
