@@ -139,7 +139,16 @@ async def fetch_directory(js: JetStreamContext) -> ResolvedDirectory:
 
 
 def _decode(raw: bytes, revision: int) -> ResolvedDirectory:
-    directory = Directory.from_mapping(orjson.loads(raw))
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DirectoryError(
+            f"the stored directory (revision {revision}) is not JSON ({exc}): load it again "
+            "with `atlas-broker directory load FILE`"
+        ) from exc
+    if not isinstance(doc, dict):
+        raise DirectoryError(f"the stored directory (revision {revision}) is not a JSON object")
+    directory = Directory.from_mapping(doc)
     return resolve(directory, revision)
 
 
@@ -155,6 +164,8 @@ class DirectoryWatcher:
         self._js = js
         self._interval = interval
         self._current: ResolvedDirectory | None = None
+        self._refused = -1
+        """The last revision found invalid (kept out, logged once)."""
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -183,9 +194,12 @@ class DirectoryWatcher:
         revision = int(entry.revision or 0)
         if self._current is not None and self._current.revision == revision:
             return
+        if revision == self._refused:
+            return  # said once; the last good directory stays in force
         try:
             self._current = _decode(entry.value or b"", revision)
         except DirectoryError as exc:
+            self._refused = revision
             log.error("directory.invalid", revision=revision, error=str(exc))
             return
         log.info("directory.applied", revision=revision)
