@@ -9,6 +9,7 @@ subjects its role needs, and nothing else exists in the organisation's account:
   only), send acknowledgements on ``atlas.ack.<org>``, and read the directory bucket;
 - members also publish on their own ``atlas.submit.<org>``;
 - auditors read LOG and WITNESS message by message (stream info and get);
+- a witness (``--witness NAME``) reads LOG and publishes its own cosignatures;
 - the broker's user, in ``ATLAS``, may do everything.
 
 Why accounts and not per-user permissions in one account: nats-server does not check a
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ __all__ = [
     "render_cluster",
     "render_single",
     "route_password",
+    "witness_exports",
     "write_users",
 ]
 
@@ -104,6 +106,18 @@ def _auditor() -> list[Export]:
     ]
 
 
+def witness_exports(name: str) -> list[Export]:
+    """A witness reads LOG (checkpoints, entries) and publishes its own cosignatures."""
+    from ._witness import cosignature_subject
+
+    return [
+        Export(f"{_API}.STREAM.INFO.LOG"),
+        Export(f"{_API}.STREAM.MSG.GET.LOG"),
+        Export(f"{_API}.STREAM.INFO.WITNESS"),
+        Export(cosignature_subject(name)),
+    ]
+
+
 def exports_for(directory: Directory, org: str) -> list[Export]:
     """What the broker's account lends one organisation's account."""
     found = directory.organisation(org)
@@ -117,8 +131,8 @@ def exports_for(directory: Directory, org: str) -> list[Export]:
     return exports
 
 
-def _account(org: str) -> str:
-    return f"ORG-{org}"
+def _account(party: str) -> str:
+    return f"ORG-{party}"
 
 
 def write_users(directory: Directory, out_dir: Path, extra: Iterable[str] = ()) -> list[NatsUser]:
@@ -146,19 +160,22 @@ def _q(text: str) -> str:
     return '"' + text + '"'
 
 
-def render_accounts(directory: Directory, users: list[NatsUser]) -> str:
-    """The ``accounts`` block: the broker's account and one per organisation."""
+def render_accounts(
+    directory: Directory, users: list[NatsUser], witnesses: Mapping[str, str] | None = None
+) -> str:
+    """The ``accounts`` block: the broker's account, one per organisation, and one per
+    witness (``witnesses``: NATS user name -> the witness's key name, ``--name``)."""
     by_name = {user.name: user for user in users}
     granted: dict[tuple[str, bool], list[str]] = {}
     imports: dict[str, list[Export]] = {}
     for org in directory.organisations:
-        if org.id not in by_name:
-            continue
-        imports[org.id] = exports_for(directory, org.id)
-        for export in imports[org.id]:
-            granted.setdefault((export.subject, export.stream_response), []).append(
-                _account(org.id)
-            )
+        if org.id in by_name:
+            imports[org.id] = exports_for(directory, org.id)
+    for user, name in (witnesses or {}).items():
+        imports[user] = witness_exports(name)
+    for party, exports in imports.items():
+        for export in exports:
+            granted.setdefault((export.subject, export.stream_response), []).append(_account(party))
     lines = ["accounts {", f"  {BROKER_ACCOUNT}: {{", "    jetstream: enabled"]
     lines.append(f"    users: [{{nkey: {_q(by_name[BROKER_USER].nkey)}}}]")
     lines.append("    exports: [")
@@ -204,6 +221,7 @@ def render_single(
     store_dir: Path,
     host: str = "127.0.0.1",
     port: int = 4222,
+    witnesses: Mapping[str, str] | None = None,
 ) -> str:
     """One node: JetStream with fsync on every write (no replica to recover from)."""
     return (
@@ -211,7 +229,7 @@ def render_single(
         f'listen: "{host}:{port}"\n'
         "max_payload: 1MB\n"
         f'jetstream {{\n  store_dir: "{store_dir}"\n  sync_interval: always\n}}\n'
-        + render_accounts(directory, users)
+        + render_accounts(directory, users, witnesses)
     )
 
 
@@ -225,6 +243,7 @@ def render_cluster(
     client_ports: tuple[int, int, int] = (4222, 4223, 4224),
     cluster_ports: tuple[int, int, int] = (6222, 6223, 6224),
     route_secret: str,
+    witnesses: Mapping[str, str] | None = None,
 ) -> str:
     """Node ``node`` (0-2) of a 3-node cluster; streams are created with R3 on it.
 
@@ -245,5 +264,5 @@ def render_cluster(
         f'jetstream {{\n  store_dir: "{store_dir}"\n}}\n'
         f'cluster {{\n  name: "atlas"\n  listen: "{hosts[node]}:{cluster_ports[node]}"\n'
         f'  authorization {{\n    user: "route"\n    password: "{route_secret}"\n  }}\n'
-        f"  routes: [{routes}]\n}}\n" + render_accounts(directory, users)
+        f"  routes: [{routes}]\n}}\n" + render_accounts(directory, users, witnesses)
     )

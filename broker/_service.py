@@ -55,6 +55,7 @@ from ._submission import (
     make_submission,
     over_size_limit,
 )
+from ._witness import ensure_witness_stream
 from .errors import BrokerError, ConfigError, DirectoryUnavailable, SubmissionError
 
 __all__ = [
@@ -170,6 +171,7 @@ async def run_router(
     ``attach`` is handed the router once built (the monitor reports its readiness).
     """
     await ensure_streams(js, streams_for(settings))
+    await ensure_witness_stream(js, replicas=settings.nats.replicas)  # witnesses may not
     async with DirectoryWatcher(js) as watcher:
         router = Router(
             js,

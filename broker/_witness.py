@@ -36,7 +36,7 @@ from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, CheckpointMessage, 
 from ._log import decode_chunk
 from ._merkle import Frontier, consistency_proof_from_frontier, leaf_hash, verify_consistency
 from ._note import Note, NoteSigner, NoteVerifier
-from .errors import LogIntegrityError, WitnessRefused
+from .errors import ConfigError, LogIntegrityError, WitnessRefused
 
 __all__ = [
     "WITNESS_STREAM",
@@ -59,6 +59,21 @@ def cosignature_subject(name: str) -> str:
 
 
 async def ensure_witness_stream(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Make the WITNESS stream; a witness that may not (its own NATS account, under the
+    generated configuration) only checks that the broker made it."""
+    try:
+        await _make_witness_stream(js, replicas)
+    except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+        try:
+            await js.stream_info(WITNESS_STREAM)
+        except nats.js.errors.NotFoundError as exc:
+            raise ConfigError(
+                "the WITNESS stream does not exist and this witness may not create it: "
+                "start `atlas-broker serve` first (it makes it)"
+            ) from exc
+
+
+async def _make_witness_stream(js: JetStreamContext, replicas: int) -> None:
     config = StreamConfig(
         name=WITNESS_STREAM,
         subjects=[WITNESS_FILTER],

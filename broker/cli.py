@@ -726,6 +726,14 @@ def deploy_nats_config(
     store: Annotated[Path, typer.Option(help="JetStream store folder on the server.")] = Path(
         "/var/lib/nats"
     ),
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A witness's key name (its `witness --name`); repeat for several. Each "
+            "gets an account and a seed nkeys/witness-<n>.nk: it reads LOG and publishes "
+            "only its own cosignatures."
+        ),
+    ] = None,
 ) -> None:
     """nats-server configs: one account and nkey per organisation, lent only its subjects.
 
@@ -740,7 +748,8 @@ def deploy_nats_config(
 
     try:
         parsed = read_directory_file(directory)
-        users = write_users(parsed, out_dir / "nkeys")
+        witnesses = {f"witness-{n}": name for n, name in enumerate(witness or [], start=1)}
+        users = write_users(parsed, out_dir / "nkeys", extra=witnesses)
     except ATLAS_ERRORS as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
@@ -750,14 +759,19 @@ def deploy_nats_config(
         for node in range(3):
             path = out_dir / f"nats-node{node + 1}.conf"
             text = render_cluster(
-                parsed, users, node=node, store_dir=store / f"n{node}", route_secret=secret
+                parsed,
+                users,
+                node=node,
+                store_dir=store / f"n{node}",
+                route_secret=secret,
+                witnesses=witnesses,
             )
             path.write_text(text)
             path.chmod(0o600)  # it holds the routes' password
             files.append(path)
     else:
         path = out_dir / "nats.conf"
-        path.write_text(render_single(parsed, users, store_dir=store))
+        path.write_text(render_single(parsed, users, store_dir=store, witnesses=witnesses))
         files.append(path)
     binary = str(find_nats_server())
     for path in files:

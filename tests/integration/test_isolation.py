@@ -27,7 +27,7 @@ from broker._bus import (
     deliver_subject,
     ensure_streams,
 )
-from broker._checkpoint import ENTRIES_FILTER, read_stream
+from broker._checkpoint import ENTRIES_FILTER, log_origin, read_stream
 from broker._config import Settings
 from broker._deploy import (
     ORG_API_PREFIX,
@@ -39,11 +39,15 @@ from broker._deploy import (
 from broker._directory_store import fetch_directory, store_directory
 from broker._embedded import find_nats_server
 from broker._keyops import ensure_party_consumers
+from broker._note import NoteVerifier
 from broker._service import publish_bundle, receive, run_router
+from broker._witness import WITNESS_STREAM, Witness, cosignature_subject, run_witness
 from broker.errors import SubmissionError
+from keys import PrivateKey
 from tests.integration.helpers import bundle, indicator, wait_routed
 
 REFUSED = (nats.errors.Error, asyncio.TimeoutError)
+WITNESSES = {"witness-1": "witness.example/w1"}
 
 
 async def _login(url: str, seed: Path) -> NATS:
@@ -59,9 +63,11 @@ async def secured(tmp_path: Path, make_community: Callable[..., Any]) -> Any:
         {"id": "audit-1", "name": "Auditor", "kind": "auditor", "keys": []}
     )
     directory = community.directory()
-    users = write_users(directory, tmp_path / "nkeys")
+    users = write_users(directory, tmp_path / "nkeys", extra=WITNESSES)
     server = EmbeddedNats(
-        tmp_path / "srv", publish_url=False, extra_config=render_accounts(directory, users)
+        tmp_path / "srv",
+        publish_url=False,
+        extra_config=render_accounts(directory, users, WITNESSES),
     )
     await server.start()
     broker = await _login(server.url, tmp_path / "nkeys" / "atlas-broker.nk")
@@ -211,6 +217,7 @@ async def test_a_member_publishes_and_a_partner_receives_through_the_generated_a
     server, seeds, js = secured
     community = server.community
     broker_settings = settings_for(community, server.url)
+    origin = log_origin(broker_settings.broker.id)
     ready = asyncio.Event()
     router = asyncio.create_task(
         run_router(js, broker_settings, signing_key=community.broker_key, ready=ready)
@@ -245,6 +252,25 @@ async def test_a_member_publishes_and_a_partner_receives_through_the_generated_a
         )
         assert stats.received == 1 and stats.quarantined == 0
         assert (tmp_path / "inbox" / f"{published.sid}.json").exists()
+        # The witness, in its own account, reads the broker's checkpoints and cosigns.
+        witness = Witness(
+            name=WITNESSES["witness-1"],
+            signing_key=PrivateKey.generate("Ed25519"),
+            log_keys=[NoteVerifier.from_public_key(origin, community.broker_key.public)],
+            state_path=tmp_path / "witness.state",
+            origin=origin,
+        )
+        wnc = await _login(server.url, seeds / "witness-1.nk")
+        wjs = wnc.jetstream(prefix=ORG_API_PREFIX)
+        async with asyncio.timeout(60):  # the checkpointer signs every 5 s
+            while not (await run_witness(wjs, witness, once=True)).cosigned:  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
+        assert (await js.stream_info(WITNESS_STREAM)).state.messages >= 1
+        with pytest.raises(REFUSED):
+            await wjs.publish(cosignature_subject("someone/else"), b"{}", timeout=2)
+        with pytest.raises(REFUSED):
+            await wjs.publish("atlas.log.checkpoints", b"{}", timeout=2)
+        await wnc.close()
         # A member may not read LOG: publish --wait says so, its submission stored.
         with pytest.raises(SubmissionError, match="its outcome cannot be read from the LOG"):
             await publish_bundle(
