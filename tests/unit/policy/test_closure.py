@@ -524,17 +524,22 @@ class TestTranslations:
         )
         return first, second
 
+    @staticmethod
+    def _translation(stix: Stix, of: dict[str, Any], **props: Any) -> dict[str, Any]:
+        return stix.sdo(
+            "language-content",
+            "clear",
+            object_ref=of["id"],
+            contents={"de": {"description": "ROT Geheimnis"}},
+            **props,
+        )
+
     def test_a_translation_of_a_withheld_version_is_withheld(
         self, stix: Stix, view_for: ViewFor
     ) -> None:
         first, second = self._versions(stix)
-        text = stix.sdo(
-            "language-content",
-            "clear",
-            object_ref=first["id"],
-            object_modified="2024-05-02T00:00:00Z",  # the RED version, written another way
-            contents={"de": {"description": "ROT Geheimnis"}},
-        )
+        # The RED version, its modified written another way.
+        text = self._translation(stix, first, object_modified="2024-05-02T00:00:00Z")
         view = view_for(bundle(first, second, text), "bank-b")
         assert ids_of(view) == {first["id"]}
         assert decision_for(view, text).reason == "ref-withheld"
@@ -545,13 +550,7 @@ class TestTranslations:
         self, stix: Stix, view_for: ViewFor
     ) -> None:
         first, second = self._versions(stix)
-        text = stix.sdo(
-            "language-content",
-            "clear",
-            object_ref=first["id"],
-            object_modified=first["modified"],
-            contents={"de": {"name": "m"}},
-        )
+        text = self._translation(stix, first, object_modified=first["modified"])
         view = view_for(bundle(first, second, text), "bank-b")
         assert ids_of(view) == {first["id"], text["id"]}
 
@@ -560,12 +559,7 @@ class TestTranslations:
         self, stix: Stix, view_for: ViewFor, spelling: str
     ) -> None:
         first, second = self._versions(stix)
-        text = stix.sdo(
-            "language-content",
-            "clear",
-            object_ref=first["id"],
-            contents={"de": {"description": "ROT Geheimnis"}},
-        )
+        text = self._translation(stix, first)
         if spelling == "upper-case id":
             kind, _, uid = first["id"].partition("--")
             text["object_ref"] = f"{kind}--{uid.upper()}"
