@@ -117,7 +117,10 @@ async def test_nothing_lost_when_the_whole_broker_restarts_with_work_in_flight(
         else:
             await serve.stop()
             # SIGTERM must end serve by itself (130, as Ctrl-C); -9 means the rig had to kill it.
-            assert serve.returncode == 130, f"serve ignored SIGTERM: exit {serve.returncode}"
+            assert serve.returncode == 130, (
+                f"serve ignored SIGTERM: exit {serve.returncode}; its last lines:\n"
+                + serve.tail(40)
+            )
             assert not (nats_dir / "url").exists()
         assert 0 < at_fault < total, f"no work in flight: {at_fault} of {total} packages"
 
