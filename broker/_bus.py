@@ -103,6 +103,8 @@ class Streams:
     deliveries_max_bytes: int = 8 * 1024**3
     max_msg_size: int = 1024 * 1024
     replicas: int = 1
+    receipts_max_msg_size: int = 64 * 1024
+    """Receipts, acknowledgements and notices are a few KB."""
 
 
 def _file_stream(name: str, subjects: list[str], replicas: int, **limits: Any) -> StreamConfig:
@@ -134,6 +136,10 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             streams.replicas,
             max_age=streams.submissions_max_age,
             max_msg_size=streams.max_msg_size,
+            # Organisations write SUBMISSIONS and RECEIPTS themselves: capped, one of them
+            # cannot fill the store LOG and DELIVERIES need (found by a probe).
+            max_bytes=streams.deliveries_max_bytes // 2,
+            discard=DiscardPolicy.NEW,  # refuse new submissions, never drop stored ones
         ),
         _file_stream(DELIVERIES, ["atlas.deliver.*.*"], streams.replicas, **kept),
         # Plaintext views of recipients that read over TAXII (directory: taxii_read).
@@ -145,6 +151,9 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             ["atlas.receipt.*.*", "atlas.ack.*", "atlas.notice.*"],
             streams.replicas,
             max_age=streams.deliveries_max_age,
+            max_bytes=streams.deliveries_max_bytes // 8,
+            max_msg_size=streams.receipts_max_msg_size,
+            discard=DiscardPolicy.NEW,
         ),
         _file_stream(
             LOG,
@@ -197,7 +206,8 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             "maximum on its store's disk (on every replica), and grants JetStream 75% of "
             "the free space unless max_file_store says otherwise; an account's limits "
             "also count. Free disk space, lower nats.stream_max_bytes (DELIVERIES and "
-            "VIEWS each keep that much), or raise the server's or account's limit"
+            "VIEWS each keep that much, SUBMISSIONS half, RECEIPTS an eighth), or raise "
+            "the server's or account's limit"
         ) from exc
 
 

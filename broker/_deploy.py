@@ -18,7 +18,15 @@ request by publishing to that reply subject inside the account. With one account
 user allowed one JetStream request (a pull on its own consumer) could name a stream
 subject as the reply and have the server write into LOG, or name an API subject and have
 it delete a stream. Across accounts, every answer goes back into the requester's own
-account, where no stream listens and no API runs.
+account, where no stream or API listens; it can reach the broker's account again only
+through that organisation's own imports (its submit or ack subject), which it may publish
+to anyway.
+
+Each organisation's account is capped (``ORG_MAX_CONNECTIONS``, ``ORG_MAX_SUBSCRIPTIONS``),
+and the streams an organisation writes to are capped in bytes (SUBMISSIONS, RECEIPTS; see
+``_bus.ensure_streams``), so that one organisation cannot exhaust the server or its store
+for the others. What remains: nats-server has no rate limit per account, so a flood of
+requests from one organisation's connections still costs the server CPU.
 
 The consumers are made by ``directory load`` and by ``serve`` (``ensure_party_consumers``):
 an organisation may not create consumers, whose configuration could aim deliveries
@@ -59,6 +67,11 @@ ORG_API_PREFIX = "atlas.api"
 ``$JS.API`` itself in an account without JetStream is answered by the server, "not
 enabled"."""
 _API = "$JS.API"
+ORG_MAX_CONNECTIONS = 16
+"""Connections of one organisation's account: a receive bridge, a publisher, an audit job
+use one each; the server's limit is shared by every account."""
+ORG_MAX_SUBSCRIPTIONS = 1000
+PULL_ANSWER_WITHIN = "30s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +193,13 @@ def render_accounts(
     lines.append(f"    users: [{{nkey: {_q(by_name[BROKER_USER].nkey)}}}]")
     lines.append("    exports: [")
     for (subject, stream), accounts in sorted(granted.items()):
-        kind = ", response_type: stream" if stream else ""
+        # A pull's answers come within its 1 s wait: its response mapping need not live the
+        # default 2 minutes (a flood of pulls with fresh reply subjects piles them up).
+        kind = (
+            f", response_type: stream, response_threshold: {_q(PULL_ANSWER_WITHIN)}"
+            if stream
+            else ""
+        )
         names = ", ".join(_q(a) for a in sorted(accounts))
         lines.append(f"      {{service: {_q(subject)}{kind}, accounts: [{names}]}}")
     lines += ["    ]", "  }"]
@@ -188,6 +207,10 @@ def render_accounts(
         lines.append(f"  # {org_id}")
         lines.append(f"  {_q(_account(org_id))}: {{")
         lines.append(f"    users: [{{nkey: {_q(by_name[org_id].nkey)}}}]")
+        lines.append(
+            f"    limits: {{max_connections: {ORG_MAX_CONNECTIONS}, "
+            f"max_subscriptions: {ORG_MAX_SUBSCRIPTIONS}}}"
+        )
         lines.append("    imports: [")
         for export in exports:
             local = export.subject

@@ -14,6 +14,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
@@ -31,6 +32,7 @@ from broker._checkpoint import ENTRIES_FILTER, log_origin, read_stream
 from broker._config import Settings
 from broker._deploy import (
     ORG_API_PREFIX,
+    ORG_MAX_CONNECTIONS,
     render_accounts,
     render_cluster,
     render_single,
@@ -280,3 +282,24 @@ async def test_a_member_publishes_and_a_partner_receives_through_the_generated_a
         router.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await router
+
+
+async def test_one_organisation_cannot_exhaust_the_server_or_the_store(secured: Any) -> None:
+    """Its account's connections are capped, and what it may write is capped in size."""
+    server, seeds, js = secured
+    clients = [await _login(server.url, seeds / "lea-1.nk") for _ in range(ORG_MAX_CONNECTIONS)]
+    try:
+        with pytest.raises(nats.errors.Error, match="maximum account active connections"):
+            await nats.connect(
+                server.url, nkeys_seed=str(seeds / "lea-1.nk"), allow_reconnect=False
+            )
+        other = await _login(server.url, seeds / "lea-2.nk")  # others still get in
+        await other.close()
+        pjs = clients[0].jetstream(prefix=ORG_API_PREFIX)
+        with pytest.raises(nats.js.errors.APIError):
+            await pjs.publish("atlas.ack.lea-1", b"x" * (100 * 1024), timeout=5)
+        info = await js.stream_info("RECEIPTS")
+        assert info.config.max_bytes and info.config.max_bytes > 0
+    finally:
+        for client in clients:
+            await client.close()

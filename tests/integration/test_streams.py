@@ -9,7 +9,15 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
-from broker._bus import DELIVERIES, LOG, SUBMISSIONS, Streams, ensure_streams, log_subject
+from broker._bus import (
+    DELIVERIES,
+    LOG,
+    RECEIPTS,
+    SUBMISSIONS,
+    Streams,
+    ensure_streams,
+    log_subject,
+)
 from broker._embedded import EmbeddedNats
 from broker.errors import ConfigError
 
@@ -58,10 +66,12 @@ async def test_names_the_setting_when_the_server_cannot_reserve_a_stream(
             js = nc.jetstream()
             with pytest.raises(ConfigError, match=r"nats\.stream_max_bytes") as caught:
                 await ensure_streams(js, Streams(deliveries_max_bytes=1024**3))
-            assert "DELIVERIES" in str(caught.value)
+            assert "no room for stream SUBMISSIONS (536,870,912 bytes" in str(caught.value)
             await ensure_streams(js, Streams(deliveries_max_bytes=64 * 1024**2))
             info = await js.stream_info(DELIVERIES)
             assert info.config.max_bytes == 64 * 1024**2
+            for name, share in ((SUBMISSIONS, 2), (RECEIPTS, 8)):
+                assert (await js.stream_info(name)).config.max_bytes == 64 * 1024**2 // share
         finally:
             await nc.close()
 
