@@ -12,6 +12,7 @@ stored waits (nak with delay); one that does not verify is quarantined, never ke
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,10 +115,15 @@ class ReceiptKeeper:
             backoff.reset()
 
     async def handle(self, msg: Msg) -> None:
-        sid = msg.subject.rsplit(".", 1)[-1]
-        if not SID_RE.match(sid):
-            # Never a file name: the subject is not signed and could hold "/" or "..".
-            await self._reject(msg, "no-sid", "not a submission id")
+        # The subject names the package (``atlas.receipt.<org>.<package id>``): an id only
+        # its recipient knows, so nobody else can ask the stream about that subject. The
+        # submission is read from the receipt's entry, and checked below against the
+        # package stored under it: an entry naming another submission does not match.
+        pkg = msg.subject.rsplit(".", 1)[-1]
+        sid = _submission_of(msg.data)
+        if not PKG_RE.match(pkg) or sid is None:
+            # Never a file name: neither is signed, and either could hold "/" or "..".
+            await self._reject(msg, "no-sid", "not a receipt of a package and submission")
             return
         meta_path = self._state / "packages" / f"{sid}.json"
         if not meta_path.exists():
@@ -132,6 +138,9 @@ class ReceiptKeeper:
             package = (meta["jti"], meta["aud"], meta["jwe_sha256"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             await self._reject(msg, sid, f"the stored package record {meta_path} is damaged: {exc}")
+            return
+        if package[0] != pkg:
+            await self._reject(msg, sid, "the receipt's subject names another package")
             return
         try:
             entry = self._check(msg.data, *package)
@@ -168,6 +177,20 @@ class ReceiptKeeper:
         )
         log.error("receipt.rejected", sub=name, error=error, detail=detail)
         await msg.ack_sync()
+
+
+PKG_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
+"""A package id (``jti``): base64url, never a path."""
+
+
+def _submission_of(data: bytes) -> str | None:
+    """The submission id in a receipt's entry, if it has one of the right form."""
+    try:
+        entry = orjson.loads(orjson.loads(data)["entry"])
+        sid = entry["src"]["submission"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return sid if isinstance(sid, str) and SID_RE.match(sid) else None
 
 
 def _size_of(checkpoint: str) -> int:

@@ -88,8 +88,11 @@ def view_subject(recipient: str, submission: str) -> str:
     return f"atlas.view.{recipient}.{submission}"
 
 
-def receipt_subject(recipient: str, submission: str) -> str:
-    return f"atlas.receipt.{recipient}.{submission}"
+def receipt_subject(recipient: str, package: str) -> str:
+    """Named by the package id, which only its recipient knows: a submission id would let
+    another recipient of it ask the stream whether this one got it too (an expected
+    last-subject-sequence header on its own publish answers that)."""
+    return f"atlas.receipt.{recipient}.{package}"
 
 
 def log_subject(submission: str) -> str:

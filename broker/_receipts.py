@@ -2,7 +2,7 @@
 
 - :class:`ReceiptPublisher` follows the signed checkpoints; for every delivery entry a new
   checkpoint covers, it publishes the recipient's receipt (index, entry, inclusion proof,
-  checkpoint) on ``atlas.receipt.<recipient>.<submission>``, once per subject. It works
+  checkpoint) on ``atlas.receipt.<recipient>.<package id>``, once per subject. It works
   from the checkpoint messages and LOG alone, so any broker process can run it and a
   restart resumes where its durable consumer stopped.
 - The receive bridge verifies a receipt against the package it opened, keeps it beside the
@@ -123,11 +123,10 @@ class ReceiptPublisher:
                 "receipts.range_mismatch", expected=cp.size - cp.prev_size, found=len(entries)
             )
             return
-        for rcpt, _pkg, receipt in receipts_for(cp.note, frontier, entries):
-            sid = orjson.loads(receipt.entry).get("src", {}).get("submission", "")
+        for rcpt, pkg, receipt in receipts_for(cp.note, frontier, entries):
             try:
                 await self._js.publish(
-                    receipt_subject(rcpt, sid), receipt.encode(), headers=dict(EXPECT_NEW_SUBJECT)
+                    receipt_subject(rcpt, pkg), receipt.encode(), headers=dict(EXPECT_NEW_SUBJECT)
                 )
                 self.published += 1
             except nats.js.errors.BadRequestError as exc:

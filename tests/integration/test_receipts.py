@@ -108,11 +108,12 @@ async def test_a_tampered_receipt_is_rejected_and_not_kept(
 
     await _until(_receipt_out)
     # A forged receipt for the same package, published ahead of the genuine one's retry.
-    genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{sid}")
+    pkg = orjson.loads((out / ".atlas" / "packages" / f"{sid}.json").read_bytes())["jti"]
+    genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{pkg}")
     forged = orjson.loads(genuine.data)
     forged["index"] += 1
     await js.purge_stream(RECEIPTS)
-    await js.publish(f"atlas.receipt.lea-1.{sid}", orjson.dumps(forged))
+    await js.publish(f"atlas.receipt.lea-1.{pkg}", orjson.dumps(forged))
     stats = await receive(
         settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
     )
@@ -121,7 +122,42 @@ async def test_a_tampered_receipt_is_rejected_and_not_kept(
     assert len(list((out / ".atlas" / "quarantine").glob(f"receipt-{sid}-*.json"))) == 1
 
 
-async def test_a_receipt_whose_subject_is_no_submission_id_is_quarantined(
+async def test_a_receipt_under_another_packages_name_is_quarantined(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+    out = tmp_path / "lea-1"
+    await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
+    )
+    pkg = orjson.loads((out / ".atlas" / "packages" / f"{sid}.json").read_bytes())["jti"]
+
+    async def _receipt_out() -> bool:
+        return (
+            await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
+        ).state.messages >= 1
+
+    await _until(_receipt_out)
+    genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{pkg}")
+    await js.purge_stream(RECEIPTS)
+    await js.publish("atlas.receipt.lea-1.AAAAAAAAAAAAAAAAAAAAAA", genuine.data)
+    stats = await receive(
+        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
+    )
+    assert stats.receipts == 0
+    (kept,) = (out / ".atlas" / "quarantine").glob(f"receipt-{sid}-*.json")
+    assert (
+        orjson.loads(kept.read_bytes())["detail"] == "the receipt's subject names another package"
+    )
+
+
+async def test_a_receipt_whose_subject_is_no_package_id_is_quarantined(
     js: JetStreamContext,
     make_community: Callable[..., Any],
     running_router: Any,
@@ -145,7 +181,7 @@ async def test_a_receipt_whose_subject_is_no_submission_id_is_quarantined(
 
     assert stats.receipts == 0
     kept = out / ".atlas" / "quarantine" / f"receipt-no-sid-{ack.seq}.json"
-    assert orjson.loads(kept.read_bytes())["detail"] == "not a submission id"
+    assert orjson.loads(kept.read_bytes())["detail"] == "not a receipt of a package and submission"
 
 
 async def test_an_acknowledgement_with_absurd_numbers_is_refused_and_the_broker_goes_on(
