@@ -33,6 +33,7 @@ from policy import Directory, DirectoryError, OrgKind, PublicKeyEntry
 from ._bus import DELIVERIES, DIRECTORY_BUCKET, RECEIPTS, log_subject
 from ._directory_store import resolve
 from ._log import append_entries, timestamp
+from ._witness import ensure_witness_stream
 
 __all__ = [
     "DirectoryLoad",
@@ -149,6 +150,7 @@ async def load_directory(
     digest = hashlib.sha256(f"load|{new_revision}|{sha}".encode()).hexdigest()
     await append_entries(js, log_subject("d" + digest[:32]), [entry])
     await ensure_party_consumers(js, directory)
+    await ensure_witness_stream(js)
     return result
 
 

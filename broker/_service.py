@@ -25,6 +25,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from adapters import ReceiptKeeper, Receiver, ReceiveStats, supervised
+from adapters._consumer import Backoff
 from keys import (
     BrokerKeyring,
     KeyFileError,
@@ -171,7 +172,6 @@ async def run_router(
     ``attach`` is handed the router once built (the monitor reports its readiness).
     """
     await ensure_streams(js, streams_for(settings))
-    await ensure_witness_stream(js, replicas=settings.nats.replicas)  # witnesses may not
     async with DirectoryWatcher(js) as watcher:
         router = Router(
             js,
@@ -185,16 +185,11 @@ async def run_router(
         if attach is not None:
             attach(router)
         await router.ensure_consumer()
-        try:
-            made = await ensure_party_consumers(js, (await fetch_directory(js)).directory)
-            if made:
-                log.info("router.party_consumers_made", count=made)
-        except DirectoryUnavailable:
-            pass  # none loaded yet: `directory load` makes them
         if ready is not None:
             ready.set()
         log.info("router.started", workers=settings.router.workers)
         async with asyncio.TaskGroup() as group:
+            group.create_task(_provide_for_parties(js, settings), name="party-resources")
             # Exactly one checkpointer is active across broker processes (a lease in KV);
             # the others stand by and take over when it stops.
             origin = log_origin(settings.broker.id)
@@ -251,6 +246,25 @@ async def serve(settings: Settings, *, on_monitor: Callable[[str], None] | None 
                     ),
                     name="router",
                 )
+
+
+async def _provide_for_parties(js: JetStreamContext, settings: Settings) -> None:
+    """What organisations and witnesses may use but not make under the generated NATS
+    configuration: the WITNESS stream and each organisation's consumers (``directory
+    load`` makes them too). Off the start path: a server still recovering its store after a
+    crash must not hold the router back."""
+    backoff = Backoff()
+    while True:
+        try:
+            await ensure_witness_stream(js, replicas=settings.nats.replicas)
+            made = await ensure_party_consumers(js, (await fetch_directory(js)).directory)
+            if made:
+                log.info("router.party_consumers_made", count=made)
+            return
+        except DirectoryUnavailable:
+            return  # none loaded yet: `directory load` makes them
+        except (nats.errors.Error, OSError) as exc:
+            await backoff.wait("router.party_resources_failed", exc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,7 +186,10 @@ class Proc:
                 raise AssertionError(f"{self.name} exited ({self.returncode}):\n{self.tail()}")
             return len(self.events(name, run=self.runs)) >= count
 
-        await until(_seen, within=within, what=f"{name} from {self.name}", every=0.1)
+        try:
+            await until(_seen, within=within, what=f"{name} from {self.name}", every=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its last lines:\n{self.tail(40)}") from None
 
     @property
     def returncode(self) -> int | None:

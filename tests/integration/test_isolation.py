@@ -43,7 +43,13 @@ from broker._embedded import find_nats_server
 from broker._keyops import ensure_party_consumers
 from broker._note import NoteVerifier
 from broker._service import publish_bundle, receive, run_router
-from broker._witness import WITNESS_STREAM, Witness, cosignature_subject, run_witness
+from broker._witness import (
+    WITNESS_STREAM,
+    Witness,
+    cosignature_subject,
+    ensure_witness_stream,
+    run_witness,
+)
 from broker.errors import SubmissionError
 from keys import PrivateKey
 from tests.integration.helpers import bundle, indicator, wait_routed
@@ -77,6 +83,7 @@ async def secured(tmp_path: Path, make_community: Callable[..., Any]) -> Any:
     await ensure_streams(js)
     await store_directory(js, directory)
     await ensure_party_consumers(js, directory)
+    await ensure_witness_stream(js)
     server.community = community  # type: ignore[attr-defined]
     yield server, tmp_path / "nkeys", js
     await broker.close()
@@ -289,10 +296,12 @@ async def test_one_organisation_cannot_exhaust_the_server_or_the_store(secured: 
     server, seeds, js = secured
     clients = [await _login(server.url, seeds / "lea-1.nk") for _ in range(ORG_MAX_CONNECTIONS)]
     try:
+        refused = NATS()
         with pytest.raises(nats.errors.Error, match="maximum account active connections"):
-            await nats.connect(
+            await refused.connect(
                 server.url, nkeys_seed=str(seeds / "lea-1.nk"), allow_reconnect=False
             )
+        await refused.close()  # its transport too: a later test's GC must not meet it
         other = await _login(server.url, seeds / "lea-2.nk")  # others still get in
         await other.close()
         pjs = clients[0].jetstream(prefix=ORG_API_PREFIX)
