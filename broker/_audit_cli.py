@@ -172,6 +172,8 @@ def register(
         for problem in sorted(result.problems, key=lambda p: (p.index is None, p.index or 0))[:20]:
             where = "" if problem.index is None else f"index {problem.index}: "
             err.print(f"[red]✘[/] {where}{problem.message}", highlight=False, soft_wrap=True)
+        if result.deliveries_unreadable:
+            err.print(f"[yellow]⚠[/] {escape(result.deliveries_unreadable)}", highlight=False)
         if result.ok:
             out.print(f"[bold green]✔[/] {result.summary()}", highlight=False, soft_wrap=True)
             if result.unverified_tail:

@@ -47,6 +47,9 @@ class VerifyResult:
     cosignatures: dict[str, int] = field(default_factory=dict)
     deliveries_checked: int = 0
     deliveries_pending: int = 0
+    deliveries_unreadable: str | None = None
+    """Why DELIVERIES could not be compared with the log (this NATS user may not read it:
+    an auditor under the generated configuration); None when it was, or was not asked."""
     problems: list[Problem] = field(default_factory=list)
 
     @property

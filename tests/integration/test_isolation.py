@@ -21,6 +21,7 @@ from nats.aio.client import Client as NATS
 
 from adapters import durable_pull
 from broker import EmbeddedNats
+from broker._audit_jobs import verify_log
 from broker._bus import (
     DELIVERIES,
     LOG,
@@ -41,6 +42,7 @@ from broker._deploy import (
 from broker._directory_store import fetch_directory, store_directory
 from broker._embedded import find_nats_server
 from broker._keyops import ensure_party_consumers
+from broker._logcopy import LiveLog
 from broker._note import NoteVerifier
 from broker._service import publish_bundle, receive, run_router
 from broker._witness import (
@@ -280,6 +282,17 @@ async def test_a_member_publishes_and_a_partner_receives_through_the_generated_a
         with pytest.raises(REFUSED):
             await wjs.publish("atlas.log.checkpoints", b"{}", timeout=2)
         await wnc.close()
+        # The auditor verifies the live log through its account; DELIVERIES it may not read.
+        anc = await _login(server.url, seeds / "audit-1.nk")
+        ajs = anc.jetstream(prefix=ORG_API_PREFIX)
+        log_key = NoteVerifier.from_public_key(origin, community.broker_key.public)
+        result = await verify_log(LiveLog(ajs), log_keys=[log_key], deliveries=ajs)
+        assert result.ok, result.summary()
+        assert result.entries > 0 and result.checkpoints > 0
+        assert result.deliveries_unreadable and "DELIVERIES is not readable" in str(
+            result.deliveries_unreadable
+        )
+        await anc.close()
         # A member may not read LOG: publish --wait says so, its submission stored.
         with pytest.raises(SubmissionError, match="its outcome cannot be read from the LOG"):
             await publish_bundle(
