@@ -88,6 +88,32 @@ async def test_every_delivered_package_gets_a_verified_receipt_and_a_logged_ack(
     assert result.ok, result.summary()
 
 
+async def _first_receipt(
+    js: JetStreamContext, community: Any, settings: Any, tmp_path: Path
+) -> tuple[Callable[[], Any], Path, str, str, bytes]:
+    """lea-1 received one package and its genuine receipt was published, then taken off the
+    stream: (receive again, lea-1's folder, submission id, package id, the receipt)."""
+    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+    out = tmp_path / "lea-1"
+
+    def _receive() -> Any:
+        key = [community.enc_key("lea-1")]
+        return receive(settings, org="lea-1", key_paths=key, out_dir=out, once=True, js=js)
+
+    await _receive()
+    pkg = orjson.loads((out / ".atlas" / "packages" / f"{sid}.json").read_bytes())["jti"]
+
+    async def _receipt_out() -> bool:
+        receipts = await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
+        return receipts.state.messages >= 1
+
+    await _until(_receipt_out)
+    genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{pkg}")
+    await js.purge_stream(RECEIPTS)
+    return _receive, out, sid, pkg, genuine.data or b""
+
+
 async def test_a_tampered_receipt_is_rejected_and_not_kept(
     js: JetStreamContext,
     make_community: Callable[..., Any],
@@ -96,27 +122,12 @@ async def test_a_tampered_receipt_is_rejected_and_not_kept(
 ) -> None:
     community = make_community()
     settings = await running_router(community)
-    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
-    await wait_routed(js, 1)
-    out = tmp_path / "lea-1"
-    await receive(
-        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
-    )
-
-    async def _receipt_out() -> bool:
-        return (await js.stream_info(RECEIPTS)).state.messages >= 2
-
-    await _until(_receipt_out)
+    again, out, sid, pkg, genuine = await _first_receipt(js, community, settings, tmp_path)
     # A forged receipt for the same package, published ahead of the genuine one's retry.
-    pkg = orjson.loads((out / ".atlas" / "packages" / f"{sid}.json").read_bytes())["jti"]
-    genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{pkg}")
-    forged = orjson.loads(genuine.data)
+    forged = orjson.loads(genuine)
     forged["index"] += 1
-    await js.purge_stream(RECEIPTS)
     await js.publish(f"atlas.receipt.lea-1.{pkg}", orjson.dumps(forged))
-    stats = await receive(
-        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
-    )
+    stats = await again()
     assert stats.receipts == 0
     assert not (out / ".atlas" / "receipts" / f"{sid}.json").exists()
     assert len(list((out / ".atlas" / "quarantine").glob(f"receipt-{sid}-*.json"))) == 1
@@ -130,31 +141,13 @@ async def test_a_receipt_under_another_packages_name_is_quarantined(
 ) -> None:
     community = make_community()
     settings = await running_router(community)
-    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
-    await wait_routed(js, 1)
-    out = tmp_path / "lea-1"
-    await receive(
-        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
-    )
-    pkg = orjson.loads((out / ".atlas" / "packages" / f"{sid}.json").read_bytes())["jti"]
-
-    async def _receipt_out() -> bool:
-        return (
-            await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
-        ).state.messages >= 1
-
-    await _until(_receipt_out)
-    genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{pkg}")
-    await js.purge_stream(RECEIPTS)
-    await js.publish("atlas.receipt.lea-1.AAAAAAAAAAAAAAAAAAAAAA", genuine.data)
-    stats = await receive(
-        settings, org="lea-1", key_paths=[community.enc_key("lea-1")], out_dir=out, once=True, js=js
-    )
+    again, out, sid, _, genuine = await _first_receipt(js, community, settings, tmp_path)
+    await js.publish("atlas.receipt.lea-1.AAAAAAAAAAAAAAAAAAAAAA", genuine)
+    stats = await again()
     assert stats.receipts == 0
     (kept,) = (out / ".atlas" / "quarantine").glob(f"receipt-{sid}-*.json")
-    assert (
-        orjson.loads(kept.read_bytes())["detail"] == "the receipt's subject names another package"
-    )
+    detail = orjson.loads(kept.read_bytes())["detail"]
+    assert detail == "the receipt's subject names another package"
 
 
 async def test_a_receipt_whose_subject_is_no_package_id_is_quarantined(
