@@ -7,6 +7,7 @@ context, a submit function, key material).
 from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
 from ._consumer import (
     cancel_and_wait,
+    check_cancelled,
     durable_pull,
     ensure_durable,
     keep_in_progress,
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_write",
     "cancel_and_wait",
     "check_bundle",
+    "check_cancelled",
     "durable_pull",
     "ensure_durable",
     "keep_in_progress",

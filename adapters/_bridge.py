@@ -43,7 +43,14 @@ from keys import (
     open_package,
 )
 
-from ._consumer import TRANSIENT_NATS, Backoff, cancel_and_wait, durable_pull, keep_in_progress
+from ._consumer import (
+    TRANSIENT_NATS,
+    Backoff,
+    cancel_and_wait,
+    check_cancelled,
+    durable_pull,
+    keep_in_progress,
+)
 from ._errors import BridgeError
 
 __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
@@ -197,6 +204,7 @@ class Receiver:
         backoff = Backoff()
         try:
             while True:
+                check_cancelled()
                 try:
                     try:
                         msgs = await sub.fetch(self._batch, timeout=1.0)

@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 from keys import PrivateKey, jws_sign
 
 from ._bridge import SID_RE, atomic_write
-from ._consumer import TRANSIENT_NATS, Backoff, durable_pull
+from ._consumer import TRANSIENT_NATS, Backoff, check_cancelled, durable_pull
 from ._errors import BridgeError
 
 __all__ = ["ReceiptKeeper", "ReceiptStats"]
@@ -86,6 +86,7 @@ class ReceiptKeeper:
         backoff = Backoff()
         try:
             while True:
+                check_cancelled()
                 try:
                     try:
                         msgs = await sub.fetch(16, timeout=0.5)
@@ -107,6 +108,7 @@ class ReceiptKeeper:
     async def run(self) -> None:
         backoff = Backoff()
         while True:
+            check_cancelled()
             try:
                 await self.drain()
             except TRANSIENT_NATS as exc:  # binding the consumer failed: NATS unreachable

@@ -38,6 +38,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from adapters import check_cancelled
+
 from ._bus import CHECKPOINT_SUBJECT, LOG
 from ._merkle import HASH_SIZE, Frontier, consistency_proof_from_frontier, verify_consistency
 from ._note import Checkpoint, NoteSigner, NoteVerifier, OpenedCheckpoint, open_checkpoint
@@ -283,6 +285,7 @@ async def read_stream(
     expected = 1
     try:
         while True:
+            check_cancelled()
             try:
                 msgs = await sub.fetch(batch, timeout=1.0)
             except TimeoutError:  # nats-py raises the builtin one too (batched fetch)

@@ -32,6 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.kv import KeyValue
 
+from adapters import check_cancelled
 from keys import PrivateKey
 
 from ._bus import LOG
@@ -163,6 +164,7 @@ class Checkpointer:
         lease: _Lease | None = None
         backoff = 0.1
         while True:
+            check_cancelled()
             try:
                 if lease is None:
                     lease = _Lease(await self._lease_bucket(), self._holder, self._lease_ttl)
@@ -237,6 +239,7 @@ class Checkpointer:
         expected = 1
         try:
             while True:
+                check_cancelled()
                 await lease.keep()
                 if sub is None:
                     sub = await self._subscribe(state.log_seq + 1)

@@ -22,7 +22,7 @@ import tomli_w
 from rich.console import Console
 from rich.table import Table
 
-from adapters import ReceiveStats
+from adapters import ReceiveStats, check_cancelled
 from adapters._taxii import collections_for, set_secret
 from keys import PrivateKey, generate_org_keys, load_private_key
 from policy import Directory
@@ -253,6 +253,7 @@ async def _wait_routed(js: Any, count: int) -> None:
     """Poll the router's consumer: the server has no event for 'all acknowledged'."""
     async with asyncio.timeout(30):
         while True:
+            check_cancelled()
             info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
             if (
                 info.num_pending == 0
@@ -309,6 +310,7 @@ async def _verify(js: Any, root: Path, count: int, console: Console) -> bool:
     """Wait for a signed checkpoint covering the whole log, then audit it as an outsider."""
     async with asyncio.timeout(30):
         while True:
+            check_cancelled()
             snap = await LiveLog(js).snapshot()
             if (snap.expected_entries or 0) >= count:
                 break

@@ -20,7 +20,7 @@ import orjson
 import structlog
 from nats.js import JetStreamContext
 
-from adapters import cancel_and_wait
+from adapters import cancel_and_wait, check_cancelled
 from keys import BrokerKeyring, InvalidKey, PublicKey
 from policy import Directory, DirectoryError, PublicKeyEntry
 
@@ -207,6 +207,7 @@ class DirectoryWatcher:
 
     async def _poll(self) -> None:
         while True:
+            check_cancelled()
             await asyncio.sleep(self._interval)
             try:
                 await self.refresh()

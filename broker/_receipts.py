@@ -28,7 +28,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from adapters import BridgeError, durable_pull
+from adapters import BridgeError, check_cancelled, durable_pull
 from keys import PackageError, jws_verify
 
 from ._bus import LOG, RECEIPTS, log_subject, receipt_subject
@@ -55,6 +55,7 @@ async def _follow(
     sub = await durable_pull(js, stream, name, subject)
     try:
         while True:
+            check_cancelled()
             try:
                 msgs = await sub.fetch(1, timeout=1.0)
             except TimeoutError:  # nats-py raises the builtin one too (batched fetch)

@@ -39,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 import policy
-from adapters import cancel_and_wait, keep_in_progress, supervised
+from adapters import cancel_and_wait, check_cancelled, keep_in_progress, supervised
 from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, SerializedView, seal
 from policy import BundleRejected, View
 
@@ -190,6 +190,7 @@ class Router:
         backoff = 0.1
         try:
             while True:
+                check_cancelled()
                 try:
                     # One at a time: nats-py's batched fetch holds the first message back
                     # until the batch fills or the pull expires (up to 1 s of latency).

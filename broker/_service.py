@@ -24,7 +24,7 @@ import orjson
 import structlog
 from nats.js import JetStreamContext
 
-from adapters import ReceiptKeeper, Receiver, ReceiveStats, supervised
+from adapters import ReceiptKeeper, Receiver, ReceiveStats, check_cancelled, supervised
 from adapters._consumer import Backoff
 from keys import (
     BrokerKeyring,
@@ -255,6 +255,7 @@ async def _provide_for_parties(js: JetStreamContext, settings: Settings) -> None
     crash must not hold the router back."""
     backoff = Backoff()
     while True:
+        check_cancelled()
         try:
             await ensure_witness_stream(js, replicas=settings.nats.replicas)
             made = await ensure_party_consumers(js, (await fetch_directory(js)).directory)
@@ -336,6 +337,7 @@ async def _publish_signed(
     sha = hashlib.sha256(signed.token).hexdigest()
     deadline = time.monotonic() + wait
     while True:
+        check_cancelled()
         try:
             decided = await submission_outcome(js, signed.sid, sha)
         except (
@@ -431,6 +433,7 @@ class BrokerRing:
 
     async def follow(self) -> None:
         while True:
+            check_cancelled()
             await asyncio.sleep(self._interval)
             try:
                 await self.refresh()

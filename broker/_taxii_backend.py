@@ -38,6 +38,7 @@ import orjson
 import structlog
 from nats.js import JetStreamContext
 
+from adapters import check_cancelled
 from adapters._taxii import (
     CollectionInfo,
     ObjectIndex,
@@ -410,6 +411,7 @@ class NatsTaxiiBackend:
         async with lock:
             subject = f"atlas.view.{reader}.*"
             while True:
+                check_cancelled()
                 try:
                     msg = await self._js.get_msg(
                         VIEWS, seq=index.last_seq + 1, subject=subject, next=True

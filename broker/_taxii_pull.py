@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from nats.js import JetStreamContext
 
+from adapters import check_cancelled
 from adapters._taxii._client import open_collection
 from adapters._taxii._poller import Poller, PullError, PullStats, Unsignable
 
@@ -85,6 +86,7 @@ async def pull_member(
         failures = 0
         try:
             while True:
+                check_cancelled()
                 try:
                     stats = await poller.pull_once()
                 except PullError as exc:

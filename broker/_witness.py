@@ -29,6 +29,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
+from adapters import check_cancelled
 from keys import PrivateKey
 
 from ._bus import ensure_stream
@@ -266,6 +267,7 @@ async def run_witness(
     # cosignature whose publish failed before a restart (deduplicated by its message id).
     next_seq = witness.state.checkpoint_seq if witness.state is not None else 1
     while True:
+        check_cancelled()
         try:
             async for msg in read_stream(js, CHECKPOINT_SUBJECT, start_seq=next_seq):
                 seq = msg.metadata.sequence.stream

@@ -21,6 +21,7 @@ from broker._config import Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
 from broker._service import run_router, streams_for
+from broker.cli import await_chain
 from keys import PrivateKey, generate_org_keys, load_private_key
 from policy import Directory
 
@@ -185,7 +186,24 @@ async def running_router(
         return settings
 
     yield _start
+    await stop_within(tasks, seconds=30)
+
+
+async def stop_within(tasks: list[asyncio.Task[Any]], *, seconds: float) -> None:
+    """Cancel ``tasks`` and wait for them; fail naming where every task waits if they
+    have not stopped within ``seconds`` (a hang in teardown becomes a readable error)."""
     for task in tasks:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=seconds)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    if pending:
+        chains = "\n".join(
+            f"task {t.get_name()}:\n" + "".join(f"  {line}\n" for line in await_chain(t))
+            for t in asyncio.all_tasks()
+            if t is not asyncio.current_task()
+        )
+        pytest.fail(f"{len(pending)} task(s) still running {seconds} s after cancel:\n{chains}")

@@ -1,14 +1,16 @@
-"""``cancel_and_wait`` stops a helper task without swallowing the caller's own cancellation."""
+"""Stopping tasks: ``cancel_and_wait`` keeps the caller's own cancellation, ``supervised``
+restarts what ended cancelled unasked, ``check_cancelled`` stops a loop whose cancel was lost."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from adapters import cancel_and_wait, supervised
+from adapters import cancel_and_wait, check_cancelled, supervised
 
 WIND_DOWN = 0.2
 
@@ -115,3 +117,46 @@ async def test_supervised_reports_a_job_that_failed() -> None:
 
     with pytest.raises(ValueError, match="broken"):
         await supervised("job", job)
+
+
+async def _turns_after_a_lost_cancel(check: Callable[[], None]) -> int:
+    """A loop around ``asyncio.wait_for`` is cancelled in the very turn its awaited result
+    arrives (what happens to nats-py's ``next_msg`` under traffic); how many more turns it
+    runs, ``check()`` being called at the top of each."""
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[asyncio.Future[int]] = asyncio.Queue()
+    turns_after = 0
+
+    async def worker() -> None:
+        nonlocal turns_after
+        while True:
+            check()
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                turns_after += 1
+                if turns_after == 3:
+                    return
+            result: asyncio.Future[int] = loop.create_future()
+            arrived.put_nowait(result)
+            await asyncio.wait_for(result, 5)
+
+    task = asyncio.create_task(worker())
+    async with asyncio.timeout(5):
+        result = await arrived.get()
+        result.set_result(1)  # the result and the cancel reach the worker together
+        task.cancel()
+        while not task.done():
+            if not arrived.empty():
+                (await arrived.get()).set_result(1)
+            await asyncio.sleep(0)
+    return turns_after
+
+
+async def test_check_cancelled_stops_a_loop_whose_cancel_a_library_dropped() -> None:
+    assert await _turns_after_a_lost_cancel(check_cancelled) == 0
+
+
+async def test_without_the_check_the_loop_carries_on_before_python_3_12() -> None:
+    """The control: Python 3.11's ``wait_for`` returns the result and drops the cancel, so
+    the loop would run on for ever; 3.12 rebuilt ``wait_for`` and raises."""
+    turns = await _turns_after_a_lost_cancel(lambda: None)
+    assert turns == (3 if sys.version_info < (3, 12) else 0)
