@@ -820,5 +820,11 @@ _register_status_command()
 
 
 def main() -> None:
-    with contextlib.suppress(BrokenPipeError):
-        app()
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            app()
+    except ATLAS_ERRORS as exc:
+        # A command that runs no job (``run`` catches these itself), e.g. ``taxii passwd``
+        # given an id that is not one: the same one clear line as every other command.
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(1)

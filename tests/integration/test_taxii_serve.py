@@ -145,6 +145,22 @@ class TestStartupFailures:
         assert "Traceback" not in result.stderr
         assert "taxii passwd" in result.stderr  # says what to do, before connecting to NATS
 
+    @pytest.mark.timeout(60)
+    def test_passwd_refuses_an_id_that_is_not_one_in_one_line(self, tmp_path: Path) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "broker", "taxii", "passwd", "--org", "Bad Org.*"],
+            capture_output=True,
+            text=True,
+            timeout=50,
+            cwd=tmp_path,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+        assert "'Bad Org.*' is not a valid organisation id" in result.stderr
+        assert result.stdout == ""  # no secret printed
+        assert not list(tmp_path.rglob("*.toml"))  # nothing stored
+
     def test_listening_socket_is_tcp_when_bound_by_us(self) -> None:
         # asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP;
         # without it each small response waited ~40 ms for the client's delayed ACK.
