@@ -455,6 +455,20 @@ def _receipt_check(ring: BrokerRing, settings: Settings) -> Any:
     return _check
 
 
+async def _check_party(js: JetStreamContext, org: str) -> None:
+    """Refuse an ``--org`` the community directory does not name: a typo would otherwise
+    wait on (or drain) a consumer nobody delivers to, and report success."""
+    try:
+        directory = (await fetch_directory(js)).directory
+    except DirectoryUnavailable:
+        return  # the broker keys' refresh says what is missing, or --broker-jwks stands in
+    if directory.organisation(org) is None:
+        raise ConfigError(
+            f"--org {org!r} is not an organisation of the community directory; "
+            "check the id (`atlas-broker keys list` shows the directory's organisations)"
+        )
+
+
 async def receive(
     settings: Settings,
     *,
@@ -480,6 +494,7 @@ async def receive(
     pinned = read_jwks(broker_jwks) if broker_jwks else None
 
     async def _run(js: JetStreamContext) -> ReceiveStats:
+        await _check_party(js, org)
         ring = BrokerRing(js, pinned)
         await ring.refresh()
         if pinned is None:

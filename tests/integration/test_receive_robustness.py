@@ -85,6 +85,23 @@ async def test_an_org_that_cannot_be_one_is_refused_naming_it(
         )
 
 
+async def test_an_org_the_directory_does_not_name_is_refused(
+    js: JetStreamContext, routed: tuple[Community, Settings], tmp_path: Path
+) -> None:
+    """A typo in --org used to drain a consumer nobody delivers to and report success."""
+    community, settings = routed
+    with pytest.raises(ConfigError, match="'lea-9' is not an organisation of the community"):
+        await receive(
+            settings,
+            org="lea-9",
+            key_paths=[community.enc_key("lea-1")],
+            out_dir=tmp_path / "out",
+            once=True,
+            js=js,
+        )
+    assert not (tmp_path / "out").exists()
+
+
 async def test_publish_reads_no_further_than_the_size_limit(
     make_community: Callable[..., Any], tmp_path: Path
 ) -> None:
