@@ -312,6 +312,7 @@ async def _read_by_get(
     """``read_stream`` one stored message at a time (``STREAM.MSG.GET``, next by subject)."""
     seq, count = start, 0
     while seq <= last:
+        check_cancelled()
         try:
             raw = await js.get_msg(stream, seq, subject=subject, next=True)
         except nats.js.errors.NotFoundError:

@@ -277,9 +277,10 @@ async def _receipts(
     its receipts; the acknowledgements become log entries."""
     packages = sum(s.received for s in results.values())
     async with asyncio.timeout(30):
-        while (  # noqa: ASYNC110 - polls server state
+        while (
             await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
         ).state.messages < packages:
+            check_cancelled()  # the timeout's own cancel, should a NATS call drop it
             await asyncio.sleep(0.2)
     kept = sum(s.receipts for s in results.values())  # those already there on first receive
     for org, stats in results.items():
@@ -297,7 +298,8 @@ async def _receipts(
         )
         kept += again.receipts
     async with asyncio.timeout(30):
-        while len([r async for r in read_log(js) if r.entry["type"] == "receipt"]) < kept:  # noqa: ASYNC110
+        while len([r async for r in read_log(js) if r.entry["type"] == "receipt"]) < kept:
+            check_cancelled()
             await asyncio.sleep(0.2)
     console.print(
         f"receipts: {kept} of {packages} packages have a verified inclusion proof, "
