@@ -8,9 +8,11 @@ from ._bridge import DiskReplayGuard, Receiver, ReceiveStats, atomic_write
 from ._consumer import (
     cancel_and_wait,
     check_cancelled,
+    delivery_consumer,
     durable_pull,
     ensure_durable,
     keep_in_progress,
+    receipt_consumer,
     supervised,
 )
 from ._errors import AdapterError, BridgeError, TaxiiProtocolError
@@ -31,10 +33,12 @@ __all__ = [
     "cancel_and_wait",
     "check_bundle",
     "check_cancelled",
+    "delivery_consumer",
     "durable_pull",
     "ensure_durable",
     "keep_in_progress",
     "parse_bundle",
     "parse_json",
+    "receipt_consumer",
     "supervised",
 ]

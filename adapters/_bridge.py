@@ -44,10 +44,12 @@ from keys import (
 )
 
 from ._consumer import (
+    DELIVERIES,
     TRANSIENT_NATS,
     Backoff,
     cancel_and_wait,
     check_cancelled,
+    delivery_consumer,
     durable_pull,
     keep_in_progress,
 )
@@ -57,7 +59,6 @@ __all__ = ["DiskReplayGuard", "ReceiveStats", "Receiver", "atomic_write"]
 
 log = structlog.get_logger()
 
-DELIVERIES = "DELIVERIES"
 HOLD_DELAY = 30.0
 """Seconds before a held package (see above) is delivered again."""
 PUSH_RETRY = 30.0
@@ -187,12 +188,11 @@ class Receiver:
 
     @property
     def consumer(self) -> str:
-        return f"rcv-{self._org}"
+        return delivery_consumer(self._org).name
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
-        return await durable_pull(
-            self._js, DELIVERIES, self.consumer, f"atlas.deliver.{self._org}.*"
-        )
+        mine = delivery_consumer(self._org)
+        return await durable_pull(self._js, mine.stream, mine.name, mine.filter_subject)
 
     async def pending(self) -> int:
         info = await self._js.consumer_info(DELIVERIES, self.consumer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -15,17 +16,46 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 __all__ = [
+    "DELIVERIES",
+    "RECEIPTS",
     "TRANSIENT_NATS",
     "Backoff",
+    "PartyConsumer",
     "cancel_and_wait",
     "check_cancelled",
+    "delivery_consumer",
     "durable_pull",
     "ensure_durable",
     "keep_in_progress",
+    "receipt_consumer",
     "supervised",
 ]
 
 log = structlog.get_logger()
+
+DELIVERIES = "DELIVERIES"
+RECEIPTS = "RECEIPTS"
+
+
+@dataclass(frozen=True, slots=True)
+class PartyConsumer:
+    """A durable consumer the broker makes for an organisation, which only binds to it."""
+
+    stream: str
+    name: str
+    filter_subject: str
+
+
+def delivery_consumer(org: str) -> PartyConsumer:
+    """``org``'s packages: made by the broker, granted by the generated NATS configuration,
+    bound by the receive bridge, all three from here."""
+    return PartyConsumer(DELIVERIES, f"rcv-{org}", f"atlas.deliver.{org}.*")
+
+
+def receipt_consumer(org: str) -> PartyConsumer:
+    """``org``'s receipts (inclusion proofs of its packages)."""
+    return PartyConsumer(RECEIPTS, f"rct-{org}", f"atlas.receipt.{org}.*")
+
 
 TRANSIENT_NATS = (nats.errors.Error, OSError)
 """What a long-running consumer waits out: no connection, a timeout, a leader moving (503)."""

@@ -28,14 +28,20 @@ from nats.js import JetStreamContext
 from keys import PrivateKey, jws_sign
 
 from ._bridge import SID_RE, atomic_write
-from ._consumer import TRANSIENT_NATS, Backoff, check_cancelled, durable_pull
+from ._consumer import (
+    RECEIPTS,
+    TRANSIENT_NATS,
+    Backoff,
+    check_cancelled,
+    durable_pull,
+    receipt_consumer,
+)
 from ._errors import BridgeError
 
 __all__ = ["ReceiptKeeper", "ReceiptStats"]
 
 log = structlog.get_logger()
 
-RECEIPTS = "RECEIPTS"
 ACK_TYP = "atlas-ack+jws"
 Checker = Callable[[bytes, str, str, str], dict[str, Any]]
 """(receipt bytes, jti, aud, jwe_sha256) -> the logged entry; raises BridgeError."""
@@ -70,10 +76,11 @@ class ReceiptKeeper:
 
     @property
     def consumer(self) -> str:
-        return f"rct-{self._org}"
+        return receipt_consumer(self._org).name
 
     async def _subscription(self) -> JetStreamContext.PullSubscription:
-        return await durable_pull(self._js, RECEIPTS, self.consumer, f"atlas.receipt.{self._org}.*")
+        mine = receipt_consumer(self._org)
+        return await durable_pull(self._js, mine.stream, mine.name, mine.filter_subject)
 
     async def drain(self) -> ReceiptStats:
         """Handle every receipt that is there now (``receive --once``).

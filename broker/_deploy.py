@@ -44,6 +44,7 @@ from pathlib import Path
 
 import nkeys
 
+from adapters import delivery_consumer, receipt_consumer
 from policy import Directory, OrgKind
 
 from .errors import ConfigError
@@ -92,7 +93,8 @@ class Export:
 def _recipient(org: str) -> list[Export]:
     out: list[Export] = []
     # The broker made these consumers with their filters: nothing here can set one.
-    for stream, consumer in (("DELIVERIES", f"rcv-{org}"), ("RECEIPTS", f"rct-{org}")):
+    for mine in (delivery_consumer(org), receipt_consumer(org)):
+        stream, consumer = mine.stream, mine.name
         out += [
             Export(f"{_API}.CONSUMER.INFO.{stream}.{consumer}"),
             Export(f"{_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}", stream_response=True),

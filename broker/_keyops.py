@@ -26,11 +26,11 @@ import nats.js.errors
 import orjson
 from nats.js import JetStreamContext
 
-from adapters import ensure_durable
+from adapters import delivery_consumer, ensure_durable, receipt_consumer
 from keys import InvalidKey, PublicKey
 from policy import Directory, DirectoryError, OrgKind, PublicKeyEntry
 
-from ._bus import DELIVERIES, DIRECTORY_BUCKET, RECEIPTS, log_subject
+from ._bus import DIRECTORY_BUCKET, log_subject
 from ._directory_store import resolve
 from ._log import append_entries, timestamp
 from ._witness import ensure_witness_stream
@@ -161,11 +161,8 @@ async def ensure_party_consumers(js: JetStreamContext, directory: Directory) -> 
     for org in directory.organisations:
         if org.kind == OrgKind.AUDITOR:
             continue
-        for stream, name, subject in (
-            (DELIVERIES, f"rcv-{org.id}", f"atlas.deliver.{org.id}.*"),
-            (RECEIPTS, f"rct-{org.id}", f"atlas.receipt.{org.id}.*"),
-        ):
-            made += await ensure_durable(js, stream, name, subject)
+        for mine in (delivery_consumer(org.id), receipt_consumer(org.id)):
+            made += await ensure_durable(js, mine.stream, mine.name, mine.filter_subject)
     return made
 
 
