@@ -100,13 +100,15 @@ def _recipient(org: str) -> list[Export]:
             Export(f"{_API}.CONSUMER.MSG.NEXT.{stream}.{consumer}", stream_response=True),
             Export(f"$JS.ACK.{stream}.{consumer}.>"),
         ]
-    out += [
-        Export(f"atlas.ack.{org}"),
-        Export(f"{_API}.STREAM.INFO.KV_atlas_directory"),
-        Export(f"{_API}.STREAM.MSG.GET.KV_atlas_directory"),
-        Export(f"{_API}.DIRECT.GET.KV_atlas_directory.>"),
-    ]
-    return out
+    return [*out, Export(f"atlas.ack.{org}"), *_DIRECTORY_READS]
+
+
+_DIRECTORY_READS = (
+    Export(f"{_API}.STREAM.INFO.KV_atlas_directory"),
+    Export(f"{_API}.STREAM.MSG.GET.KV_atlas_directory"),
+    Export(f"{_API}.DIRECT.GET.KV_atlas_directory.>"),
+)
+"""Reading the community directory (a key-value bucket): recipients and auditors."""
 
 
 def _auditor() -> list[Export]:
@@ -115,9 +117,7 @@ def _auditor() -> list[Export]:
         Export(f"{_API}.STREAM.MSG.GET.LOG"),
         Export(f"{_API}.STREAM.INFO.WITNESS"),
         Export(f"{_API}.STREAM.MSG.GET.WITNESS"),
-        Export(f"{_API}.STREAM.INFO.KV_atlas_directory"),
-        Export(f"{_API}.STREAM.MSG.GET.KV_atlas_directory"),
-        Export(f"{_API}.DIRECT.GET.KV_atlas_directory.>"),
+        *_DIRECTORY_READS,
     ]
 
 
