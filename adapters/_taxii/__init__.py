@@ -7,7 +7,7 @@ implementation, tests and benchmarks the in-memory one.
 from ._app import create_app
 from ._auth import Credentials, CredentialsError, hash_secret, new_token, set_secret
 from ._cursor import CursorCodec, InvalidCursor
-from ._index import ObjectIndex, Query, format_ts, parse_ts, version_of
+from ._index import ObjectIndex, Query, format_ts, parse_ts, version_key, version_of
 from ._memory import MemoryBackend
 from ._port import (
     CollectionInfo,
@@ -44,5 +44,6 @@ __all__ = [
     "serve_http",
     "serve_socket",
     "set_secret",
+    "version_key",
     "version_of",
 ]

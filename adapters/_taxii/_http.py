@@ -14,7 +14,7 @@ import orjson
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
-from ._index import Query, parse_ts
+from ._index import Query, parse_ts, version_key
 
 __all__ = [
     "MAX_PAGE",
@@ -163,7 +163,7 @@ def parse_query(params: QueryParams, endpoint: str) -> tuple[Query, str | None]:
                 versions.add(value)
                 continue
             try:
-                versions.add(parse_ts(value))
+                versions.add(version_key(value))
             except ValueError as exc:
                 raise TaxiiHttpError(400, "Bad filter", f"'match[version]': {exc}") from None
     specs = _list(params, "match[spec_version]")

@@ -25,6 +25,7 @@ __all__ = [
     "Query",
     "format_ts",
     "parse_ts",
+    "version_key",
     "version_of",
     "versions_of",
 ]
@@ -34,7 +35,7 @@ POS_SHIFT = 20
 
 
 _CANONICAL = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?Z"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,19}))?Z"
 )
 
 
@@ -67,6 +68,27 @@ def parse_ts(text: str) -> str:
     return f"{year}-{month}-{day}T{hour}:{minute}:{second}.{micro}Z"
 
 
+@functools.lru_cache(maxsize=8192)
+def version_key(text: str) -> str:
+    """An object version as compared: ``parse_ts``, keeping the digits past the microsecond
+    when there are any (``…00.0000001Z``), else exactly ``parse_ts``.
+
+    STIX timestamps may be finer than microseconds, and versions that differ only there
+    are different versions: the router delivers both. Cut to microseconds, the second
+    was merged into the first, left out of ``/versions/``, and a request for it answered
+    with the other's content. Order keys with ``_order``, not as strings."""
+    stamp = parse_ts(text)
+    dot = text.find(".")
+    extra = text[dot + 1 : -1][6:].rstrip("0") if dot >= 0 else ""
+    return f"{stamp[:-1]}{extra}Z" if extra else stamp
+
+
+def _order(key: str) -> str:
+    """A version key without its ``Z``: then a shorter fraction sorts before a longer one
+    it starts, as ``.000000`` before ``.0000001`` (``Z`` sorts after every digit)."""
+    return key[:-1]
+
+
 class Entry(NamedTuple):
     """One stored object version. A tuple of atoms: cheap to build, and the garbage
     collector stops tracking it, which matters for collections of 100,000s of objects."""
@@ -76,7 +98,7 @@ class Entry(NamedTuple):
     id: str
     type: str
     version: str
-    """As compared (``format_ts``)."""
+    """As compared (``version_key``)."""
     spec_version: str
     raw: bytes
     written: str
@@ -107,7 +129,7 @@ class Page:
 
 
 def versions_of(obj: Mapping[str, Any], added: str) -> tuple[str, str]:
-    """An object's version as compared (``format_ts``) and as written in the object.
+    """An object's version as compared (``version_key``) and as written in the object.
 
     TAXII versions are ``modified`` (else ``created``, else the date added). Versions are
     compared as instants, so ``…00.000Z`` and ``…00Z`` are one version, but answered as the
@@ -117,7 +139,7 @@ def versions_of(obj: Mapping[str, Any], added: str) -> tuple[str, str]:
         value = obj.get(key)
         if isinstance(value, str):
             try:
-                return parse_ts(value), value
+                return version_key(value), value
             except ValueError:
                 continue
     return added, added
@@ -188,9 +210,9 @@ class ObjectIndex:
                 latest[object_id] = first[object_id] = i
             else:
                 self._later.setdefault(object_id, []).append(i)
-                if entries[latest[object_id]].version < version:
+                if _order(entries[latest[object_id]].version) < _order(version):
                     latest[object_id] = i
-                if entries[first[object_id]].version > version:
+                if _order(entries[first[object_id]].version) > _order(version):
                     first[object_id] = i
             new += 1
         return new

@@ -31,7 +31,7 @@ from taxii2client.v21 import Collection, as_pages
 
 from .._bridge import atomic_write
 from .._errors import AdapterError
-from ._index import format_ts, parse_ts, versions_of
+from ._index import format_ts, parse_ts, version_key, versions_of
 
 __all__ = ["Poller", "PullError", "PullStats", "Unsignable"]
 
@@ -84,6 +84,14 @@ def _just_before(ts: str) -> str:
 def _norm(ts: str) -> str:
     try:
         return parse_ts(ts)
+    except ValueError:
+        return ts
+
+
+def _norm_version(ts: str) -> str:
+    """A version as the index compares it (``version_key``): finer than microseconds kept."""
+    try:
+        return version_key(ts)
     except ValueError:
         return ts
 
@@ -169,7 +177,10 @@ class Poller:
                 for obj in found_objects if isinstance(found_objects, list) else []:
                     if not isinstance(obj, dict):
                         continue  # not an object: never one of those wanted
-                    key = (obj.get("id"), versions_of(obj, "")[0])  # as compared, like _norm
+                    key = (
+                        obj.get("id"),
+                        versions_of(obj, "")[0],
+                    )  # as compared, like _norm_version
                     if key in wanted:
                         found.setdefault(key, obj)
         return list(found.values())
@@ -252,14 +263,17 @@ class Poller:
                 m
                 for m in manifest
                 if _norm(m["date_added"]) > at
-                or (_norm(m["date_added"]) == at and (m["id"], _norm(m["version"])) not in seen)
+                or (
+                    _norm(m["date_added"]) == at
+                    and (m["id"], _norm_version(m["version"])) not in seen
+                )
             ]
         for chunk in self._chunks(manifest):
-            wanted = {(m["id"], _norm(m["version"])) for m in chunk}
+            wanted = {(m["id"], _norm_version(m["version"])) for m in chunk}
             objects = await self._remote(self._objects, query, wanted)
             newest = max((m["date_added"] for m in chunk), key=_norm)
             at_newest = {
-                (m["id"], _norm(m["version"]))
+                (m["id"], _norm_version(m["version"]))
                 for m in chunk
                 if _norm(m["date_added"]) == _norm(newest)
             }

@@ -520,6 +520,26 @@ class TestReads:
             found = self.get(client, f"objects/{obj['id']}/", **{"match[version]": spelling})
             assert [o["id"] for o in found.json()["objects"]] == [obj["id"]]
 
+    def test_versions_finer_than_microseconds_stay_apart(
+        self, client: AppClient, backend: MemoryBackend
+    ) -> None:
+        """Two versions 100 ns apart: the router delivers both, so both are listed, each
+        read by its own timestamp, and the later is the last."""
+        first = indicator("a", modified="2026-11-02T09:30:00.0000001Z")
+        second = {**first, "name": "b", "modified": "2026-11-02T09:30:00.0000002Z"}
+        plain = {**first, "name": "c", "modified": "2026-11-02T09:30:00Z"}
+        backend.add_view("lea-1", [second])
+        backend.add_view("lea-1", [first, plain])
+        versions = self.get(client, f"objects/{first['id']}/versions/").json()["versions"]
+        assert sorted(versions) == sorted(o["modified"] for o in (first, second, plain))
+        for obj in (first, second, plain):
+            found = self.get(client, f"objects/{obj['id']}/", **{"match[version]": obj["modified"]})
+            assert [o["name"] for o in found.json()["objects"]] == [obj["name"]]
+        last = self.get(client, f"objects/{first['id']}/").json()["objects"]
+        assert [o["name"] for o in last] == ["b"]
+        oldest = self.get(client, f"objects/{first['id']}/", **{"match[version]": "first"})
+        assert [o["name"] for o in oldest.json()["objects"]] == ["c"]
+
     def test_404_when_object_is_not_in_the_collection(self, client: AppClient) -> None:
         assert_taxii_error(self.get(client, f"objects/indicator--{uuid.uuid4()}/"), 404)
 

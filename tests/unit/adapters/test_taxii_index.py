@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters._taxii import ObjectIndex, Query, format_ts, parse_ts
+from adapters._taxii import ObjectIndex, Query, format_ts, parse_ts, version_key
 
 
 def _reference(text: str) -> str:
@@ -62,6 +62,18 @@ class TestParseTs:
     def test_value_error_when_fields_are_not_rfc_3339_digits(self, text: str) -> None:
         with pytest.raises(ValueError, match="not an RFC 3339 UTC timestamp"):
             parse_ts(text)
+
+    @pytest.mark.parametrize(
+        ("text", "key"),
+        [
+            ("2026-01-02T03:04:05Z", "2026-01-02T03:04:05.000000Z"),
+            ("2026-01-02T03:04:05.1234560000Z", "2026-01-02T03:04:05.123456Z"),
+            ("2026-01-02T03:04:05.0000001Z", "2026-01-02T03:04:05.0000001Z"),
+            ("2026-01-02t03:04:05.12345678900z", "2026-01-02T03:04:05.123456789Z"),
+        ],
+    )
+    def test_version_key_keeps_what_is_finer_than_microseconds(self, text: str, key: str) -> None:
+        assert version_key(text) == key
 
     def test_format_is_utc_and_fixed_width_when_zone_is_not_utc(self) -> None:
         moment = datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=timezone(timedelta(hours=2)))
