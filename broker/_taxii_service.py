@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 from nats.js import JetStreamContext
 
-from adapters._taxii import Credentials, HttpLimits, create_app, serve_http
+from adapters._taxii import Credentials, HttpLimits, create_app, is_loopback, serve_http
 from keys import PrivateKey
 
 from ._bus import ensure_streams, nats_session
@@ -98,6 +98,15 @@ async def run_taxii(
 
         def _started(url: str) -> None:
             log.info("taxii.started", url=url, api_root=f"{url}/{cfg.api_root}/")
+            if cfg.public_url is None and not is_loopback(cfg.host):
+                # Discovery then writes its URLs from each request's Host header: what a
+                # client asked for, not what this server is known as (nor, behind a proxy
+                # terminating TLS, with the scheme clients use).
+                log.warning(
+                    "taxii.public_url_unset",
+                    host=cfg.host,
+                    hint="set taxii.public_url to the URL clients reach this server at",
+                )
             if on_started is not None:
                 on_started(url)
 

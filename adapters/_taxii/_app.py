@@ -113,6 +113,12 @@ class _Server:
         self.title = title
 
     async def authenticate(self, request: Request) -> str:
+        values = request.headers.getlist("authorization")
+        if len(values) > 1 or any("," in value for value in values):
+            # A singleton field (RFC 9110 11.6.2), and no credentials of ours hold a comma:
+            # several (or several joined by a proxy) would let a proxy reading the last and
+            # this server the first disagree on who the caller is.
+            raise TaxiiHttpError(400, "Bad request", "send one Authorization header, not several")
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         user: str | None = None

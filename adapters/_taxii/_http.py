@@ -62,8 +62,12 @@ def taxii_response(
     body: object | bytes, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
+    # Answers carry TLP-marked intelligence and who may read it: no cache keeps them.
     return Response(
-        data, status_code=status, headers=dict(headers or {}), media_type=TAXII_MEDIA_TYPE
+        data,
+        status_code=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+        media_type=TAXII_MEDIA_TYPE,
     )
 
 

@@ -372,6 +372,10 @@ async def serve_socket(
         access_log=False,
         lifespan="off",
         server_header=False,
+        # X-Forwarded-* are not believed, from loopback either: the failed-login limits key
+        # on the peer's address, which any local process could otherwise name, and
+        # discovery's URLs come from taxii.public_url behind a proxy.
+        proxy_headers=False,
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{host}")

@@ -94,6 +94,22 @@ def _connect(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
+async def _who(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the peer address and scheme the app was given."""
+    body = f"{scope['client'][0]} {scope['scheme']}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_forwarded_headers_are_not_believed_from_loopback_either() -> None:
+    """The failed-login limits key on the peer's address: a local process naming another
+    client in X-Forwarded-For would escape them."""
+    async with _serving(app=_who) as (url, _):
+        headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        answer = await asyncio.to_thread(requests.get, f"{url}/", headers=headers, timeout=10)
+    assert answer.text == "127.0.0.1 http"
+
+
 class TestTimeouts:
     async def test_closes_a_connection_that_sends_nothing(self) -> None:
         async with _serving() as (_, port):

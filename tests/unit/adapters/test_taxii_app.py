@@ -169,6 +169,25 @@ class TestAuthentication:
         assert resp.status_code == 200
         assert resp.headers["content-type"] == MT
 
+    def test_400_when_authorization_is_sent_twice(self, client: AppClient) -> None:
+        """A proxy that read the last would see another caller than this server, which read
+        the first: both orders are refused."""
+        good, bad = basic("bank-a")["Authorization"], basic("bank-a", "bank-a.x")["Authorization"]
+        for pair in ((good, bad), (bad, good)):
+            resp = client.get(
+                "/taxii2/", headers=httpx.Headers([("Authorization", v) for v in pair])
+            )
+            body = assert_taxii_error(resp, 400)
+            assert "one Authorization header" in body["description"]
+
+    def test_answers_and_errors_are_not_to_be_cached(self, client: AppClient) -> None:
+        assert client.get("/taxii2/", headers=basic("bank-a")).headers["cache-control"] == (
+            "no-store"
+        )
+        refused = client.get("/taxii2/", headers=basic("bank-a", "bank-a.x"))
+        assert refused.status_code == 401
+        assert refused.headers["cache-control"] == "no-store"
+
     def test_repeated_failures_are_slowed_down_per_address_and_org(self, client: AppClient) -> None:
         for _ in range(10):
             assert_taxii_error(client.get("/taxii2/", headers=basic("bank-a", "bank-a.x")), 401)
