@@ -143,11 +143,13 @@ def parse_query(params: QueryParams, endpoint: str) -> tuple[Query, str | None]:
     if limit_text is not None:
         if (
             not (limit_text.isascii() and limit_text.isdigit())
-            or len(limit_text) > 9
+            or len(limit_text) > 64
             or int(limit_text) < 1
         ):
-            raise TaxiiHttpError(400, "Bad filter", "'limit' must be a positive integer")
-        limit = min(int(limit_text), MAX_PAGE)
+            raise TaxiiHttpError(
+                400, "Bad filter", "'limit' must be a positive integer (at most 64 digits)"
+            )
+        limit = min(int(limit_text), MAX_PAGE)  # past the largest page: the largest page
     added_after = _one(params, "added_after")
     if added_after is not None:
         try:

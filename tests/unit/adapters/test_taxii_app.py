@@ -593,6 +593,14 @@ class TestReads:
         body = assert_taxii_error(self.get(client, "objects/", **params), 400)
         assert any(name.split("[")[0] in body["description"] for name in params)
 
+    @pytest.mark.parametrize("limit", ["1001", "99999999999", "9" * 64])
+    def test_a_limit_past_the_largest_page_gets_the_largest_page(
+        self, client: AppClient, filled: Callable[[int], list[dict[str, Any]]], limit: str
+    ) -> None:
+        filled(3)
+        body = self.get(client, "objects/", limit=limit).json()
+        assert len(body["objects"]) == 3 and body["more"] is False
+
     def test_400_when_next_comes_from_another_collection(
         self, client: AppClient, filled: Callable[[int], list[dict[str, Any]]]
     ) -> None:
