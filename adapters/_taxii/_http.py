@@ -109,7 +109,13 @@ def is_taxii_content_type(header: str | None) -> bool:
     if not header:
         return False
     kind, params = _media_params(header)
-    return kind == "application/taxii+json" and params.get("version", "2.1") == "2.1"
+    # JSON is UTF-8 (RFC 8259 8.1): a body declared in another charset would be read as
+    # something its sender did not write.
+    return (
+        kind == "application/taxii+json"
+        and params.get("version", "2.1") == "2.1"
+        and params.get("charset", "utf-8").lower() in ("utf-8", "utf8")
+    )
 
 
 def _one(params: QueryParams, name: str) -> str | None:

@@ -418,11 +418,22 @@ class TestAddObjects:
         resp = client.get(f"/atlas/status/{status['id']}/", headers=basic("bank-b"))
         assert_taxii_error(resp, 404)
 
-    def test_415_when_content_type_is_plain_json(self, client: AppClient) -> None:
+    @pytest.mark.parametrize(
+        "content_type", ["application/json", f"{MT};charset=latin-1", f"{MT}; charset=utf-16"]
+    )
+    def test_415_when_content_type_is_not_taxii_in_utf_8(
+        self, client: AppClient, content_type: str
+    ) -> None:
         cid = collections(client, "bank-a")["community"]
         body = orjson.dumps({"objects": [indicator()]})
-        resp = post(client, "bank-a", cid, body, **{"Content-Type": "application/json"})
+        resp = post(client, "bank-a", cid, body, **{"Content-Type": content_type})
         assert_taxii_error(resp, 415)
+
+    def test_202_when_charset_is_utf_8(self, client: AppClient) -> None:
+        cid = collections(client, "bank-a")["community"]
+        body = orjson.dumps({"objects": [indicator()]})
+        resp = post(client, "bank-a", cid, body, **{"Content-Type": f"{MT}; charset=UTF-8"})
+        assert resp.status_code == 202, resp.text
 
     def test_413_when_body_is_over_the_limit(
         self, client: AppClient, backend: MemoryBackend
