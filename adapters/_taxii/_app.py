@@ -496,8 +496,14 @@ def create_app(
         if scope["type"] != "http":
             return  # no lifespan, no websockets
         request = Request(scope, receive)
-        if scope["path"] == "/openapi.json" and request.method in ("GET", "HEAD"):
-            response: Response = JSONResponse(document)
+        if b"%2f" in scope.get("raw_path", b"").lower():
+            # Routed on the decoded path, "<id>%2Fobjects" would be the objects endpoint to
+            # us and one path segment to a proxy's rules in front.
+            response: Response = TaxiiHttpError(
+                404, "Not found", "no resource has an encoded '/' (%2F) in its path"
+            ).response()
+        elif scope["path"] == "/openapi.json" and request.method in ("GET", "HEAD"):
+            response = JSONResponse(document)
         else:
             response = await server(request)
         await response(scope, receive, send)

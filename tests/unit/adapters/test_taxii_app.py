@@ -570,6 +570,16 @@ class TestReads:
         oldest = self.get(client, f"objects/{first['id']}/", **{"match[version]": "first"})
         assert [o["name"] for o in oldest.json()["objects"]] == ["c"]
 
+    def test_404_when_the_path_hides_a_slash_as_2f(
+        self, client: AppClient, filled: Callable[[int], list[dict[str, Any]]]
+    ) -> None:
+        filled(1)
+        cid = self.views(client)
+        assert self.get(client, "objects/").status_code == 200
+        for hidden in ("%2F", "%2f"):
+            resp = client.get(f"/atlas/collections/{cid}{hidden}objects/", headers=basic("lea-1"))
+            assert_taxii_error(resp, 404)
+
     def test_404_when_object_is_not_in_the_collection(self, client: AppClient) -> None:
         assert_taxii_error(self.get(client, f"objects/indicator--{uuid.uuid4()}/"), 404)
 
