@@ -496,10 +496,20 @@ def create_app(
         if scope["type"] != "http":
             return  # no lifespan, no websockets
         request = Request(scope, receive)
-        if b"%2f" in scope.get("raw_path", b"").lower():
+        if "transfer-encoding" in request.headers and "content-length" in request.headers:
+            # RFC 9112 6.3: ought to be an error. A proxy in front that framed the body by
+            # its length would see another request boundary than this server (smuggling);
+            # the connection is closed after the answer, so nothing left on it is read.
+            response: Response = TaxiiHttpError(
+                400,
+                "Bad request",
+                "a request may not carry both Transfer-Encoding and Content-Length",
+                {"Connection": "close"},
+            ).response()
+        elif b"%2f" in scope.get("raw_path", b"").lower():
             # Routed on the decoded path, "<id>%2Fobjects" would be the objects endpoint to
             # us and one path segment to a proxy's rules in front.
-            response: Response = TaxiiHttpError(
+            response = TaxiiHttpError(
                 404, "Not found", "no resource has an encoded '/' (%2F) in its path"
             ).response()
         elif scope["path"] == "/openapi.json" and request.method in ("GET", "HEAD"):

@@ -19,7 +19,7 @@ import pytest
 import requests
 import trustme
 
-from adapters._taxii import HttpLimits, serve_http
+from adapters._taxii import Credentials, HttpLimits, MemoryBackend, create_app, serve_http
 
 LIMITS = HttpLimits(
     max_connections=6, max_connections_per_address=4, header_timeout=0.5, body_timeout=0.5
@@ -108,6 +108,32 @@ async def test_forwarded_headers_are_not_believed_from_loopback_either() -> None
         headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
         answer = await asyncio.to_thread(requests.get, f"{url}/", headers=headers, timeout=10)
     assert answer.text == "127.0.0.1 http"
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """Sends ``data`` on one connection; everything answered until the server closes it."""
+    with _connect(port) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+async def test_a_request_framed_two_ways_is_refused_and_what_follows_never_read() -> None:
+    """Content-Length and chunked together: a proxy framing by length would take the
+    second request for part of the body (request smuggling)."""
+    app = create_app(MemoryBackend(members={}), Credentials({}), cursor_key=b"k" * 32)
+    async with _serving(app=app) as (_, port):
+        smuggled = b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = (
+            b"POST /taxii2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled
+        )
+        answer = await asyncio.to_thread(_exchange, port, request)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"both Transfer-Encoding and Content-Length" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer
 
 
 class TestTimeouts:
