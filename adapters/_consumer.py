@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -26,12 +26,15 @@ __all__ = [
     "delivery_consumer",
     "durable_pull",
     "ensure_durable",
+    "gather_or_fail",
     "keep_in_progress",
     "receipt_consumer",
     "supervised",
 ]
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 DELIVERIES = "DELIVERIES"
 RECEIPTS = "RECEIPTS"
@@ -83,6 +86,31 @@ def check_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+async def gather_or_fail(*aws: Awaitable[T]) -> list[T]:
+    """Run ``aws`` concurrently; their results in order. The first failure cancels the
+    others, waits until they have stopped, and is raised as itself.
+
+    What an ``asyncio.TaskGroup`` does, without cancelling the caller: on Python 3.11 a
+    group whose child fails after its body has ended cancels the task around it and never
+    takes that back (CPython gh-116720), so the task's ``cancelling()`` stays 1 for good
+    and ``check_cancelled`` stops a worker nobody stopped. That is what restarted router
+    workers after a failed store (``supervised``'s "ended cancelled, not stopped").
+    """
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()  # nothing to a finished one
+        await asyncio.wait(tasks)
+    for task in tasks:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+    return [task.result() for task in tasks]
+
+
 async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     """Cancel ``task`` and wait until it has finished.
 
@@ -104,8 +132,10 @@ async def supervised(name: str, job: Callable[[], Coroutine[Any, Any, None]]) ->
     having stopped this one.
 
     Seen under a NATS failover: router workers ended cancelled although nothing had asked
-    them to stop (what cancelled them is not known), and since a TaskGroup takes a
-    cancelled child for a finished one, the router stayed up and routed nothing.
+    them to stop, and since a TaskGroup takes a cancelled child for a finished one, the
+    router stayed up and routed nothing. The cause found since: the fan-out's TaskGroup,
+    on Python 3.11, cancelled the worker when a store failed and never took it back (see
+    ``gather_or_fail``, which the fan-out uses now). This stays as the safety net.
     Stopping the supervisor stops the job (the cancel reaches the task it awaits) and ends
     here; an error of the job ends here too.
     """

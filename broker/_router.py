@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import nats.errors
 import nats.js.errors
@@ -39,7 +39,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 import policy
-from adapters import cancel_and_wait, check_cancelled, keep_in_progress, supervised
+from adapters import (
+    cancel_and_wait,
+    check_cancelled,
+    gather_or_fail,
+    keep_in_progress,
+    supervised,
+)
 from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, SerializedView, seal
 from policy import BundleRejected, View
 
@@ -545,31 +551,26 @@ class Router:
         # the server's latency, not our CPU, bounds a sequential fan-out. At most
         # limits.max_inflight_publishes at once, so a wide fan-out cannot flood the server.
         gate = asyncio.Semaphore(self._settings.limits.max_inflight_publishes)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._bounded(
-                            gate,
-                            partial(self._store, recipient, sid, package, _view_summary(view)),
-                        )
-                    )
-                    for recipient, view, package in sealed
-                ]
-                for recipient, _, _ in sealed:
-                    found = directory.organisation(recipient)
-                    if found is not None and found.taxii_read:
-                        group.create_task(
-                            self._bounded(
-                                gate,
-                                partial(self._store_view, recipient, sid, view_json[recipient]),
-                            )
-                        )
-        except ExceptionGroup as group_error:
-            # Surface the first failure as itself so that transient NATS errors are retried.
-            raise group_error.exceptions[0] from group_error
-        for (recipient, _, _), task in zip(sealed, tasks, strict=True):
-            stored = task.result()
+        readers = [
+            recipient
+            for recipient, _, _ in sealed
+            if (found := directory.organisation(recipient)) is not None and found.taxii_read
+        ]
+        # The first failure comes out as itself, so that transient NATS errors are retried.
+        done = await gather_or_fail(
+            *(
+                self._bounded(
+                    gate, partial(self._store, recipient, sid, package, _view_summary(view))
+                )
+                for recipient, view, package in sealed
+            ),
+            *(
+                self._bounded(gate, partial(self._store_view, reader, sid, view_json[reader]))
+                for reader in readers
+            ),
+        )
+        packages_stored = cast(list[_Stored], done[: len(sealed)])  # the views: None
+        for (recipient, _, _), stored in zip(sealed, packages_stored, strict=True):
             self.stats.deliveries += stored.new
             self.metrics.deliveries.inc(stored.new)
             entries.append(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.js import JetStreamContext
 
@@ -18,6 +19,7 @@ from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
 from broker._router import INTERNAL_ERROR_ATTEMPTS, Router
 from broker._service import run_router, streams_for
+from tests.conftest import stop_within
 from tests.integration.helpers import bundle, indicator, publish, receive_all, wait_routed
 
 
@@ -69,3 +71,60 @@ async def test_a_bug_refuses_one_submission_not_the_router(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.timeout(120)
+async def test_a_failed_store_is_retried_by_the_same_worker_not_a_restarted_one(
+    js: JetStreamContext,
+    nats_server: EmbeddedNats,
+    make_community: Callable[..., Any],
+    settings_for: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """A package store failing once (a NATS timeout, as in a leader move) is retried.
+
+    The fan-out used a TaskGroup: on Python 3.11 its cancel of the worker, made when the
+    store failed, was never taken back, so the worker ended "cancelled" at its next turn
+    and ``supervised`` restarted it (found by review; CPython gh-116720)."""
+    community = make_community()
+    settings = settings_for(community, nats_server.url, router={"workers": 1})
+    await ensure_streams(js, streams_for(settings))
+    await store_directory(js, community.directory())
+    cancelling_after: list[int] = []
+    workers: set[asyncio.Task[Any]] = set()
+
+    def _inject(router: Router) -> None:
+        store, handle = router._store, router.handle
+
+        async def _fails_once(*args: Any) -> Any:
+            if not cancelling_after:
+                cancelling_after.append(-1)  # marks the failure
+                raise nats.errors.TimeoutError
+            return await store(*args)
+
+        async def _handle(msg: Any) -> None:
+            await handle(msg)
+            me = asyncio.current_task()
+            assert me is not None
+            cancelling_after.append(me.cancelling())
+            workers.add(me)
+
+        router._store = _fails_once  # type: ignore[method-assign]
+        router.handle = _handle  # type: ignore[method-assign]
+
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        run_router(js, settings, signing_key=community.broker_key, ready=ready, attach=_inject)
+    )
+    try:
+        await ready.wait()
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+        async with asyncio.timeout(60):
+            await wait_routed(js, 1)
+        # Handled twice (failed, then routed) by one worker task, never marked cancelled.
+        assert cancelling_after == [-1, 0, 0]
+        assert len(workers) == 1
+        got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
+        assert got.received == 1
+    finally:
+        await stop_within([task], seconds=30)

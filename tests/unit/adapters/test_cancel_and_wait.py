@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from adapters import cancel_and_wait, check_cancelled, supervised
+from adapters import cancel_and_wait, check_cancelled, gather_or_fail, supervised
 
 WIND_DOWN = 0.2
 
@@ -160,3 +160,55 @@ async def test_without_the_check_the_loop_carries_on_before_python_3_12() -> Non
     the loop would run on for ever; 3.12 rebuilt ``wait_for`` and raises."""
     turns = await _turns_after_a_lost_cancel(lambda: None)
     assert turns == (3 if sys.version_info < (3, 12) else 0)
+
+
+async def test_gather_or_fail_gives_results_in_order() -> None:
+    async def later(value: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return value
+
+    assert await gather_or_fail(later(1, 0.02), later(2, 0.0), later(3, 0.01)) == [1, 2, 3]
+    assert await gather_or_fail() == []
+
+
+async def test_gather_or_fail_raises_the_failure_stops_the_rest_and_leaves_the_caller_be() -> None:
+    """The caller is not marked cancelled, as a 3.11 TaskGroup leaves it after a child fails
+    once its body has ended (CPython gh-116720)."""
+    stopped: list[str] = []
+
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.append("slow")
+            raise
+
+    async def broken() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("store failed")
+
+    with pytest.raises(ValueError, match="store failed"):
+        await gather_or_fail(slow(), broken())
+    assert stopped == ["slow"]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    check_cancelled()  # and so nothing stops this task now
+
+
+async def test_gather_or_fail_passes_a_cancel_on_to_what_it_runs() -> None:
+    started = asyncio.Event()
+    stopped: list[str] = []
+
+    async def waits() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stopped.append("waits")
+            raise
+
+    caller = asyncio.create_task(gather_or_fail(waits()))
+    await started.wait()
+    caller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    assert caller.cancelled() and stopped == ["waits"]
