@@ -34,7 +34,7 @@ from keys import (
     PublicKey,
     load_private_key,
 )
-from policy import PolicyError
+from policy import OrgKind, PolicyError
 
 from ._bus import Streams, ensure_streams, nats_session, submit_subject
 from ._checkpoint import log_origin
@@ -462,10 +462,16 @@ async def _check_party(js: JetStreamContext, org: str) -> None:
         directory = (await fetch_directory(js)).directory
     except DirectoryUnavailable:
         return  # the broker keys' refresh says what is missing, or --broker-jwks stands in
-    if directory.organisation(org) is None:
+    found = directory.organisation(org)
+    if found is None:
         raise ConfigError(
             f"--org {org!r} is not an organisation of the community directory; "
             "check the id (`atlas-broker keys list` shows the directory's organisations)"
+        )
+    if found.kind == OrgKind.AUDITOR:
+        raise ConfigError(
+            f"{org!r} is an auditor: nothing is delivered to auditors; read the log with "
+            "`atlas-broker audit verify` instead"
         )
 
 

@@ -339,6 +339,7 @@ class NatsTaxiiBackend:
                     return last.seq or 0
                 seq = self._acked
                 for _ in range(_FIND_SCAN if seq else 0):
+                    check_cancelled()  # the timeout's cancel, should a NATS call drop it
                     msg = await self._js.get_msg(
                         SUBMISSIONS, seq=seq + 1, subject=subject, next=True
                     )

@@ -506,7 +506,7 @@ def create_app(
                 "a request may not carry both Transfer-Encoding and Content-Length",
                 {"Connection": "close"},
             ).response()
-        elif b"%2f" in scope.get("raw_path", b"").lower():
+        elif b"%2f" in (scope.get("raw_path") or b"").lower():
             # Routed on the decoded path, "<id>%2Fobjects" would be the objects endpoint to
             # us and one path segment to a proxy's rules in front.
             response = TaxiiHttpError(

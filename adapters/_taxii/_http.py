@@ -114,7 +114,7 @@ def is_taxii_content_type(header: str | None) -> bool:
     return (
         kind == "application/taxii+json"
         and params.get("version", "2.1") == "2.1"
-        and params.get("charset", "utf-8").lower() in ("utf-8", "utf8")
+        and params.get("charset", "utf-8").lower() in ("utf-8", "utf8", "us-ascii")
     )
 
 

@@ -102,6 +102,31 @@ async def test_an_org_the_directory_does_not_name_is_refused(
     assert not (tmp_path / "out").exists()
 
 
+async def test_an_auditor_is_told_it_receives_nothing(
+    js: JetStreamContext,
+    make_community: Callable[..., Community],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    """Auditors are in the directory but nothing is delivered to them: receive used to
+    wait on a consumer of its own making and report success."""
+    community = make_community()
+    community.doc["organisations"].append(
+        {"id": "audit-1", "name": "Auditor", "kind": "auditor", "keys": []}
+    )
+    settings = await running_router(community)
+    with pytest.raises(ConfigError, match="'audit-1' is an auditor"):
+        await receive(
+            settings,
+            org="audit-1",
+            key_paths=[community.enc_key("lea-1")],
+            out_dir=tmp_path / "out",
+            once=True,
+            js=js,
+        )
+    assert "rcv-audit-1" not in [c.name for c in await js.consumers_info("DELIVERIES")]
+
+
 async def test_publish_reads_no_further_than_the_size_limit(
     make_community: Callable[..., Any], tmp_path: Path
 ) -> None:
