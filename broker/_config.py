@@ -8,6 +8,7 @@ falls back to a default. ``deploy/atlas.toml`` is the commented sample.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import urllib.parse
@@ -193,6 +194,11 @@ class TaxiiSettings(_Section):
     """The server's address as clients reach it (``https://taxii.example.org``), used in
     discovery's API root URLs. Unset: taken from the request (its Host header), which is
     right when clients reach the server directly."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or networks (``10.0.0.5``, ``10.0.0.0/24``) of reverse proxies in front
+    whose ``X-Forwarded-For``/``X-Forwarded-Proto`` are believed. Empty (the default):
+    none, from loopback either; behind a proxy every client then shares its address, and
+    so its failed-login limits."""
     max_connections: int = Field(default=1000, ge=1)
     """Open client connections in all; more are closed as they arrive (lowered to what the
     process's file descriptor limit allows)."""
@@ -206,6 +212,19 @@ class TaxiiSettings(_Section):
     reading any of it; then the connection is closed (nothing of that request is accepted)."""
     body_deadline: float = Field(default=600.0, gt=0)
     """Seconds one request body may take in all, however steadily it trickles in."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.0/24); "
+                    "'*' is not taken: name the proxies"
+                ) from None
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -117,6 +117,7 @@ async def run_taxii(
             cert_file=cfg.cert_file,
             key_file=cfg.key_file,
             on_started=_started,
+            trusted_proxies=cfg.trusted_proxies,
             limits=HttpLimits(
                 max_connections=cfg.max_connections,
                 max_connections_per_address=cfg.max_connections_per_address,

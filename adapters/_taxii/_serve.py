@@ -21,7 +21,7 @@ import ssl
 import time
 from asyncio import sslproto
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -329,8 +329,12 @@ async def serve_http(
     key_file: Path | None = None,
     on_started: Callable[[str], None] | None = None,
     limits: HttpLimits = HttpLimits(),
+    trusted_proxies: Sequence[str] = (),
 ) -> None:
-    """Serve ``app`` until cancelled; ``on_started`` gets the base URL (real port)."""
+    """Serve ``app`` until cancelled; ``on_started`` gets the base URL (real port).
+
+    ``trusted_proxies``: addresses or networks whose ``X-Forwarded-For``/``-Proto`` are
+    believed (the client is then the nearest address not among them); none by default."""
     if cert_file is None and not is_loopback(host):
         raise AdapterError(
             f"refusing plain HTTP on {host}: configure taxii.cert_file and taxii.key_file "
@@ -349,6 +353,7 @@ async def serve_http(
         key_file=key_file,
         on_started=on_started,
         limits=limits,
+        trusted_proxies=trusted_proxies,
     )
 
 
@@ -361,6 +366,7 @@ async def serve_socket(
     key_file: Path | None = None,
     on_started: Callable[[str], None] | None = None,
     limits: HttpLimits = HttpLimits(),
+    trusted_proxies: Sequence[str] = (),
 ) -> None:
     """Serve ``app`` on a bound socket until cancelled, then close it."""
     tls = _server_tls(cert_file, key_file) if cert_file else None
@@ -372,10 +378,11 @@ async def serve_socket(
         access_log=False,
         lifespan="off",
         server_header=False,
-        # X-Forwarded-* are not believed, from loopback either: the failed-login limits key
-        # on the peer's address, which any local process could otherwise name, and
-        # discovery's URLs come from taxii.public_url behind a proxy.
-        proxy_headers=False,
+        # X-Forwarded-* are believed from the configured proxies only, not from loopback
+        # by default as uvicorn would: the failed-login limits key on the client's address,
+        # which any local process could otherwise name.
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies) or None,
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{host}")

@@ -19,6 +19,7 @@ import pytest
 import requests
 import trustme
 
+from adapters import cancel_and_wait
 from adapters._taxii import Credentials, HttpLimits, MemoryBackend, create_app, serve_http
 
 LIMITS = HttpLimits(
@@ -108,6 +109,27 @@ async def test_forwarded_headers_are_not_believed_from_loopback_either() -> None
         headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
         answer = await asyncio.to_thread(requests.get, f"{url}/", headers=headers, timeout=10)
     assert answer.text == "127.0.0.1 http"
+
+
+async def test_forwarded_headers_are_believed_from_a_configured_proxy() -> None:
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve_http(
+            _who,
+            host="127.0.0.1",
+            port=0,
+            on_started=started.set_result,
+            limits=LIMITS,
+            trusted_proxies=["127.0.0.0/8"],
+        )
+    )
+    try:
+        url = await asyncio.wait_for(asyncio.shield(started), 10)
+        headers = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+        answer = await asyncio.to_thread(requests.get, f"{url}/", headers=headers, timeout=10)
+    finally:
+        await cancel_and_wait(task)
+    assert answer.text == "203.0.113.7 https"
 
 
 def _exchange(port: int, data: bytes) -> bytes:

@@ -55,6 +55,20 @@ class TestLoadSettings:
         path.write_text('[taxii]\npublic_url = "https://taxii.example.org/"\n')
         assert load_settings(path).taxii.public_url == "https://taxii.example.org"
 
+    @pytest.mark.parametrize("entry", ["*", "proxy.example.org", "10.0.0.0/33"])
+    def test_error_names_taxii_trusted_proxies_when_not_an_address(
+        self, tmp_path: Path, entry: str
+    ) -> None:
+        path = tmp_path / "atlas.toml"
+        path.write_text(f'[taxii]\ntrusted_proxies = ["{entry}"]\n')
+        with pytest.raises(ConfigError, match=r"taxii\.trusted_proxies"):
+            load_settings(path)
+
+    def test_taxii_trusted_proxies_take_addresses_and_networks(self, tmp_path: Path) -> None:
+        path = tmp_path / "atlas.toml"
+        path.write_text('[taxii]\ntrusted_proxies = ["10.0.0.5", "10.1.0.0/16", "::1"]\n')
+        assert load_settings(path).taxii.trusted_proxies == ["10.0.0.5", "10.1.0.0/16", "::1"]
+
     def test_error_when_file_is_missing(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="does not exist"):
             load_settings(tmp_path / "nope.toml")
