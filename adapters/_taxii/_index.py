@@ -77,9 +77,16 @@ def version_key(text: str) -> str:
     are different versions: the router delivers both. Cut to microseconds, the second
     was merged into the first, left out of ``/versions/``, and a request for it answered
     with the other's content. Order keys with ``_order``, not as strings."""
-    stamp = parse_ts(text)
     dot = text.find(".")
-    extra = text[dot + 1 : -1][6:].rstrip("0") if dot >= 0 else ""
+    if dot < 0:
+        return parse_ts(text)
+    fraction = text[dot + 1 : -1]
+    if not (fraction.isascii() and fraction.isdigit()):
+        raise ValueError(f"{text[:40]!r} is not an RFC 3339 UTC timestamp (…Z)")
+    # As many digits as the object has (the router takes any number): parse_ts checks the
+    # rest, given the first six.
+    stamp = parse_ts(f"{text[: dot + 1]}{fraction[:6]}{text[-1]}")
+    extra = fraction[6:].rstrip("0")
     return f"{stamp[:-1]}{extra}Z" if extra else stamp
 
 

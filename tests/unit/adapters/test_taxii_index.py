@@ -70,10 +70,18 @@ class TestParseTs:
             ("2026-01-02T03:04:05.1234560000Z", "2026-01-02T03:04:05.123456Z"),
             ("2026-01-02T03:04:05.0000001Z", "2026-01-02T03:04:05.0000001Z"),
             ("2026-01-02t03:04:05.12345678900z", "2026-01-02T03:04:05.123456789Z"),
+            ("2026-01-02T03:04:05." + "0" * 30 + "1Z", "2026-01-02T03:04:05." + "0" * 30 + "1Z"),
         ],
     )
     def test_version_key_keeps_what_is_finer_than_microseconds(self, text: str, key: str) -> None:
         assert version_key(text) == key
+
+    @pytest.mark.parametrize(
+        "text", ["2026-01-02T03:04:05.Z", "2026-01-02T03:04:05.1x2Z", "2026-02-30T00:00:00.1Z"]
+    )
+    def test_version_key_refuses_what_is_not_a_timestamp(self, text: str) -> None:
+        with pytest.raises(ValueError, match="timestamp"):
+            version_key(text)
 
     def test_format_is_utc_and_fixed_width_when_zone_is_not_utc(self) -> None:
         moment = datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=timezone(timedelta(hours=2)))
