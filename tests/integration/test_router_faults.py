@@ -1,11 +1,12 @@
-"""A submission that trips a bug in the router is refused after a few attempts; the
-workers keep serving everyone else."""
+"""Faults inside the router: a submission that trips a bug is refused after a few
+attempts while the workers keep serving everyone else; a failed store is retried by the
+same worker."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,25 @@ from tests.conftest import stop_within
 from tests.integration.helpers import bundle, indicator, publish, receive_all, wait_routed
 
 
+@contextlib.asynccontextmanager
+async def _router(
+    js: JetStreamContext, community: Any, settings: Any, inject: Callable[[Router], None]
+) -> AsyncIterator[asyncio.Task[None]]:
+    """The router of ``community``, ``inject`` applied to it before it starts; stopped at
+    the end (failing if it does not stop)."""
+    await ensure_streams(js, streams_for(settings))
+    await store_directory(js, community.directory())
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        run_router(js, settings, signing_key=community.broker_key, ready=ready, attach=inject)
+    )
+    try:
+        await ready.wait()
+        yield task
+    finally:
+        await stop_within([task], seconds=30)
+
+
 @pytest.mark.timeout(120)
 async def test_a_bug_refuses_one_submission_not_the_router(
     js: JetStreamContext,
@@ -33,8 +53,6 @@ async def test_a_bug_refuses_one_submission_not_the_router(
 ) -> None:
     community = make_community()
     settings = settings_for(community, nats_server.url)
-    await ensure_streams(js, streams_for(settings))
-    await store_directory(js, community.directory())
     poisoned = indicator("clear", "trips the injected bug")
     calls: list[str] = []
 
@@ -49,12 +67,7 @@ async def test_a_bug_refuses_one_submission_not_the_router(
 
         router._route = _faulty  # type: ignore[method-assign]
 
-    ready = asyncio.Event()
-    task = asyncio.create_task(
-        run_router(js, settings, signing_key=community.broker_key, ready=ready, attach=_inject)
-    )
-    try:
-        await ready.wait()
+    async with _router(js, community, settings, _inject) as task:
         await publish(settings, js, community, tmp_path, "bank-a", bundle(poisoned))
         healthy = indicator("clear", "after the bug")
         await publish(settings, js, community, tmp_path, "bank-a", bundle(healthy))
@@ -67,10 +80,6 @@ async def test_a_bug_refuses_one_submission_not_the_router(
         assert [e["reason"] for e in refused] == ["internal-error"]
         got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
         assert got.received == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.mark.timeout(120)
@@ -88,8 +97,6 @@ async def test_a_failed_store_is_retried_by_the_same_worker_not_a_restarted_one(
     and ``supervised`` restarted it (found by review; CPython gh-116720)."""
     community = make_community()
     settings = settings_for(community, nats_server.url, router={"workers": 1})
-    await ensure_streams(js, streams_for(settings))
-    await store_directory(js, community.directory())
     cancelling_after: list[int] = []
     workers: set[asyncio.Task[Any]] = set()
 
@@ -112,12 +119,7 @@ async def test_a_failed_store_is_retried_by_the_same_worker_not_a_restarted_one(
         router._store = _fails_once  # type: ignore[method-assign]
         router.handle = _handle  # type: ignore[method-assign]
 
-    ready = asyncio.Event()
-    task = asyncio.create_task(
-        run_router(js, settings, signing_key=community.broker_key, ready=ready, attach=_inject)
-    )
-    try:
-        await ready.wait()
+    async with _router(js, community, settings, _inject):
         await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
         async with asyncio.timeout(60):
             await wait_routed(js, 1)
@@ -126,5 +128,3 @@ async def test_a_failed_store_is_retried_by_the_same_worker_not_a_restarted_one(
         assert len(workers) == 1
         got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
         assert got.received == 1
-    finally:
-        await stop_within([task], seconds=30)
