@@ -297,7 +297,23 @@ class LogVerifier:
                 self._problems.append(Problem(None, f"cosignature seq {seq}: {exc}"))
                 continue
             size, root = opened.checkpoint.size, opened.checkpoint.root
-            if size <= tree.size and tree.root(size) != root:
+            if size > tree.size:
+                # Signed by the log's key (and seen by witnesses), so the log once held that
+                # many entries: it has been cut short, or rolled back to rewrite what was cut.
+                who = (
+                    f"witnesses {', '.join(opened.cosigned_by)} saw"
+                    if opened.cosigned_by
+                    else "the log key signed"
+                )
+                self._problems.append(
+                    Problem(
+                        tree.size,
+                        f"cosignature seq {seq}: {who} a checkpoint of {size} entries, but "
+                        f"the log ends after {tree.size} (truncated, or rolled back)",
+                    )
+                )
+                continue
+            if tree.root(size) != root:
                 self._problems.append(
                     Problem(
                         max(0, size - 1),

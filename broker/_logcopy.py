@@ -86,21 +86,28 @@ class LiveLog(LogSource):
         self._end = 0
 
     async def snapshot(self) -> Snapshot:
+        # WITNESS's end first: a cosignature stored by then is of a checkpoint, and so of
+        # entries, already in LOG when LOG's end is read next. Read the other way round, a
+        # checkpoint made in between and cosigned at once would look like a cut log.
+        try:
+            witnessed = (await self._js.stream_info(WITNESS_STREAM)).state.last_seq
+        except nats.js.errors.NotFoundError:
+            witnessed = 0  # no witness has run: nothing cosigned
         info = await self._js.stream_info(LOG)
         self._end = info.state.last_seq
         snap = Snapshot()
         async for msg in read_stream(self._js, CHECKPOINT_SUBJECT, stop_seq=self._end):
             snap.checkpoints.append((msg.metadata.sequence.stream, msg.data))
-        try:
-            async for msg in read_stream(self._js, WITNESS_FILTER, stream=WITNESS_STREAM):
+        if witnessed:
+            async for msg in read_stream(
+                self._js, WITNESS_FILTER, stream=WITNESS_STREAM, stop_seq=witnessed
+            ):
                 try:
                     doc = orjson.loads(msg.data)
                 except orjson.JSONDecodeError:
                     continue  # a record that is not ours; the ones after it still count
                 if isinstance(doc, dict) and isinstance(doc.get("note"), str):
                     snap.cosignatures.append((msg.metadata.sequence.stream, doc["note"]))
-        except nats.js.errors.NotFoundError:
-            pass  # no witness has run: nothing cosigned
         snap.origin, snap.expected_entries = _origin_of(snap.checkpoints)
         return snap
 

@@ -194,6 +194,32 @@ class TestTampered:
         assert result.first_bad_index == 19
         assert "split view" in result.summary()
 
+    def test_verify_reports_truncation_when_a_witness_saw_more_entries(
+        self, copy_of: Callable[..., Path], signer: NoteSigner
+    ) -> None:
+        """The tail and its checkpoint removed, the witness's cosignature of that checkpoint
+        kept: the copy used to verify, counting the cosignature as support."""
+        path = copy_of()
+        witness = NoteSigner("w.test/1", PrivateKey.generate("Ed25519"), cosigner=True)
+        rows = (path / "checkpoints.jsonl").read_bytes().split(b"\n")[:-1]
+        last = Note.parse(orjson.loads(orjson.loads(rows[-1])["data"])["note"])
+        assert Checkpoint.parse(last.text).size == 48
+        cosigned = last.with_signature(witness.sign(last.text.encode(), timestamp=1))
+        (path / "cosignatures.jsonl").write_bytes(
+            orjson.dumps({"seq": 1, "witness": "w.test/1", "note": cosigned.serialize()}) + b"\n"
+        )
+        assert verify(path, signer, witness_keys=[witness.verifier]).ok  # untouched: fine
+        rewrite(path, lines(path)[:24])
+        kept = [r for r in rows if orjson.loads(orjson.loads(r)["data"])["size"] <= 24]
+        (path / "checkpoints.jsonl").write_bytes(b"".join(r + b"\n" for r in kept))
+        alone = verify(path, signer)  # without the witness's key: the log's own signature
+        assert "the log key signed a checkpoint of 48 entries" in alone.summary()
+        result = verify(path, signer, witness_keys=[witness.verifier])
+        assert not result.ok
+        first = result.first_problem()
+        assert first is not None and first.index == 24
+        assert "saw a checkpoint of 48 entries, but the log ends after 24" in first.message
+
 
 class TestQueryAndExport:
     def test_query_matches_when_filters_combine(self) -> None:
