@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ._config import Settings
 
@@ -171,11 +172,17 @@ def register(
         result = run(_verify())
         for problem in sorted(result.problems, key=lambda p: (p.index is None, p.index or 0))[:20]:
             where = "" if problem.index is None else f"index {problem.index}: "
-            err.print(f"[red]✘[/] {where}{problem.message}", highlight=False, soft_wrap=True)
+            # What the log says is data, never console markup: a note holding "[/x]" crashed
+            # the verdict and "[conceal]" hid an attacker's text from the auditor.
+            err.print(
+                f"[red]✘[/] {where}{escape(problem.message)}", highlight=False, soft_wrap=True
+            )
         if result.deliveries_unreadable:
             err.print(f"[yellow]⚠[/] {escape(result.deliveries_unreadable)}", highlight=False)
         if result.ok:
-            out.print(f"[bold green]✔[/] {result.summary()}", highlight=False, soft_wrap=True)
+            out.print(
+                f"[bold green]✔[/] {escape(result.summary())}", highlight=False, soft_wrap=True
+            )
             if result.unverified_tail:
                 err.print(
                     f"[yellow]⚠[/] entries {result.checkpointed_size}..{result.entries - 1} are "
@@ -186,7 +193,7 @@ def register(
                 if require_signed:
                     raise typer.Exit(2)
             return
-        out.print(f"[bold red]✘[/] {result.summary()}", highlight=False, soft_wrap=True)
+        out.print(f"[bold red]✘[/] {escape(result.summary())}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
     @audit_app.command("query")
@@ -252,7 +259,7 @@ def register(
             for column in columns:
                 table.add_column(column)
             for row in rows:
-                table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+                table.add_row(*(Text("" if row[c] is None else str(row[c])) for c in columns))
             out.print(table)
         err.print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
 
@@ -298,7 +305,7 @@ def register(
                         count = await write_entries(source, fh, fmt=fmt)
                 return f"{count} entries"
 
-        err.print(f"exported {run(_export())} to {out_path}")
+        err.print(f"exported {run(_export())} to {escape(str(out_path))}", highlight=False)
 
     @audit_app.command("report")
     def audit_report(
@@ -335,7 +342,7 @@ def register(
             encoding="utf-8",
         )
         verdict = "not verified" if result is None else result.summary()
-        err.print(f"wrote {html}: {verdict}", highlight=False)
+        err.print(f"wrote {escape(str(html))}: {escape(verdict)}", highlight=False)
         if result is not None and not result.ok:
             raise typer.Exit(1)
 

@@ -644,7 +644,8 @@ def audit_list(
                 if as_json:
                     sys.stdout.write(record.raw.decode() + "\n")
                 else:
-                    out.print(_describe_entry(record.index, record.entry), highlight=False)
+                    line = _describe_entry(record.index, record.entry)
+                    out.print(line, highlight=False, markup=False)
         return count
 
     count = run(_list())
@@ -654,7 +655,7 @@ def audit_list(
 def _describe_entry(index: int, e: dict[str, Any]) -> str:
     src = e.get("src") or {}
     kind = e.get("type")
-    head = f"{index:>6}  {e.get('ts', '')}  {kind:<10}"
+    head = f"{index:>6}  {e.get('ts', '')}  {kind!s:<10}"
     if kind == "submission":
         return f"{head} {e.get('org')} {e.get('result')} {e.get('reason') or ''} {e.get('sub', '')}"
     if kind == "delivery":

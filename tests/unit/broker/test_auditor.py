@@ -274,6 +274,44 @@ class TestCommandLine:
         assert result.exit_code == 1
         assert "first bad index 17" in result.output
 
+    @pytest.mark.parametrize("where", ["cosignature", "checkpoint"])
+    def test_cli_prints_what_the_log_says_as_text_never_as_markup(
+        self, copy_of: Callable[..., Path], signer: NoteSigner, where: str
+    ) -> None:
+        """A cosignature line "— [/x] !!!" crashed verify with a MarkupError; a checkpoint
+        whose origin was "[conceal]" had the origin hidden from the auditor."""
+        path = copy_of()
+        if where == "cosignature":
+            shown = "[/x]"
+            note = f"{ORIGIN}\n48\n{'A' * 43}=\n\n— [/x] !!!\n"
+            row = orjson.dumps({"seq": 1, "note": note})
+            (path / "cosignatures.jsonl").write_bytes(row + b"\n")
+        else:
+            shown = "[conceal]"
+            rows = (path / "checkpoints.jsonl").read_bytes().split(b"\n")[:-1]
+            doc = orjson.loads(rows[0])
+            wrapper = orjson.loads(doc["data"])
+            wrapper["note"] = wrapper["note"].replace(ORIGIN, shown, 1)
+            forged = orjson.dumps({"seq": 1, "data": orjson.dumps(wrapper).decode()})
+            (path / "checkpoints.jsonl").write_bytes(b"".join(r + b"\n" for r in [forged, *rows]))
+        argv = ["audit", "verify", "--from", str(path), "--log-key", signer.verifier.vkey]
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 1, result.output
+        assert isinstance(result.exception, SystemExit)  # a verdict, not a traceback
+        assert shown in result.output
+
+    def test_cli_query_table_shows_entries_holding_markup_as_text(
+        self, copy_of: Callable[..., Path]
+    ) -> None:
+        path = copy_of()
+        entries = lines(path)
+        entry = orjson.loads(entries[0])
+        entry["reason"] = "[/x] [conceal]hidden[/conceal]"
+        rewrite(path, [orjson.dumps(entry), *entries[1:]])
+        result = CliRunner().invoke(app, ["audit", "query", "--from", str(path)])
+        assert result.exit_code == 0, result.output  # was a MarkupError
+        assert "[/x]" in result.output
+
     def test_cli_query_prints_json_lines_when_asked(self, copy_of: Callable[..., Path]) -> None:
         result = CliRunner().invoke(
             app, ["audit", "query", "--from", str(copy_of()), "--action", "withheld", "--json"]
