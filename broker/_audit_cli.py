@@ -179,6 +179,15 @@ def register(
             )
         if result.deliveries_unreadable:
             err.print(f"[yellow]⚠[/] {escape(result.deliveries_unreadable)}", highlight=False)
+        if result.ok and result.entries and not result.checkpointed_size:
+            # Nothing wrong found, and nothing checked: no ✔ for that.
+            err.print(
+                f"[yellow]⚠[/] none of the {result.entries} entries is covered by a signed "
+                "checkpoint: nothing is verified",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
         if result.ok:
             out.print(
                 f"[bold green]✔[/] {escape(result.summary())}", highlight=False, soft_wrap=True

@@ -21,10 +21,10 @@ from nats.js import JetStreamContext
 
 from keys import PublicKey
 
-from ._auditor import LogVerifier, VerifyResult
+from ._auditor import LogVerifier, Problem, VerifyResult
 from ._checkpoint import read_stream
 from ._log import timestamp
-from ._logcopy import LogSource, Record
+from ._logcopy import LogCopy, LogSource, Record, Snapshot
 from ._note import NoteVerifier
 from ._report import ReportStats
 from ._router import PKG_ID_HEADER
@@ -136,7 +136,31 @@ async def verify_log(
                 f"DELIVERIES is not readable by this NATS user ({type(exc).__name__}): stored "
                 "packages were not compared with their entries"
             )
-    return verifier.finish()
+    result = verifier.finish()
+    if isinstance(source, LogCopy):
+        result.problems += _copy_shortfalls(source.manifest, snap, result.entries)
+    return result
+
+
+def _copy_shortfalls(manifest: dict[str, Any], snap: Snapshot, entries: int) -> list[Problem]:
+    """A copy holding fewer entries, checkpoints or cosignatures than its manifest lists.
+
+    The manifest is not signed, so this proves nothing on its own; but files removed or cut
+    behind it (a copy reduced to its manifest verified "OK: 0 entries") are a finding."""
+    found = {
+        "entries": entries,
+        "checkpoints": len(snap.checkpoints),
+        "cosignatures": len(snap.cosignatures),
+    }
+    return [
+        Problem(
+            entries if name == "entries" else None,
+            f"the copy's manifest lists {listed} {name} but its files hold {found[name]} "
+            "(files removed or cut since the export)",
+        )
+        for name in found
+        if isinstance(listed := manifest.get(name), int) and found[name] < listed
+    ]
 
 
 async def _check_deliveries(js: JetStreamContext, verifier: LogVerifier, grace: float) -> None:

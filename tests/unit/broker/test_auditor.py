@@ -274,6 +274,36 @@ class TestCommandLine:
         assert result.exit_code == 1
         assert "first bad index 17" in result.output
 
+    @pytest.mark.parametrize("removed", ["entries", "checkpoints", "cosignatures"])
+    def test_cli_fails_a_copy_whose_files_hold_less_than_its_manifest(
+        self, copy_of: Callable[..., Path], signer: NoteSigner, removed: str
+    ) -> None:
+        """A copy reduced to its manifest verified "OK: 0 entries"."""
+        path = copy_of()
+        (path / "cosignatures.jsonl").write_bytes(b'{"seq": 1, "note": "n"}\n')
+        manifest = orjson.loads((path / "manifest.json").read_bytes())
+        manifest["cosignatures"] = 1
+        (path / "manifest.json").write_bytes(orjson.dumps(manifest))
+        (path / f"{removed}.jsonl").unlink()
+        argv = ["audit", "verify", "--from", str(path), "--log-key", signer.verifier.vkey]
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 1, result.output
+        assert f"the copy's manifest lists {manifest[removed]} {removed}" in result.output
+
+    def test_cli_exits_two_when_no_signed_checkpoint_covers_anything(
+        self, copy_of: Callable[..., Path], signer: NoteSigner
+    ) -> None:
+        path = copy_of()
+        (path / "checkpoints.jsonl").write_bytes(b"")
+        manifest = orjson.loads((path / "manifest.json").read_bytes())
+        manifest["checkpoints"] = 0  # as if exported before the first checkpoint
+        (path / "manifest.json").write_bytes(orjson.dumps(manifest))
+        argv = ["audit", "verify", "--from", str(path), "--log-key", signer.verifier.vkey]
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 2, result.output
+        assert "nothing is verified" in result.output
+        assert "✔" not in result.output
+
     @pytest.mark.parametrize("where", ["cosignature", "checkpoint"])
     def test_cli_prints_what_the_log_says_as_text_never_as_markup(
         self, copy_of: Callable[..., Path], signer: NoteSigner, where: str
