@@ -130,7 +130,7 @@ class LogCopy(LogSource):
             self.manifest: dict[str, Any] = orjson.loads(manifest.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ConfigError(f"{path} is not an Atlas log copy ({manifest}: {exc})") from exc
-        if self.manifest.get("format") != COPY_FORMAT:
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != COPY_FORMAT:
             raise ConfigError(f"{path} is not an Atlas log copy (format {COPY_FORMAT})")
 
     def _lines(self, name: str) -> Iterator[bytes]:

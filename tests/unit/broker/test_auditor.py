@@ -290,6 +290,17 @@ class TestCommandLine:
         assert result.exit_code == 1, result.output
         assert f"the copy's manifest lists {manifest[removed]} {removed}" in result.output
 
+    @pytest.mark.parametrize("manifest", [b"[1, 2]", b'"atlas"', b"{broken"])
+    def test_cli_refuses_a_manifest_that_is_not_one_in_one_line(
+        self, copy_of: Callable[..., Path], signer: NoteSigner, manifest: bytes
+    ) -> None:
+        path = copy_of()
+        (path / "manifest.json").write_bytes(manifest)
+        argv = ["audit", "verify", "--from", str(path), "--log-key", signer.verifier.vkey]
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        assert "is not an Atlas log copy" in result.output
+
     def test_cli_exits_two_when_no_signed_checkpoint_covers_anything(
         self, copy_of: Callable[..., Path], signer: NoteSigner
     ) -> None:
