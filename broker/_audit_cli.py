@@ -153,11 +153,14 @@ def register(
         """
         from ._audit_jobs import verify_log
 
+        witness_keys_given: list[str] = []
+
         async def _verify() -> Any:
             async with source_for(from_dir) as (source, js):
                 logs, witnesses = await keys_for(
                     source, js, log_key, broker_jwks, witness_key, required=True
                 )
+                witness_keys_given.extend(w.name for w in witnesses)
                 bar, update = progress_bar()
                 with bar:
                     return await verify_log(
@@ -192,6 +195,18 @@ def register(
             out.print(
                 f"[bold green]✔[/] {escape(result.summary())}", highlight=False, soft_wrap=True
             )
+            for witness in witness_keys_given:
+                seen = result.witnessed_size.get(witness, 0)
+                if seen < result.checkpointed_size:
+                    # Normal while a witness catches up; what the auditor relies on it for
+                    # ends there all the same.
+                    err.print(
+                        f"[yellow]⚠[/] witness {escape(witness)} cosigned up to size {seen}: "
+                        f"entries {seen}..{result.checkpointed_size - 1} are signed by the log "
+                        "alone",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
             if result.unverified_tail:
                 err.print(
                     f"[yellow]⚠[/] entries {result.checkpointed_size}..{result.entries - 1} are "

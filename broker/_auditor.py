@@ -45,6 +45,9 @@ class VerifyResult:
     checkpointed_size: int = 0
     consistency_proofs: int = 0
     cosignatures: dict[str, int] = field(default_factory=dict)
+    witnessed_size: dict[str, int] = field(default_factory=dict)
+    """Per witness, the largest checkpoint size it cosigned (entries past it are signed by
+    the log alone)."""
     deliveries_checked: int = 0
     deliveries_pending: int = 0
     deliveries_unreadable: str | None = None
@@ -324,6 +327,8 @@ class LogVerifier:
                 continue
             for witness in opened.cosigned_by:
                 self._result.cosignatures[witness] = self._result.cosignatures.get(witness, 0) + 1
+                seen = self._result.witnessed_size.get(witness, 0)
+                self._result.witnessed_size[witness] = max(seen, size)
 
     def check_delivery(self, pkg: str, rcpt: str, jwe_sha256: str, where: str) -> None:
         """A package stored in DELIVERIES must have its delivery entry, with its hash."""

@@ -290,6 +290,26 @@ class TestCommandLine:
         assert result.exit_code == 1, result.output
         assert f"the copy's manifest lists {manifest[removed]} {removed}" in result.output
 
+    def test_cli_says_how_far_a_named_witness_has_seen_the_log(
+        self, copy_of: Callable[..., Path], signer: NoteSigner
+    ) -> None:
+        path = copy_of()
+        witness = NoteSigner("w.test/1", PrivateKey.generate("Ed25519"), cosigner=True)
+        rows = (path / "checkpoints.jsonl").read_bytes().split(b"\n")[:-1]
+        notes = [Note.parse(orjson.loads(orjson.loads(r)["data"])["note"]) for r in rows]
+        at24 = next(n for n in notes if Checkpoint.parse(n.text).size == 24)
+        cosigned = at24.with_signature(witness.sign(at24.text.encode(), timestamp=1))
+        (path / "cosignatures.jsonl").write_bytes(
+            orjson.dumps({"seq": 1, "note": cosigned.serialize()}) + b"\n"
+        )
+        manifest = orjson.loads((path / "manifest.json").read_bytes())
+        manifest["cosignatures"] = 1
+        (path / "manifest.json").write_bytes(orjson.dumps(manifest))
+        argv = ["audit", "verify", "--from", str(path), "--log-key", signer.verifier.vkey]
+        result = CliRunner().invoke(app, [*argv, "--witness-key", witness.verifier.vkey])
+        assert result.exit_code == 0, result.output
+        assert "witness w.test/1 cosigned up to size 24: entries 24..47" in result.output
+
     @pytest.mark.parametrize("manifest", [b"[1, 2]", b'"atlas"', b"{broken"])
     def test_cli_refuses_a_manifest_that_is_not_one_in_one_line(
         self, copy_of: Callable[..., Path], signer: NoteSigner, manifest: bytes
