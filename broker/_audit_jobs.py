@@ -264,11 +264,23 @@ async def write_entries(
         if fmt == "raw":
             out.write(record.raw.decode("utf-8", "replace") + "\n")
         elif writer is not None:
-            writer.writerow(flatten(record, entry))
+            writer.writerow({k: _cell(v) for k, v in flatten(record, entry).items()})
         else:
             row = {"index": record.index, "seq": record.seq, "entry": entry}
             out.write(orjson.dumps(row).decode() + "\n")
     return count
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: one starting like a formula (``=HYPERLINK…``,
+    ``+``, ``-``, ``@``) gets a leading ``'`` (OWASP's advice for CSV injection). The log
+    holds text members chose; an auditor opening the export must not run it."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 async def collect_report(

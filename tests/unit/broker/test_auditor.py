@@ -245,6 +245,22 @@ class TestQueryAndExport:
         assert {r["recipient"] for r in rows} == {"lea-2"}
         assert rows[0]["seq"] != "0"
 
+    def test_csv_export_keeps_formulas_from_running_in_a_spreadsheet(
+        self, copy_of: Callable[..., Path], tmp_path: Path
+    ) -> None:
+        path = copy_of()
+        entries = lines(path)
+        entry = orjson.loads(entries[0])
+        entry["reason"] = '=HYPERLINK("https://evil.example","open")'
+        rewrite(path, [orjson.dumps(entry), *entries[1:]])
+        out = tmp_path / "out.csv"
+        with out.open("w", newline="") as fh:
+            asyncio.run(write_entries(LogCopy(path), fh, fmt="csv"))
+        with out.open(newline="") as fh:
+            first = next(csv.DictReader(fh))
+        assert first["reason"] == "'" + entry["reason"]
+        assert first["ts"] == entry["ts"]  # ordinary cells unchanged
+
     def test_export_refuses_when_folder_exists(self, copy_of: Callable[..., Path]) -> None:
         path = copy_of()
         with pytest.raises(ConfigError):
