@@ -45,6 +45,8 @@ class VerifyResult:
     checkpointed_size: int = 0
     consistency_proofs: int = 0
     cosignatures: dict[str, int] = field(default_factory=dict)
+    origin: str | None = None
+    """The log's name its checkpoints carry (signed with them): which log was verified."""
     witnessed_size: dict[str, int] = field(default_factory=dict)
     """Per witness, the largest checkpoint size it cosigned (entries past it are signed by
     the log alone)."""
@@ -81,6 +83,7 @@ class VerifyResult:
                 f"{self.checkpointed_size}, {self.consistency_proofs} consistency proofs, "
                 f"{sum(self.cosignatures.values())} cosignatures"
                 + "".join(f", {n} by {w}" for w, n in sorted(self.cosignatures.items()))
+                + (f", origin {self.origin}" if self.origin else "")
                 + (
                     f"; {self.unverified_tail} entries after the last checkpoint are NOT "
                     "verified (no signature covers them)"
@@ -154,6 +157,7 @@ class LogVerifier:
     def finish(self) -> VerifyResult:
         result = self._result
         result.entries = self._tree.size
+        result.origin = self._origin
         self._check_checkpoints()
         self._check_cosignatures()
         for witness in self._witness_keys:

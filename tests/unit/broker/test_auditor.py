@@ -68,6 +68,7 @@ class TestUntouched:
         assert result.checkpoints == 4  # at 12, 24, 36 and 48 entries
         assert result.consistency_proofs == 3
         assert result.summary().startswith("OK: 48 entries")
+        assert f"origin {ORIGIN}" in result.summary()  # which log it was
 
     def test_result_reports_unverified_tail_when_entries_follow_last_checkpoint(
         self, copy_of: Callable[..., Path], signer: NoteSigner
