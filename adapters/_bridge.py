@@ -147,6 +147,8 @@ class ReceiveStats:
     """Packages left in the stream: this receiver's keys cannot open them (see the log)."""
     push_failed: int = 0
     """Packages stored but left in the stream: the push to the partner's server failed."""
+    write_failed: int = 0
+    """Packages left in the stream: they could not be written to the output folder."""
     objects: int = 0
     receipts: int = 0
     by_tlp: dict[str, int] = field(default_factory=dict)
@@ -266,7 +268,11 @@ class Receiver:
             log.info("package.duplicate", sub=subject_sid, jti=opened.jti)
             await msg.ack_sync()
             return
-        self._store(subject_sid, token, opened)
+        try:
+            self._store(subject_sid, token, opened)
+        except OSError as exc:
+            await self._write_failed(msg, subject_sid, exc)
+            return
         if self._push is not None:
             # A partner's server may take minutes (requests time out per read, and the
             # status is polled): keep the package ours meanwhile.
@@ -285,8 +291,24 @@ class Receiver:
                 return
             finally:
                 await cancel_and_wait(keepalive)
-        self._replay.add(opened.jti, int(opened.claims["exp"]))
+        try:
+            self._replay.add(opened.jti, int(opened.claims["exp"]))
+        except OSError as exc:
+            await self._write_failed(msg, subject_sid, exc)
+            return
         await msg.ack_sync()
+
+    async def _write_failed(self, msg: Msg, sid: str, exc: OSError) -> None:
+        """The output folder, not NATS, failed: the package is left in the stream (it comes
+        again) and the error said as it is. Waited out as a NATS outage, it kept
+        ``--once`` running for ever under a warning about NATS."""
+        seq = msg.metadata.sequence.stream
+        if seq not in self._held:
+            self._held.add(seq)
+            self.stats.write_failed += 1
+        log.error("receive.write_failed", sub=sid, out=str(self._out), error=str(exc))
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak(delay=PUSH_RETRY)
 
     def _folders(self) -> None:
         """The output folder and the receiver's state in it (made again if removed)."""

@@ -367,6 +367,14 @@ def receive(
             "set without the broker's current key); nothing was acked, fix and run again"
         )
         raise typer.Exit(3)
+    if stats.write_failed:
+        err.print(
+            f"{stats.write_failed} package(s) could not be written to {escape(str(out_dir))} "
+            "(see receive.write_failed in the log); they stay in the stream and come again "
+            "once it is writable",
+            highlight=False,
+        )
+        raise typer.Exit(3)
     if stats.push_failed:
         err.print(
             f"{stats.push_failed} package(s) stored but not pushed (see receive.push_failed in "

@@ -69,6 +69,36 @@ async def _until(check: Callable[[], bool], seconds: float = 30) -> None:
     pytest.fail(f"not within {seconds} s")
 
 
+async def test_once_stops_and_says_so_when_the_folder_cannot_be_written(
+    js: JetStreamContext, routed: tuple[Community, Settings], tmp_path: Path
+) -> None:
+    """An unwritable folder was waited out as a NATS outage: `--once` ran for ever under a
+    warning about NATS. Now the package stays in the stream, and the run ends saying so."""
+    community, settings = routed
+    sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+    out = tmp_path / "lea-1"
+    packages = out / ".atlas" / "packages"
+
+    def _break(_: Any) -> None:  # after the receiver made its folders
+        shutil.rmtree(packages)
+        packages.write_bytes(b"not a folder")
+
+    key = [community.enc_key("lea-1")]
+    async with asyncio.timeout(60):
+        failed = await receive(
+            settings, org="lea-1", key_paths=key, out_dir=out, once=True, js=js, on_ready=_break
+        )
+    assert (failed.received, failed.write_failed) == (0, 1)
+    info = await js.consumer_info("DELIVERIES", "rcv-lea-1")
+    assert info.num_pending + info.num_ack_pending == 1  # not acked: it comes again
+    packages.unlink()
+    async with asyncio.timeout(90):
+        again = await receive(settings, org="lea-1", key_paths=key, out_dir=out, once=True, js=js)
+    assert (again.received, again.write_failed) == (1, 0)
+    assert (out / f"{sid}.json").exists()
+
+
 @pytest.mark.parametrize("org", ["ec3.>", "*", "Bank A", ""])
 async def test_an_org_that_cannot_be_one_is_refused_naming_it(
     make_community: Callable[..., Any], tmp_path: Path, org: str
