@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -132,7 +133,9 @@ class DiskReplayGuard:
 
     def add(self, jti: str, exp: int) -> None:
         self._seen[jti] = exp
-        with self._path.open("ab") as fh:
+        # Never through a link planted in its place (it would append to whatever it names).
+        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "ab") as fh:
             fh.write(orjson.dumps({"jti": jti, "exp": exp}) + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -314,6 +317,16 @@ class Receiver:
         """The output folder and the receiver's state in it (made again if removed)."""
         self._out.mkdir(parents=True, exist_ok=True)
         self._state.mkdir(exist_ok=True, mode=0o700)
+        state = os.lstat(self._state)
+        if stat.S_ISLNK(state.st_mode) or state.st_uid != os.getuid():
+            # Packages, receipts and the replay cache would be kept wherever it leads.
+            raise BridgeError(
+                f"{self._state} is a link or not this user's folder: the receiver keeps its "
+                "state (packages, replay cache) only in a folder of its own; remove it"
+            )
+        if stat.S_IMODE(state.st_mode) & 0o077:
+            log.warning("receive.state_mode_fixed", path=str(self._state))
+            os.chmod(self._state, 0o700)
         (self._state / "packages").mkdir(exist_ok=True)
         (self._state / "quarantine").mkdir(exist_ok=True)
 

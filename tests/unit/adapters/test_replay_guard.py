@@ -1,11 +1,15 @@
-"""The receive bridge's replay cache on disk: kept as long as a package can still be opened."""
+"""The receive bridge's state on disk: the replay cache kept as long as a package can still
+be opened, never through a planted link; the state folder its own."""
 
 from __future__ import annotations
 
 import stat
 from pathlib import Path
 
-from adapters import DiskReplayGuard
+import pytest
+
+from adapters import BridgeError, DiskReplayGuard, Receiver
+from keys import BrokerKeyring
 
 NOW = 1_800_000_000
 
@@ -33,3 +37,44 @@ def test_a_damaged_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     guard = DiskReplayGuard(path, now=lambda: NOW)
 
     assert guard.seen("a", 1_900_000_000) and not guard.seen("b", 0)
+
+
+def test_a_link_planted_as_the_cache_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me\n")
+    path = tmp_path / "replay.jsonl"
+    guard = DiskReplayGuard(path, now=lambda: NOW)
+    path.unlink(missing_ok=True)
+    path.symlink_to(victim)
+    with pytest.raises(OSError):  # the receiver reports it as a write failure
+        guard.add("jti", NOW + 60)
+    assert victim.read_bytes() == b"keep me\n"
+
+
+def _receiver(out: Path) -> Receiver:
+    return Receiver(
+        None,  # type: ignore[arg-type]  # making the folders needs no NATS
+        org="lea-1",
+        decryption_keys={},
+        broker_keys=lambda: BrokerKeyring.of(),
+        out_dir=out,
+    )
+
+
+def test_a_state_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".atlas").symlink_to(elsewhere)
+    with pytest.raises(BridgeError, match="is a link or not this user's folder"):
+        _receiver(out)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_state_folder_open_to_others_is_closed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / ".atlas").mkdir(parents=True)
+    (out / ".atlas").chmod(0o777)
+    _receiver(out)
+    assert stat.S_IMODE((out / ".atlas").stat().st_mode) == 0o700
