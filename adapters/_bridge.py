@@ -315,7 +315,9 @@ class Receiver:
 
     def _folders(self) -> None:
         """The output folder and the receiver's state in it (made again if removed)."""
-        self._out.mkdir(parents=True, exist_ok=True)
+        # Made for the owner and its group, as the bundles in it (0640): the file names are
+        # submission ids, not for every local user to list.
+        self._out.mkdir(parents=True, exist_ok=True, mode=0o750)
         self._state.mkdir(exist_ok=True, mode=0o700)
         state = os.lstat(self._state)
         if stat.S_ISLNK(state.st_mode) or state.st_uid != os.getuid():

@@ -78,3 +78,8 @@ def test_a_state_folder_open_to_others_is_closed(tmp_path: Path) -> None:
     (out / ".atlas").chmod(0o777)
     _receiver(out)
     assert stat.S_IMODE((out / ".atlas").stat().st_mode) == 0o700
+
+
+def test_an_output_folder_it_makes_is_not_for_everyone_to_list(tmp_path: Path) -> None:
+    _receiver(tmp_path / "out")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) & 0o007 == 0
