@@ -16,7 +16,14 @@ from pathlib import Path
 import structlog
 from nats.js import JetStreamContext
 
-from adapters._taxii import Credentials, HttpLimits, create_app, is_loopback, serve_http
+from adapters._taxii import (
+    TAXII_MEDIA_TYPE,
+    Credentials,
+    HttpLimits,
+    create_app,
+    is_loopback,
+    serve_http,
+)
 from keys import PrivateKey
 
 from ._bus import ensure_streams, nats_session
@@ -118,6 +125,7 @@ async def run_taxii(
             key_file=cfg.key_file,
             on_started=_started,
             trusted_proxies=cfg.trusted_proxies,
+            error_media_type=TAXII_MEDIA_TYPE,
             limits=HttpLimits(
                 max_connections=cfg.max_connections,
                 max_connections_per_address=cfg.max_connections_per_address,

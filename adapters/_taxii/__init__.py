@@ -7,6 +7,7 @@ implementation, tests and benchmarks the in-memory one.
 from ._app import create_app
 from ._auth import Credentials, CredentialsError, hash_secret, new_token, set_secret
 from ._cursor import CursorCodec, InvalidCursor
+from ._http import TAXII_MEDIA_TYPE
 from ._index import ObjectIndex, Query, format_ts, parse_ts, version_key, version_of
 from ._memory import MemoryBackend
 from ._port import (
@@ -20,6 +21,7 @@ from ._port import (
 from ._serve import HttpLimits, bind_listener, is_loopback, serve_http, serve_socket
 
 __all__ = [
+    "TAXII_MEDIA_TYPE",
     "CollectionInfo",
     "Credentials",
     "CredentialsError",

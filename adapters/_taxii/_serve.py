@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import h11
+import orjson
 import structlog
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -57,6 +58,10 @@ class HttpLimits:
     body_deadline: float = 600.0
     """Seconds one request body may take in all (a body trickled a byte at a time)."""
 
+
+_MAX_HEAD = 16 * 1024
+"""Bytes of a request head h11 buffers before refusing it (431): h11's and uvicorn's
+default."""
 
 _FD_RESERVE = 256
 """File descriptors kept for everything but HTTP connections (NATS, logs, key files)."""
@@ -155,13 +160,46 @@ class _CountedTLS(sslproto.SSLProtocol):
         super().connection_lost(exc)
 
 
-def _guarded_protocol(limits: HttpLimits, tls: ssl.SSLContext | None) -> type[asyncio.Protocol]:
+class _Parser(h11.Connection):
+    """h11's parser, keeping the last error it found in a request: uvicorn answers every
+    one with the same plain-text 400 and drops the reason."""
+
+    error: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.error = exc
+            raise
+
+
+def _protocol_error_body(error: h11.RemoteProtocolError | None) -> tuple[int, bytes]:
+    """The status and JSON body (the TAXII error message's members) for a request h11
+    could not parse."""
+    status = error.error_status_hint if error is not None else 400
+    if status not in (400, 431, 501):
+        status = 400
+    reason = str(error) if error is not None and str(error) else "malformed request"
+    body = {
+        "title": "Request Header Fields Too Large" if status == 431 else "Bad Request",
+        "description": f"the request is not valid HTTP/1.1: {reason}",
+        "http_status": str(status),
+    }
+    return status, orjson.dumps(body)
+
+
+def _guarded_protocol(
+    limits: HttpLimits, tls: ssl.SSLContext | None, error_media_type: str
+) -> type[asyncio.Protocol]:
     """The protocol uvicorn runs on each accepted TCP connection: the connection is counted
     and admitted (or closed) before anything else, TLS included, and then served by
-    uvicorn's h11 protocol with ``limits``' timers."""
+    uvicorn's h11 protocol with ``limits``' timers. A request h11 cannot parse is answered
+    in ``error_media_type`` with the reason, as the app's own errors are."""
     counts = _Counts(limits)
     refusals = _Sampled("http.connection_refused", "warning")
     timeouts = _Sampled("http.connection_timed_out", "info")
+    malformed = _Sampled("http.request_malformed", "info")
 
     class Guarded(H11Protocol):
         seat: _Seat | None = None
@@ -169,6 +207,11 @@ def _guarded_protocol(limits: HttpLimits, tls: ssl.SSLContext | None) -> type[as
         _body_timer: asyncio.TimerHandle | None = None
         _body_deadline: asyncio.TimerHandle | None = None
         _write_timer: asyncio.TimerHandle | None = None
+
+        def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+            super().__init__(config, *args, **kwargs)
+            size = config.h11_max_incomplete_event_size
+            self.conn = _Parser(h11.SERVER, size if size is not None else _MAX_HEAD)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -198,6 +241,26 @@ def _guarded_protocol(limits: HttpLimits, tls: ssl.SSLContext | None) -> type[as
                         limits.body_deadline, self._late, "the request body took too long"
                     )
             self._track_body()
+
+        def send_400_response(self, msg: str) -> None:
+            error = cast(_Parser, self.conn).error
+            status, body = _protocol_error_body(error)
+            malformed.add(str(error or msg), self.client[0] if self.client else "-")
+            headers = [
+                (b"content-type", error_media_type.encode("ascii")),
+                (b"cache-control", b"no-store"),
+                (b"connection", b"close"),
+            ]
+            try:
+                for event in (
+                    h11.Response(status_code=status, headers=headers),
+                    h11.Data(data=body),
+                    h11.EndOfMessage(),
+                ):
+                    self.transport.write(self.conn.send(event) or b"")
+            except h11.LocalProtocolError:
+                pass  # a response had already begun: there is nothing more to say
+            self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -330,11 +393,14 @@ async def serve_http(
     on_started: Callable[[str], None] | None = None,
     limits: HttpLimits = HttpLimits(),
     trusted_proxies: Sequence[str] = (),
+    error_media_type: str = "application/json",
 ) -> None:
     """Serve ``app`` until cancelled; ``on_started`` gets the base URL (real port).
 
     ``trusted_proxies``: addresses or networks whose ``X-Forwarded-For``/``-Proto`` are
-    believed (the client is then the nearest address not among them); none by default."""
+    believed (the client is then the nearest address not among them); none by default.
+    ``error_media_type``: the content type of the JSON error (``title``, ``description``,
+    ``http_status``) for a request that is not valid HTTP, which never reaches ``app``."""
     if cert_file is None and not is_loopback(host):
         raise AdapterError(
             f"refusing plain HTTP on {host}: configure taxii.cert_file and taxii.key_file "
@@ -354,6 +420,7 @@ async def serve_http(
         on_started=on_started,
         limits=limits,
         trusted_proxies=trusted_proxies,
+        error_media_type=error_media_type,
     )
 
 
@@ -367,13 +434,14 @@ async def serve_socket(
     on_started: Callable[[str], None] | None = None,
     limits: HttpLimits = HttpLimits(),
     trusted_proxies: Sequence[str] = (),
+    error_media_type: str = "application/json",
 ) -> None:
-    """Serve ``app`` on a bound socket until cancelled, then close it."""
+    """Serve ``app`` on a bound socket until cancelled, then close it (see ``serve_http``)."""
     tls = _server_tls(cert_file, key_file) if cert_file else None
     config = uvicorn.Config(
         app,
         # TLS is ours, not uvicorn's: a connection is admitted before its handshake.
-        http=_guarded_protocol(limits, tls),
+        http=_guarded_protocol(limits, tls, error_media_type),
         log_config=None,
         access_log=False,
         lifespan="off",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,14 @@ import requests
 import trustme
 
 from adapters import cancel_and_wait
-from adapters._taxii import Credentials, HttpLimits, MemoryBackend, create_app, serve_http
+from adapters._taxii import (
+    TAXII_MEDIA_TYPE,
+    Credentials,
+    HttpLimits,
+    MemoryBackend,
+    create_app,
+    serve_http,
+)
 
 LIMITS = HttpLimits(
     max_connections=6, max_connections_per_address=4, header_timeout=0.5, body_timeout=0.5
@@ -156,6 +164,49 @@ async def test_a_request_framed_two_ways_is_refused_and_what_follows_never_read(
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"both Transfer-Encoding and Content-Length" in answer
     assert answer.count(b"HTTP/1.1 ") == 1  # the smuggled request got no answer
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "reason"),
+    [
+        (
+            b"POST /taxii2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n",
+            400,
+            b"Content-Length",
+        ),
+        (b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, b"header"),
+        # A head past 16 KiB and not yet complete (a complete one in one read is parsed).
+        (b"GET /" + b"a" * 20_000, 431, b"too long"),
+    ],
+    ids=["bad-content-length", "bad-header-line", "head-too-long"],
+)
+async def test_a_request_that_is_not_http_gets_an_error_in_the_servers_format(
+    request_bytes: bytes, status: int, reason: bytes
+) -> None:
+    """h11 refuses these before the app sees them; the answer is still a JSON error with
+    the reason, in the media type the server was given (uvicorn's own is plain text)."""
+    started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    app = create_app(MemoryBackend(members={}), Credentials({}), cursor_key=b"k" * 32)
+    task = asyncio.create_task(
+        serve_http(
+            app,
+            host="127.0.0.1",
+            port=0,
+            on_started=started.set_result,
+            error_media_type=TAXII_MEDIA_TYPE,
+        )
+    )
+    try:
+        port = int((await asyncio.wait_for(started, 30)).rsplit(":", 1)[1])
+        answer = await asyncio.to_thread(_exchange, port, request_bytes)
+    finally:
+        await cancel_and_wait(task)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), head
+    assert f"content-type: {TAXII_MEDIA_TYPE}".encode() in head.lower()
+    error = json.loads(body)
+    assert error["http_status"] == str(status)
+    assert reason.lower() in error["description"].encode().lower(), error
 
 
 class TestTimeouts:
