@@ -157,6 +157,9 @@ def version_of(obj: Mapping[str, Any], added: str) -> str:
     return versions_of(obj, added)[1]
 
 
+_new_entry = tuple.__new__
+
+
 class ObjectIndex:
     def __init__(self) -> None:
         self._entries: list[Entry] = []
@@ -185,6 +188,7 @@ class ObjectIndex:
         base = seq << POS_SHIFT
         entries, seen, by_id = self._entries, self._seen, self._by_id
         latest, first = self._latest, self._first
+        add_entry, add_pos, add_added = entries.append, self._pos.append, self._added.append
         for n, obj in enumerate(objects):
             if not isinstance(obj, dict):
                 continue
@@ -198,20 +202,24 @@ class ObjectIndex:
             seen.add(key)
             pos = base | n
             i = len(entries)
-            entries.append(
-                Entry(
-                    pos,
-                    stamp,
-                    object_id,
-                    str(obj.get("type", "")),
-                    version,
-                    str(obj.get("spec_version", "2.0")),
-                    orjson.dumps(obj),
-                    written,
+            # Built as the tuple it is: Entry(...) goes through a Python-level __new__.
+            add_entry(
+                _new_entry(
+                    Entry,
+                    (
+                        pos,
+                        stamp,
+                        object_id,
+                        str(obj.get("type", "")),
+                        version,
+                        str(obj.get("spec_version", "2.0")),
+                        orjson.dumps(obj),
+                        written,
+                    ),
                 )
             )
-            self._pos.append(pos)
-            self._added.append(stamp)
+            add_pos(pos)
+            add_added(stamp)
             if object_id not in by_id:
                 by_id[object_id] = i  # an int, not a list per id: nothing for the GC to scan
                 latest[object_id] = first[object_id] = i

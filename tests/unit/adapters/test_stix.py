@@ -142,6 +142,48 @@ class TestRequiredProperties:
     def test_accepts_patterns_whose_quotes_hold_brackets(self, pattern: str) -> None:
         check_bundle(_bundle({**OBJ, "pattern": pattern}), max_objects=1)
 
+    @pytest.mark.parametrize(
+        ("pattern", "message"),
+        [
+            ("[a:b = 'x'] '", "quote that is never closed"),
+            ("[a:b = 'x\\''] '", "quote that is never closed"),
+            ("[a:b = 'x' OR a:b = 'y'", "do not pair up"),
+            ("[a:b = 'x\\'' OR a:b = 'y'", "do not pair up"),
+            ("'[a:b = 1]'", "does not open with an observation"),
+            ("'[a:b = \\'1\\']'", "does not open with an observation"),
+            ("[a:b = 'x''y'] AND [c:d = ']']", None),
+            ("[a:b = 'x\\\\''y'] AND [c:d = ']']", None),
+        ],
+    )
+    def test_reads_quoted_strings_alike_with_and_without_escapes(
+        self, pattern: str, message: str | None
+    ) -> None:
+        # Patterns without a backslash are read without the regex: the same answers.
+        data = _bundle({**OBJ, "pattern": pattern})
+        if message is None:
+            check_bundle(data, max_objects=1)
+        else:
+            with pytest.raises(InvalidBundle, match=message):
+                check_bundle(data, max_objects=1)
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            (["a", "b"], None),
+            (["a", 2**64], "integer outside the 64-bit range"),
+            (["a", ["b", float("nan")]], "not finite"),
+        ],
+    )
+    def test_checks_every_item_of_a_list_that_is_not_only_strings(
+        self, value: list[object], message: str | None
+    ) -> None:
+        data = _bundle({**OBJ, "labels": value})
+        if message is None:
+            check_bundle(data, max_objects=1)
+        else:
+            with pytest.raises(InvalidBundle, match=message):
+                check_bundle(data, max_objects=1)
+
     def test_takes_what_stix2_validator_takes_when_a_value_is_empty_or_negative(self) -> None:
         identity = {
             "type": "identity",
