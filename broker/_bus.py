@@ -1,15 +1,28 @@
 """The NATS side: connecting, the JetStream streams and buckets, subject names.
 
-| stream      | subjects                                   | why                                   |
-|-------------|--------------------------------------------|---------------------------------------|
-| SUBMISSIONS | ``atlas.submit.<org>``                     | signed submissions, replayable 30 d   |
-| DELIVERIES  | ``atlas.deliver.<recipient>.<submission>`` | one sealed package per subject        |
-| LOG         | ``atlas.log.entries.<submission>.<n>``,    | dissemination log: delete/purge       |
-|             | ``atlas.log.checkpoints``                  | denied, no age limit                  |
+| stream        | subjects                                   | why                                 |
+|---------------|--------------------------------------------|-------------------------------------|
+| SUBMIT-<org>  | ``atlas.submit.<org>``                     | one member's intake, capped, 1 day  |
+| ACK-<org>     | ``atlas.ack.<org>``                        | one recipient's acks, capped, 1 day |
+| SUBMISSIONS   | (sourced from every SUBMIT-<org>)          | signed submissions, replayable 30 d |
+| DELIVERIES    | ``atlas.deliver.<recipient>.<submission>`` | one sealed package per subject      |
+| RECEIPTS      | ``atlas.receipt.*.*``, ``atlas.notice.*``  | receipts, notices; acks sourced     |
+|               | (and sourced from every ACK-<org>)         | from every ACK-<org>                |
+| LOG           | ``atlas.log.entries.<submission>.<n>``,    | dissemination log: delete/purge     |
+|               | ``atlas.log.checkpoints``                  | denied, no age limit                |
 
 Log entries of one submission are one message on their own subject, published with an
 expected last subject sequence of 0 like deliveries: a worker that crashes after writing
 them and is redelivered the submission cannot write them twice.
+
+Organisations never write a stream another organisation writes: each has intake streams
+of its own, which nats-server copies into SUBMISSIONS and RECEIPTS. Written straight into
+a shared stream, a member's publish learned of others' activity (its acknowledgement
+carries the stream-wide sequence, and an ``Nats-Expected-Last-Subject-Sequence-Subject``
+header naming another member's subject answers with that subject's last sequence), and
+one organisation could fill the shared stream's byte limit and have everyone else's
+submissions refused. An intake stream holds one organisation's subject only, and its
+byte limit (``nats.intake_max_bytes``, a day's worth) is that organisation's alone.
 """
 
 from __future__ import annotations
@@ -18,8 +31,8 @@ import asyncio
 import contextlib
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +48,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamSource,
 )
 
 from ._config import Settings
@@ -50,13 +64,17 @@ __all__ = [
     "SUBMITTED_BUCKET",
     "VIEWS",
     "Streams",
+    "ack_stream",
+    "ack_subject",
     "connect",
     "deliver_subject",
+    "ensure_intake",
     "ensure_stream",
     "ensure_streams",
     "log_subject",
     "nats_session",
     "receipt_subject",
+    "submit_stream",
     "submit_subject",
     "view_subject",
 ]
@@ -78,6 +96,24 @@ _DAY = 86400.0
 
 def submit_subject(org: str) -> str:
     return f"atlas.submit.{org}"
+
+
+_SUBMIT_PREFIX = "SUBMIT-"
+
+
+def submit_stream(org: str) -> str:
+    """The member's intake stream: it alone writes it (organisation ids are valid stream
+    names: lowercase letters, digits, ``-`` and ``_``)."""
+    return f"{_SUBMIT_PREFIX}{org}"
+
+
+def ack_subject(org: str) -> str:
+    return f"atlas.ack.{org}"
+
+
+def ack_stream(org: str) -> str:
+    """The recipient's intake stream of acknowledgements."""
+    return f"ACK-{org}"
 
 
 def deliver_subject(recipient: str, submission: str) -> str:
@@ -108,6 +144,18 @@ class Streams:
     replicas: int = 1
     receipts_max_msg_size: int = 64 * 1024
     """Receipts, acknowledgements and notices are a few KB."""
+    intake_max_bytes: int = 32 * 1024**2
+    """Most bytes one organisation's intake stream (SUBMIT-<org>, ACK-<org>) keeps; with
+    ``intake_max_age`` its most a day: past it, its publishes are refused."""
+    intake_max_age: float = _DAY
+    """Intake streams are copied into SUBMISSIONS and RECEIPTS at once; they keep a day
+    (TAXII status lookups read them)."""
+
+
+_INTAKE_MAX_BYTES = "atlas_intake_max_bytes"
+_INTAKE_MAX_AGE = "atlas_intake_max_age"
+"""SUBMISSIONS' metadata keys holding the intake streams' limits: whoever later adds an
+organisation's intake (``directory load``) gives it the limits the broker was set with."""
 
 
 def _file_stream(name: str, subjects: list[str], replicas: int, **limits: Any) -> StreamConfig:
@@ -132,31 +180,60 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
         "max_bytes": streams.deliveries_max_bytes,
         "discard": DiscardPolicy.NEW,  # never drop an undelivered package silently
     }
+    current = {name: await _config(js, name) for name in (SUBMISSIONS, RECEIPTS)}
+    sources = {name: config.sources if config else None for name, config in current.items()}
+    made = [s.name.removeprefix(_SUBMIT_PREFIX) for s in sources[SUBMISSIONS] or () if s.name]
+    intake = _Intake(
+        streams.intake_max_bytes,
+        streams.intake_max_age,
+        streams.max_msg_size,
+        streams.receipts_max_msg_size,
+        streams.replicas,
+    )
+    sub_now, rec_now = current[SUBMISSIONS], current[RECEIPTS]
+    if made and sub_now and rec_now:
+        # A source may not take bigger messages than its target: smaller ones first.
+        await _ensure_intake(
+            js,
+            made,
+            replace(
+                intake,
+                submit_size=min(intake.submit_size, sub_now.max_msg_size or 0),
+                ack_size=min(intake.ack_size, rec_now.max_msg_size or 0),
+            ),
+        )
     configs = [
         _file_stream(
             SUBMISSIONS,
-            ["atlas.submit.*"],
+            [],  # nats-server then gives it its own name; members write their SUBMIT-<org>
             streams.replicas,
             max_age=streams.submissions_max_age,
             max_msg_size=streams.max_msg_size,
-            # Organisations write SUBMISSIONS and RECEIPTS themselves: capped, one of them
-            # cannot fill the store LOG and DELIVERIES need (found by a probe).
+            # Capped too, so that the intake streams together cannot fill the store LOG
+            # and DELIVERIES need (found by a probe).
             max_bytes=streams.deliveries_max_bytes // 2,
             discard=DiscardPolicy.NEW,  # refuse new submissions, never drop stored ones
+            sources=sources[SUBMISSIONS],
+            metadata={
+                _INTAKE_MAX_BYTES: str(streams.intake_max_bytes),
+                _INTAKE_MAX_AGE: str(streams.intake_max_age),
+            },
         ),
         _file_stream(DELIVERIES, ["atlas.deliver.*.*"], streams.replicas, **kept),
         # Plaintext views of recipients that read over TAXII (directory: taxii_read).
         _file_stream(VIEWS, ["atlas.view.*.*"], streams.replicas, **kept),
         # Receipts to recipients (one per delivered package), their signed
-        # acknowledgements back (atlas.ack.<org>, logged), and notices to originators.
+        # acknowledgements back (atlas.ack.<org> through ACK-<org>, logged), and notices
+        # to originators.
         _file_stream(
             RECEIPTS,
-            ["atlas.receipt.*.*", "atlas.ack.*", "atlas.notice.*"],
+            ["atlas.receipt.*.*", "atlas.notice.*"],
             streams.replicas,
             max_age=streams.deliveries_max_age,
             max_bytes=streams.deliveries_max_bytes // 8,
             max_msg_size=streams.receipts_max_msg_size,
             discard=DiscardPolicy.NEW,
+            sources=sources[RECEIPTS],
         ),
         _file_stream(
             LOG,
@@ -168,6 +245,8 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
     ]
     for config in configs:
         await ensure_stream(js, config)
+    if made:  # the intake streams already made take changed limits too
+        await _ensure_intake(js, made, intake)
     await js.create_key_value(
         KeyValueConfig(bucket=DIRECTORY_BUCKET, history=16, replicas=streams.replicas)
     )
@@ -181,6 +260,83 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             replicas=streams.replicas,
         )
     )
+
+
+async def _config(js: JetStreamContext, name: str) -> StreamConfig | None:
+    try:
+        return (await js.stream_info(name)).config
+    except nats.js.errors.NotFoundError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Intake:
+    """What every intake stream is made with."""
+
+    max_bytes: int
+    max_age: float
+    submit_size: int
+    """Largest message of a SUBMIT- stream: SUBMISSIONS' (a source may not take more)."""
+    ack_size: int
+    """Largest message of an ACK- stream: RECEIPTS'."""
+    replicas: int
+
+
+async def ensure_intake(js: JetStreamContext, orgs: Iterable[str]) -> int:
+    """Each organisation's intake streams, copied into SUBMISSIONS and RECEIPTS; how many
+    were added. Their limits are read from SUBMISSIONS and RECEIPTS (``ensure_streams``
+    sets them from the settings), so ``directory load`` gives a new organisation the
+    broker's."""
+    submissions = (await js.stream_info(SUBMISSIONS)).config
+    receipts = (await js.stream_info(RECEIPTS)).config
+    meta, default = submissions.metadata or {}, Streams()
+    intake = _Intake(
+        int(meta.get(_INTAKE_MAX_BYTES, default.intake_max_bytes)),
+        float(meta.get(_INTAKE_MAX_AGE, default.intake_max_age)),
+        submissions.max_msg_size or default.max_msg_size,
+        receipts.max_msg_size or default.receipts_max_msg_size,
+        submissions.num_replicas or 1,
+    )
+    return await _ensure_intake(js, orgs, intake, {SUBMISSIONS: submissions, RECEIPTS: receipts})
+
+
+async def _ensure_intake(
+    js: JetStreamContext,
+    orgs: Iterable[str],
+    intake: _Intake,
+    aggregates: dict[str, StreamConfig] | None = None,
+) -> int:
+    wanted: dict[str, list[StreamSource]] = {SUBMISSIONS: [], RECEIPTS: []}
+    for org in sorted(set(orgs)):
+        for aggregate, name, subject, size in (
+            (SUBMISSIONS, submit_stream(org), submit_subject(org), intake.submit_size),
+            # No bigger messages than RECEIPTS takes: one it refused would hold up the
+            # copying of everything after it.
+            (RECEIPTS, ack_stream(org), ack_subject(org), intake.ack_size),
+        ):
+            config = _file_stream(
+                name,
+                [subject],
+                intake.replicas,
+                max_msg_size=size,
+                max_bytes=intake.max_bytes,
+                max_age=intake.max_age,
+                discard=DiscardPolicy.NEW,  # refused when full; nothing accepted is dropped
+            )
+            await ensure_stream(js, config)
+            wanted[aggregate].append(StreamSource(name=name, filter_subject=subject))
+    if aggregates is None:
+        return 0  # ensure_streams: the sources are in the configuration it writes
+    added = 0
+    for aggregate, current in aggregates.items():
+        have = {source.name for source in current.sources or ()}
+        missing = [source for source in wanted[aggregate] if source.name not in have]
+        if missing:
+            current.sources = [*(current.sources or ()), *missing]
+            await js.update_stream(current)
+            added += len(missing)
+            log.info("stream.intake_added", stream=aggregate, count=len(missing))
+    return added
 
 
 # 10047: a server has no room for the stream's limits; 10023: no server (of a cluster)
@@ -209,8 +365,9 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             "maximum on its store's disk (on every replica), and grants JetStream 75% of "
             "the free space unless max_file_store says otherwise; an account's limits "
             "also count. Free disk space, lower nats.stream_max_bytes (DELIVERIES and "
-            "VIEWS each keep that much, SUBMISSIONS half, RECEIPTS an eighth), or raise "
-            "the server's or account's limit"
+            "VIEWS each keep that much, SUBMISSIONS half, RECEIPTS an eighth) or "
+            "nats.intake_max_bytes (each organisation's SUBMIT- and ACK- streams), or "
+            "raise the server's or account's limit"
         ) from exc
 
 

@@ -76,6 +76,10 @@ class NatsSettings(_Section):
     """Most bytes DELIVERIES and VIEWS each keep (when full, new packages are refused,
     never old ones dropped). nats-server reserves both on its store's disk and, by
     default, grants JetStream 75% of the disk's free space: lower this on a small disk."""
+    intake_max_bytes: int = Field(default=32 * _MiB, ge=_MiB)
+    """Most bytes each organisation's intake streams (its submissions, its
+    acknowledgements) keep; they keep a day, so this is what one organisation may send in
+    a day before its publishes are refused. Its own: nobody else's fill it."""
     inbox_prefix: str | None = Field(default=None, pattern=r"^_INBOX\.[a-z0-9][a-z0-9_-]{0,62}$")
     """Reply subjects prefix (optional: under the generated configuration each organisation
     has an account of its own, and its replies never meet another's)."""

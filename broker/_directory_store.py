@@ -22,15 +22,17 @@ from nats.js import JetStreamContext
 
 from adapters import cancel_and_wait, check_cancelled
 from keys import BrokerKeyring, InvalidKey, PublicKey
-from policy import Directory, DirectoryError, PublicKeyEntry
+from policy import Directory, DirectoryError, OrgKind, PublicKeyEntry
 
-from ._bus import DIRECTORY_BUCKET
+from ._bus import DIRECTORY_BUCKET, ensure_intake
 from .errors import DirectoryUnavailable
 
 __all__ = [
     "DirectoryWatcher",
     "ResolvedDirectory",
+    "ensure_directory_intake",
     "fetch_directory",
+    "intake_orgs",
     "read_directory_file",
     "store_directory",
 ]
@@ -122,9 +124,26 @@ def resolve(directory: Directory, revision: int = 0) -> ResolvedDirectory:
 
 
 async def store_directory(js: JetStreamContext, directory: Directory) -> int:
+    """Put ``directory`` in the bucket, with its organisations' intake streams."""
     kv = await js.key_value(DIRECTORY_BUCKET)
     payload = directory.model_dump_json().encode()
-    return int(await kv.put(_KEY, payload))
+    revision = int(await kv.put(_KEY, payload))
+    await ensure_intake(js, intake_orgs(directory))
+    return revision
+
+
+def intake_orgs(directory: Directory) -> list[str]:
+    """The organisations that publish (submissions, acknowledgements): all but auditors."""
+    return [org.id for org in directory.organisations if org.kind != OrgKind.AUDITOR]
+
+
+async def ensure_directory_intake(js: JetStreamContext) -> int:
+    """The intake streams of the stored directory's organisations (none stored: none)."""
+    try:
+        resolved = await fetch_directory(js)
+    except DirectoryUnavailable:
+        return 0
+    return await ensure_intake(js, intake_orgs(resolved.directory))
 
 
 async def fetch_directory(js: JetStreamContext) -> ResolvedDirectory:

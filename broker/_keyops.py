@@ -30,8 +30,8 @@ from adapters import delivery_consumer, ensure_durable, receipt_consumer
 from keys import InvalidKey, PublicKey
 from policy import Directory, DirectoryError, OrgKind, PublicKeyEntry
 
-from ._bus import DIRECTORY_BUCKET, log_subject
-from ._directory_store import resolve
+from ._bus import DIRECTORY_BUCKET, ensure_intake, log_subject
+from ._directory_store import intake_orgs, resolve
 from ._log import append_entries, timestamp
 from ._witness import ensure_witness_stream
 
@@ -149,6 +149,7 @@ async def load_directory(
     }
     digest = hashlib.sha256(f"load|{new_revision}|{sha}".encode()).hexdigest()
     await append_entries(js, log_subject("d" + digest[:32]), [entry])
+    await ensure_intake(js, intake_orgs(directory))
     await ensure_party_consumers(js, directory)
     await ensure_witness_stream(js)
     return result

@@ -36,11 +36,11 @@ from keys import (
 )
 from policy import OrgKind, PolicyError
 
-from ._bus import Streams, ensure_streams, nats_session, submit_subject
+from ._bus import Streams, ensure_streams, nats_session, submit_stream, submit_subject
 from ._checkpoint import log_origin
 from ._checkpointer import run_checkpointer
 from ._config import Settings
-from ._directory_store import DirectoryWatcher, fetch_directory
+from ._directory_store import DirectoryWatcher, ensure_directory_intake, fetch_directory
 from ._embedded import running_url
 from ._gc import frozen_startup
 from ._keyops import ensure_party_consumers
@@ -96,6 +96,7 @@ def streams_for(settings: Settings) -> Streams:
         max_msg_size=settings.limits.max_bundle_bytes,
         replicas=settings.nats.replicas,
         deliveries_max_bytes=settings.nats.stream_max_bytes,
+        intake_max_bytes=settings.nats.intake_max_bytes,
     )
 
 
@@ -172,6 +173,7 @@ async def run_router(
     ``attach`` is handed the router once built (the monitor reports its readiness).
     """
     await ensure_streams(js, streams_for(settings))
+    await ensure_directory_intake(js)
     async with DirectoryWatcher(js) as watcher:
         router = Router(
             js,
@@ -271,7 +273,8 @@ async def _provide_for_parties(js: JetStreamContext, settings: Settings) -> None
 @dataclass(frozen=True, slots=True)
 class Published:
     sid: str
-    stream_seq: int
+    intake_seq: int
+    """Its sequence in the member's own intake stream (``SUBMIT-<org>``)."""
     size: int
     outcome: str | None = None
     """With a wait: "accepted" or "refused" once the router decided, None if it had not."""
@@ -326,12 +329,29 @@ async def publish_bundle(
         return await _publish_signed(js2, org, signed, wait)
 
 
+_INTAKE_FULL = 10077
+"""JetStream's "maximum bytes exceeded" (and any other store refusal: "{err}")."""
+
+
 async def _publish_signed(
     js: JetStreamContext, org: str, signed: SignedSubmission, wait: float
 ) -> Published:
-    ack = await js.publish(submit_subject(org), signed.token, stream="SUBMISSIONS")
+    try:
+        ack = await js.publish(submit_subject(org), signed.token, stream=submit_stream(org))
+    except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+        raise SubmissionError(
+            f"nothing takes submissions of {org!r} ({submit_subject(org)}): is it in the "
+            "directory the broker loaded (`atlas-broker directory load`)?"
+        ) from None
+    except nats.js.errors.APIError as exc:
+        if exc.err_code != _INTAKE_FULL or "maximum bytes" not in (exc.description or ""):
+            raise
+        raise SubmissionError(
+            f"{submit_stream(org)} is full: {org} sent nats.intake_max_bytes in the last "
+            "day; nothing was stored, send it later (or have the limit raised)"
+        ) from None
     log.info("submission.stored", sub=signed.sid, seq=ack.seq, bytes=len(signed.token))
-    published = Published(sid=signed.sid, stream_seq=int(ack.seq), size=len(signed.token))
+    published = Published(sid=signed.sid, intake_seq=int(ack.seq), size=len(signed.token))
     if wait <= 0:
         return published
     sha = hashlib.sha256(signed.token).hexdigest()

@@ -5,14 +5,14 @@
   only once JetStream stored it. What a failure means for the client (post again, or do
   not) is said by ``SubmitRefused``'s kind (``_publish``).
 - Status: the submission itself is the status record. A status id is the submission's
-  SUBMISSIONS sequence, masked and bound to its id by a MAC under a key derived from the
-  TAXII key shared by every server instance, written as a v4 UUID (``StatusIds``): any
-  instance answers,
-  after a restart too, and an id says nothing of how many submissions the community made.
-  Pending until the router logged the submission (``atlas.log.entries.<sid>.0`` when
-  accepted, ``…r<sha256 of the token>.0`` when refused), then complete. It lives as long
-  as the submission is kept (``router.package_ttl``, 30 days by default), and as long as
-  the key (``taxii.cursor_key_file``) is not replaced.
+  sequence in the member's intake stream (``SUBMIT-<org>``), masked and bound to its id by
+  a MAC under a key derived from the TAXII key shared by every server instance, written as
+  a v4 UUID (``StatusIds``): any instance answers, after a restart too, and an id says
+  nothing of how many submissions were made. Pending until the router logged the
+  submission (``atlas.log.entries.<sid>.0`` when accepted, ``…r<sha256 of the token>.0``
+  when refused), then complete. It lives as long as the intake keeps the submission (a
+  day, ``_bus.Streams.intake_max_age``) and the key (``taxii.cursor_key_file``) is not
+  replaced; this server also remembers the statuses it made (``_KNOWN_OBJECTS``).
 - A publish whose acknowledgement never came is looked for in the store before the POST
   is answered "not confirmed" (``_find``).
 - Reads: a reader's views come from the VIEWS stream (``atlas.view.<reader>.*``), indexed
@@ -51,7 +51,7 @@ from adapters._taxii import (
 from keys import MalformedPackage, PrivateKey
 from keys._b64json import b64d
 
-from ._bus import SUBMISSIONS, VIEWS, submit_subject
+from ._bus import VIEWS, submit_stream, submit_subject
 from ._directory_store import ResolvedDirectory
 from ._log import submission_outcome
 from ._submission import SignedSubmission, SubmissionTooLarge, make_submission
@@ -67,6 +67,8 @@ _PUBLISH_TIMEOUT = 5.0
 """Seconds one publish waits for JetStream's acknowledgement (nats-py's default)."""
 _PUBLISH_BUDGET = 12.0
 """Seconds a POST keeps publishing its submission before answering."""
+_TURNS_TO_SEND = 2
+"""Event-loop turns after which a started publish has been written to the socket."""
 _FIND_SCAN = 1000
 """Submissions of one organisation read to find one whose acknowledgement was lost."""
 _KNOWN_OBJECTS = 100_000
@@ -102,7 +104,7 @@ def max_body_for(max_bundle_bytes: int) -> int:
 
 
 class StatusIds:
-    """Status ids: a submission's SUBMISSIONS sequence, masked, and a tag binding it to the
+    """Status ids: a submission's intake sequence, masked, and a tag binding it to the
     submission's id, written as an RFC 4122 version 4 UUID (TAXII's ``identifier``).
 
     The 122 free bits of a v4 UUID hold the sequence (48 bits) XOR a mask derived from the
@@ -212,12 +214,13 @@ class NatsTaxiiBackend:
         self._known: OrderedDict[str, _Stored] = OrderedDict()
         """Recent submissions' status parts, and the final status of those that have one."""
         self._known_objects = 0
-        self._acked = 0
-        """The highest SUBMISSIONS sequence a publish of this server was acknowledged at."""
+        self._acked: dict[str, int] = {}
+        """Per member: the highest intake sequence a publish of this server was
+        acknowledged at."""
         self._storing: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
-        """Nothing to prepare: statuses are read from the SUBMISSIONS stream."""
+        """Nothing to prepare: statuses are read from the members' intake streams."""
 
     async def collections(self, org: str) -> Sequence[CollectionInfo]:
         directory = self._directory().directory
@@ -251,16 +254,25 @@ class NatsTaxiiBackend:
             raise SubmitRefused("too-large", str(exc)) from exc
         except SubmissionError as exc:
             raise SubmitRefused("invalid", str(exc)) from exc
-        seq = await self._store(org, signed)
-        status_id = self._ids.make(seq, signed.sid)
+        storing = self._store(org, signed)
+        # The status parts are made while JetStream writes and syncs the submission: a
+        # started publish reaches the socket two loop turns on (nats-py's request, then its
+        # flusher), so the work below runs during the wait for the acknowledgement
+        # instead of before the publish. The 202 still waits for the acknowledgement.
+        for _ in range(_TURNS_TO_SEND):
+            await asyncio.sleep(0)
         stamp = _stamp(now)
         pairs = [(o["id"], version_of(o, stamp)) for o in objects]  # checked: dicts with ids
+        sha = hashlib.sha256(signed.token).hexdigest()[:32]
+        seq = await asyncio.shield(storing)
+        status_id = self._ids.make(seq, signed.sid)
         record = StatusRecord(id=status_id, org=org, request_timestamp=stamp, objects=pairs)
-        self._remember(_Stored(record, signed.sid, hashlib.sha256(signed.token).hexdigest()[:32]))
+        self._remember(_Stored(record, signed.sid, sha))
         return record
 
-    async def _store(self, org: str, signed: SignedSubmission) -> int:
-        """Publish the submission before the 202; its SUBMISSIONS sequence.
+    def _store(self, org: str, signed: SignedSubmission) -> asyncio.Future[int]:
+        """Start publishing the submission; the task gives its intake sequence, and the
+        POST awaits it (shielded) before the 202.
 
         Shielded: a POST cancelled mid-way (the client left, the server stops) still
         finishes publishing what it began, so what the log shows never depends on when a
@@ -268,7 +280,7 @@ class NatsTaxiiBackend:
         task = asyncio.ensure_future(self._publish(org, signed))
         self._storing.add(task)
         task.add_done_callback(_forget_from(self._storing))
-        return await asyncio.shield(task)
+        return task
 
     async def _publish(self, org: str, signed: SignedSubmission) -> int:
         """Publish the signed submission, again after a failure that may hide a success.
@@ -289,13 +301,19 @@ class NatsTaxiiBackend:
                 ack = await self._js.publish(
                     submit_subject(org),
                     signed.token,
-                    stream=SUBMISSIONS,
+                    stream=submit_stream(org),
                     timeout=min(_PUBLISH_TIMEOUT, remaining),
                 )
-                self._acked = max(self._acked, int(ack.seq))
+                self._acked[org] = max(self._acked.get(org, 0), int(ack.seq))
                 return int(ack.seq)
             except nats.js.errors.APIError as exc:  # the stream answered no: not stored
                 log.warning("taxii.submission_refused_by_store", error=_text(exc))
+                if "maximum bytes" in (exc.description or ""):
+                    raise SubmitRefused(
+                        "over-quota",
+                        f"{org} sent its allowance for a day (nats.intake_max_bytes): nothing "
+                        "was accepted; post it later",
+                    ) from exc
                 raise SubmitRefused(
                     "unavailable",
                     f"the store refused the submission ({exc.description or exc}); nothing "
@@ -331,18 +349,16 @@ class NatsTaxiiBackend:
         """Where a publish whose acknowledgement was lost stored ``token``, if the store
         can say: the organisation's last submission, or one of its submissions after the
         last sequence this server saw acknowledged (at most ``_FIND_SCAN`` read)."""
-        subject = submit_subject(org)
+        subject, stream = submit_subject(org), submit_stream(org)
         try:
             async with asyncio.timeout(_PUBLISH_TIMEOUT):
-                last = await self._js.get_last_msg(SUBMISSIONS, subject)
+                last = await self._js.get_last_msg(stream, subject)
                 if last.data == token:
                     return last.seq or 0
-                seq = self._acked
+                seq = self._acked.get(org, 0)
                 for _ in range(_FIND_SCAN if seq else 0):
                     check_cancelled()  # the timeout's cancel, should a NATS call drop it
-                    msg = await self._js.get_msg(
-                        SUBMISSIONS, seq=seq + 1, subject=subject, next=True
-                    )
+                    msg = await self._js.get_msg(stream, seq=seq + 1, subject=subject, next=True)
                     if msg.data == token:
                         return msg.seq or 0
                     seq = msg.seq or 0
@@ -396,7 +412,7 @@ class NatsTaxiiBackend:
         if seq is None or seq == 0:
             return None
         try:
-            msg = await self._js.get_msg(SUBMISSIONS, seq)
+            msg = await self._js.get_msg(submit_stream(org), seq)
         except nats.js.errors.NotFoundError:
             return None
         if msg.subject != submit_subject(org):

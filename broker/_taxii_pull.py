@@ -20,8 +20,9 @@ from adapters import check_cancelled
 from adapters._taxii._client import open_collection
 from adapters._taxii._poller import Poller, PullError, PullStats, Unsignable
 
-from ._bus import SUBMISSIONS, ensure_streams, nats_session, submit_subject
+from ._bus import ensure_streams, nats_session, submit_stream, submit_subject
 from ._config import Settings
+from ._directory_store import ensure_directory_intake
 from ._service import broker_signing_key, streams_for
 from ._submission import SubmissionTooLarge, TooManyObjects, make_submission
 from .errors import SubmissionError
@@ -76,9 +77,10 @@ async def pull_member(
 
     async def _run(js: JetStreamContext) -> PullStats:
         await ensure_streams(js, streams_for(settings))
+        await ensure_directory_intake(js)
 
         async def publish(token: bytes) -> None:
-            await js.publish(submit_subject(org), token, stream=SUBMISSIONS)
+            await js.publish(submit_subject(org), token, stream=submit_stream(org))
 
         collection = open_collection(url, user=user, password=password, ca_file=ca_file)
         poller = Poller(collection, state_path=state, sign=sign, publish=publish)

@@ -40,6 +40,10 @@ __all__ = ["create_app"]
 
 log = structlog.get_logger()
 
+_QUOTA_RETRY = 3600
+"""Seconds a client over its organisation's daily allowance is told to wait (the oldest of
+a day's submissions age out of the intake stream one by one, within a day)."""
+
 _CHALLENGE = 'Basic realm="atlas-taxii", charset="UTF-8", Bearer realm="atlas-taxii"'
 
 
@@ -451,6 +455,9 @@ class _Server:
         except SubmitRefused as exc:
             if exc.kind == "unavailable":
                 raise TaxiiHttpError(503, "Unavailable", str(exc), {"Retry-After": "5"}) from None
+            if exc.kind == "over-quota":
+                later = {"Retry-After": str(_QUOTA_RETRY)}
+                raise TaxiiHttpError(429, "Too many requests", str(exc), later) from None
             if exc.kind == "uncertain":
                 raise TaxiiHttpError(500, "Not confirmed", str(exc)) from None
             status = 413 if exc.kind == "too-large" else 422

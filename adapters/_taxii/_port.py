@@ -64,10 +64,14 @@ class SubmitRefused(AdapterError):
     ``too-large`` (413), ``invalid`` (422): refused before storing. ``unavailable`` (503
     with ``Retry-After``): the store could not be written, nothing was accepted.
     ``uncertain`` (500, no ``Retry-After``): the submission was or may have been stored, so
-    the client must not simply post again; the message says what is known."""
+    the client must not simply post again; the message says what is known. ``over-quota``
+    (429 with ``Retry-After``): the organisation sent its allowance for now, nothing was
+    accepted."""
 
     def __init__(
-        self, kind: Literal["too-large", "invalid", "unavailable", "uncertain"], msg: str
+        self,
+        kind: Literal["too-large", "invalid", "unavailable", "uncertain", "over-quota"],
+        msg: str,
     ) -> None:
         super().__init__(msg)
         self.kind = kind

@@ -37,6 +37,7 @@ from broker._bus import (
     SUBMISSIONS,
     Streams,
     ensure_streams,
+    submit_stream,
     submit_subject,
 )
 from broker._config import LimitSettings, Settings
@@ -47,23 +48,11 @@ from broker._submission import make_submission
 from keys import load_private_key
 from tests.conftest import Community
 from tests.faults.checker import Accepted, Verdict, check
-from tests.integration.helpers import bundle, indicator, receive_all
+from tests.integration.helpers import bundle, indicator, intake_total, receive_all, until
 
 RECEIVER_ACK_WAIT = 5.0
 """Receivers' consumers are created ahead with this ack wait (the bridge's own default,
 60 s, would make every test wait a minute for the packages a killed receiver held)."""
-
-
-async def until(
-    predicate: Callable[[], Awaitable[bool]], *, within: float, what: str, every: float = 0.05
-) -> None:
-    """Poll ``predicate`` until it holds; fail the test naming ``what`` after ``within`` s."""
-    try:
-        async with asyncio.timeout(within):
-            while not await predicate():  # noqa: ASYNC110 - polls server and process state
-                await asyncio.sleep(every)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {within:.0f} s waiting for {what}") from None
 
 
 def free_port() -> int:
@@ -85,14 +74,16 @@ async def subjects(js: JetStreamContext, stream: str, pattern: str) -> dict[str,
 
 
 async def router_idle(js: JetStreamContext) -> bool:
-    """Every stored submission was handed out and acked by the router."""
+    """Every stored submission was copied, handed out and acked by the router."""
     try:
+        taken = await intake_total(js)
         last = (await js.stream_info(SUBMISSIONS)).state.last_seq
         info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
     except (nats.errors.Error, OSError):
         return False  # not created yet, or the server is failing over
     return (
-        info.num_pending == 0
+        (last or 0) >= taken  # nats-server copied every intake's submissions
+        and info.num_pending == 0
         and info.num_ack_pending == 0
         and (info.ack_floor.stream_seq or 0) >= last
     )
@@ -396,7 +387,7 @@ class Load:
             while True:
                 try:
                     await self.js.publish(
-                        submit_subject(org), signed.token, stream=SUBMISSIONS, timeout=5
+                        submit_subject(org), signed.token, stream=submit_stream(org), timeout=5
                     )
                     break
                 except (nats.errors.Error, OSError):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,25 @@ import orjson
 from nats.js import JetStreamContext
 
 from adapters import ReceiveStats
-from broker._bus import SUBMISSIONS
+from broker._bus import SUBMISSIONS, submit_stream
 from broker._config import Settings
 from broker._router import ROUTER_CONSUMER
 from broker._service import publish_bundle, receive
 from tests.conftest import TLP2, Community
 
 T = "2026-11-02T09:30:00.000Z"
+
+
+async def until(
+    predicate: Callable[[], Awaitable[bool]], *, within: float, what: str, every: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it holds; fail the test naming ``what`` after ``within`` s."""
+    try:
+        async with asyncio.timeout(within):
+            while not await predicate():  # noqa: ASYNC110 - polls server and process state
+                await asyncio.sleep(every)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {within:.0f} s waiting for {what}") from None
 
 
 def broker_argv(config: Path, *args: str, json_logs: bool = True) -> list[str]:
@@ -88,6 +101,17 @@ async def publish(
         settings, path, org=org, key_path=community.sign_key(org), to=to, js=js
     )
     return result.sid
+
+
+async def intake_total(js: JetStreamContext) -> int:
+    """What every intake stream took so far (the test servers delete nothing from them):
+    SUBMISSIONS holds as many once nats-server copied them all."""
+    prefix = submit_stream("")
+    return sum(
+        info.state.last_seq or 0
+        for info in await js.streams_info()
+        if info.config.name.startswith(prefix)
+    )
 
 
 async def wait_routed(js: JetStreamContext, count: int) -> None:

@@ -16,7 +16,8 @@ import orjson
 import tomli_w
 from nats.js import JetStreamContext
 
-from broker._bus import SUBMISSIONS
+from broker._bus import SUBMISSIONS, submit_stream
+from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
 from policy import Directory
 from tests.integration.helpers import bundle, cli, indicator, start_broker, wait_routed
@@ -262,6 +263,7 @@ class TestPublishWait:
         tmp_path: Path,
     ) -> None:
         community = make_community()  # the streams exist (the js fixture), no router runs
+        await store_directory(js, community.directory())  # and the members' intake
         path = tmp_path / "b.json"
         path.write_bytes(orjson.dumps(bundle(indicator("clear"))))
         args = ["publish", str(path), "--org", "bank-a", "--wait", "0.5"]
@@ -269,7 +271,7 @@ class TestPublishWait:
         result = await asyncio.to_thread(cli, *args, *key, url=nats_server.url)
         assert result.returncode == 3, result.stderr
         assert "not routed within 0.5 s" in result.stderr
-        assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+        assert (await js.stream_info(submit_stream("bank-a"))).state.messages == 1
 
 
 async def test_a_second_serve_on_the_same_data_folder_is_refused_naming_the_first(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import nats.js.errors
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from adapters import durable_pull
 from broker import EmbeddedNats
@@ -26,8 +27,10 @@ from broker._bus import (
     DELIVERIES,
     LOG,
     SUBMISSIONS,
+    Streams,
     deliver_subject,
     ensure_streams,
+    submit_stream,
 )
 from broker._checkpoint import ENTRIES_FILTER, log_origin, read_stream
 from broker._config import Settings
@@ -54,7 +57,7 @@ from broker._witness import (
 )
 from broker.errors import SubmissionError
 from keys import PrivateKey
-from tests.integration.helpers import bundle, indicator, wait_routed
+from tests.integration.helpers import bundle, indicator, until, wait_routed
 
 REFUSED = (nats.errors.Error, asyncio.TimeoutError)
 WITNESSES = {"witness-1": "witness.example/w1"}
@@ -158,9 +161,72 @@ async def test_a_member_cannot_publish_for_another_member(secured: Any) -> None:
     with pytest.raises(REFUSED):
         await mjs.publish("atlas.submit.bank-b", b"forged", timeout=2)
     ack = await mjs.publish("atlas.submit.bank-a", b"own", timeout=2)
-    assert ack.stream == SUBMISSIONS
-    assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+    assert ack.stream == submit_stream("bank-a")
+    await until(_holding(js, SUBMISSIONS, 1), within=10, what="the copy for the router")
     await member.close()
+
+
+def _holding(js: JetStreamContext, stream: str, count: int) -> Callable[[], Awaitable[bool]]:
+    async def holds() -> bool:
+        return (await js.stream_info(stream)).state.messages == count
+
+    return holds
+
+
+async def test_a_publish_tells_an_organisation_nothing_of_anothers(secured: Any) -> None:
+    """A member's acknowledgement counts its own submissions only, and a header naming
+    another's subject finds nothing there (on a shared stream the answer was the other's
+    last sequence: when, and how often, it submitted). Acknowledgements likewise."""
+    server, seeds, js = secured
+    bank_a = await _login(server.url, seeds / "bank-a.nk")
+    bank_b = await _login(server.url, seeds / "bank-b.nk")
+    lea_2 = await _login(server.url, seeds / "lea-2.nk")
+    ajs, bjs, ljs = (c.jetstream(prefix=ORG_API_PREFIX) for c in (bank_a, bank_b, lea_2))
+    try:
+        first = await ajs.publish("atlas.submit.bank-a", b"a-1", timeout=2)
+        for n in range(3):
+            await bjs.publish("atlas.submit.bank-b", b"b-%d" % n, timeout=2)
+        await js.publish("atlas.receipt.lea-1.pkg-1", b"receipt")
+        second = await ajs.publish("atlas.submit.bank-a", b"a-2", timeout=2)
+        assert (first.seq, second.seq) == (1, 2)  # bank-b's three are not counted
+        for who, sjs, own, other in (
+            ("bank-a", ajs, "atlas.submit.bank-a", "atlas.submit.bank-b"),
+            ("lea-2", ljs, "atlas.ack.lea-2", "atlas.receipt.lea-1.*"),
+        ):
+            probe = {
+                "Nats-Expected-Last-Subject-Sequence": "999",
+                "Nats-Expected-Last-Subject-Sequence-Subject": other,
+            }
+            with pytest.raises(nats.js.errors.APIError) as caught:
+                await sjs.publish(own, b"probe", headers=probe, timeout=2)
+            assert caught.value.description == "wrong last sequence: 0", (who, caught.value)
+        await until(_holding(js, SUBMISSIONS, 5), within=10, what="every submission copied")
+    finally:
+        for client in (bank_a, bank_b, lea_2):
+            await client.close()
+
+
+async def test_an_organisation_filling_its_intake_refuses_only_its_own(secured: Any) -> None:
+    """What one organisation sends is capped by a limit of its own: past it, its own
+    publishes are refused, everybody else's are stored and copied for the router."""
+    server, seeds, js = secured
+    await ensure_streams(js, Streams(intake_max_bytes=1024**2))  # the least allowed
+    bank_a = await _login(server.url, seeds / "bank-a.nk")
+    bank_b = await _login(server.url, seeds / "bank-b.nk")
+    ajs, bjs = (c.jetstream(prefix=ORG_API_PREFIX) for c in (bank_a, bank_b))
+    try:
+        sent = 0
+        with pytest.raises(nats.js.errors.APIError, match="maximum bytes"):
+            for _ in range(100):
+                await ajs.publish("atlas.submit.bank-a", b"x" * (64 * 1024), timeout=2)
+                sent += 1
+        assert 10 <= sent < 16
+        ack = await bjs.publish("atlas.submit.bank-b", b"still taken", timeout=2)
+        assert ack.stream == submit_stream("bank-b")
+        await until(_holding(js, SUBMISSIONS, sent + 1), within=10, what="bank-b's copied")
+    finally:
+        for client in (bank_a, bank_b):
+            await client.close()
 
 
 async def test_nobody_but_the_broker_writes_log_and_the_auditor_reads_it(secured: Any) -> None:

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from broker import SubmissionError
 from broker._audit import read_log
-from broker._bus import DELIVERIES, SUBMISSIONS, ensure_streams, submit_subject
+from broker._bus import DELIVERIES, SUBMISSIONS, ensure_streams, submit_stream, submit_subject
 from broker._config import Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
@@ -183,12 +183,12 @@ async def test_router_refuses_oversize_and_over_count_submissions_and_keeps_serv
     async with _router(js, settings, community) as metrics:
         # The stream the router configured refuses the oversize message at the door.
         with pytest.raises(nats.js.errors.Error, match="maximum"):
-            await js.publish(submit_subject("bank-a"), big, stream=SUBMISSIONS)
+            await js.publish(submit_subject("bank-a"), big, stream=submit_stream("bank-a"))
         # A process with larger limits widened the stream: the router still refuses.
         await ensure_streams(js)
         with capture_logs() as logs:
-            await js.publish(submit_subject("bank-a"), big, stream=SUBMISSIONS)
-            await js.publish(submit_subject("bank-a"), many, stream=SUBMISSIONS)
+            await js.publish(submit_subject("bank-a"), big, stream=submit_stream("bank-a"))
+            await js.publish(submit_subject("bank-a"), many, stream=submit_stream("bank-a"))
             good = await publish(
                 settings, js, community, tmp_path, "bank-a", bundle(indicator("clear"))
             )

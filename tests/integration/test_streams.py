@@ -8,6 +8,7 @@ import nats
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
 
 from broker._bus import (
     DELIVERIES,
@@ -15,11 +16,14 @@ from broker._bus import (
     RECEIPTS,
     SUBMISSIONS,
     Streams,
+    ensure_intake,
     ensure_streams,
     log_subject,
+    submit_stream,
 )
 from broker._embedded import EmbeddedNats
 from broker.errors import ConfigError
+from tests.integration.helpers import until
 
 
 async def test_ensure_streams_twice_changes_nothing(js: JetStreamContext) -> None:
@@ -46,9 +50,11 @@ async def test_log_refuses_delete_and_purge(js: JetStreamContext) -> None:
 
 
 async def test_oversize_submission_is_refused_by_the_server(js: JetStreamContext) -> None:
-    await ensure_streams(js, Streams(max_msg_size=1024))
+    await ensure_intake(js, ["bank-a"])
+    await ensure_streams(js, Streams(max_msg_size=1024))  # the intake made takes it too
     with pytest.raises(nats.js.errors.APIError):
         await js.publish("atlas.submit.bank-a", b"x" * 2048)
+    assert (await js.stream_info(submit_stream("bank-a"))).state.messages == 0
     assert (await js.stream_info(SUBMISSIONS)).state.messages == 0
 
 
@@ -95,4 +101,35 @@ async def test_a_server_taking_smaller_messages_than_configured_is_refused_at_co
         )
         nc = await connect(s.url, matching)
         assert nc.max_payload == 64 * 1024
+        await nc.close()
+
+
+async def test_a_store_of_the_shared_layout_is_brought_to_intake_streams(
+    nats_server: EmbeddedNats,
+) -> None:
+    """A store made before the intake streams: SUBMISSIONS took ``atlas.submit.*`` itself.
+    What it holds stays; new submissions go through the member's intake and are copied."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name=SUBMISSIONS, subjects=["atlas.submit.*"]))
+        await js.add_stream(StreamConfig(name=RECEIPTS, subjects=["atlas.receipt.*.*"]))
+        await js.publish("atlas.submit.bank-a", b"before")
+        await ensure_streams(js)
+        await ensure_intake(js, ["bank-a"])
+        ack = await js.publish("atlas.submit.bank-a", b"after")
+        assert (ack.stream, ack.seq) == (submit_stream("bank-a"), 1)
+
+        async def copied() -> bool:
+            return (await js.stream_info(SUBMISSIONS)).state.messages == 2
+
+        await until(copied, within=10, what="the copy into SUBMISSIONS")
+        first, second = [await js.get_msg(SUBMISSIONS, seq) for seq in (1, 2)]
+        assert (first.data, second.data) == (b"before", b"after")
+        assert second.subject == "atlas.submit.bank-a"
+        await ensure_streams(js)  # again: the sources it added are kept
+        assert [s.name for s in (await js.stream_info(SUBMISSIONS)).config.sources or ()] == [
+            submit_stream("bank-a")
+        ]
+    finally:
         await nc.close()

@@ -19,7 +19,14 @@ from nats.js import JetStreamContext
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
 from adapters._taxii import set_secret
-from broker._bus import SUBMISSIONS, ensure_streams, submit_subject
+from broker._bus import (
+    SUBMISSIONS,
+    Streams,
+    ensure_intake,
+    ensure_streams,
+    submit_stream,
+    submit_subject,
+)
 from broker._config import Settings, TaxiiSettings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
@@ -320,7 +327,7 @@ class TestStoreUnavailable:
         self, front: Front, js: JetStreamContext
     ) -> None:
         await asyncio.to_thread(front.collection, "bank-a", "community")  # logged in
-        await js.delete_stream(SUBMISSIONS)
+        await js.delete_stream(submit_stream("bank-a"))
         resp = await asyncio.to_thread(self._post, front)
         assert resp.status_code == 503, resp.text
         assert resp.headers["Content-Type"] == "application/taxii+json;version=2.1"
@@ -331,15 +338,42 @@ class TestStoreUnavailable:
         self, front: Front, js: JetStreamContext
     ) -> None:
         await asyncio.to_thread(front.collection, "bank-a", "community")
-        config = (await js.stream_info(SUBMISSIONS)).config
-        await js.delete_stream(SUBMISSIONS)
+        intake = submit_stream("bank-a")
+        config = (await js.stream_info(intake)).config
+        await js.delete_stream(intake)
         posting = asyncio.create_task(asyncio.to_thread(self._post, front))
         await asyncio.sleep(0.3)  # the first attempts find no stream
         assert not posting.done()
         await js.add_stream(config)
         resp = await posting
         assert resp.status_code == 202, resp.text
-        assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
+        assert (await js.stream_info(intake)).state.messages == 1
+
+    async def test_429_when_the_organisation_sent_its_days_allowance(
+        self, front: Front, js: JetStreamContext
+    ) -> None:
+        await asyncio.to_thread(front.collection, "bank-a", "community")
+        await ensure_streams(js, Streams(intake_max_bytes=1024**2))  # the least allowed
+        for size in (64 * 1024, 1024):  # bank-a's intake filled (the router refuses junk)
+            with pytest.raises(nats.js.errors.APIError, match="maximum bytes"):
+                for _ in range(1100):
+                    await js.publish(submit_subject("bank-a"), b"x" * size)
+        resp = await asyncio.to_thread(self._post, front)
+        assert resp.status_code == 429, resp.text
+        assert int(resp.headers["Retry-After"]) >= 60
+        assert "nats.intake_max_bytes" in resp.json()["description"]
+        collection = await asyncio.to_thread(front.collection, "bank-b", "community")
+        other = collection.url + "objects/"  # bank-b's allowance is its own
+        mt = "application/taxii+json;version=2.1"
+        answer = await asyncio.to_thread(
+            requests.post,
+            other,
+            data=b'{"objects": [%s]}' % orjson.dumps(indicator("clear")),
+            auth=("bank-b", front.tokens["bank-b"]),
+            headers={"Content-Type": mt, "Accept": mt},
+            timeout=30,
+        )
+        assert answer.status_code == 202, answer.text
 
 
 async def test_413_when_the_server_takes_smaller_messages_than_the_limits_allow(
@@ -405,6 +439,7 @@ class TestFindAfterLostAck:
     @staticmethod
     async def _backend(js: JetStreamContext) -> NatsTaxiiBackend:
         await ensure_streams(js)
+        await ensure_intake(js, ["bank-a", "bank-b"])
         return NatsTaxiiBackend(
             js,
             lambda: pytest.fail("the directory is not needed to find a submission"),
@@ -418,9 +453,9 @@ class TestFindAfterLostAck:
         self, js: JetStreamContext
     ) -> None:
         backend = await self._backend(js)
-        await js.publish(submit_subject("bank-b"), b"token-x", stream=SUBMISSIONS)
-        ack = await js.publish(submit_subject("bank-a"), b"token-a", stream=SUBMISSIONS)
-        await js.publish(submit_subject("bank-b"), b"token-b", stream=SUBMISSIONS)
+        await js.publish(submit_subject("bank-b"), b"token-x")
+        ack = await js.publish(submit_subject("bank-a"), b"token-a")
+        await js.publish(submit_subject("bank-b"), b"token-b")
         assert await backend._find("bank-a", b"token-a") == ack.seq
         assert await backend._find("bank-b", b"token-a") is None  # another organisation's
 
@@ -428,15 +463,15 @@ class TestFindAfterLostAck:
         self, js: JetStreamContext
     ) -> None:
         backend = await self._backend(js)
-        before = await js.publish(submit_subject("bank-a"), b"token-0", stream=SUBMISSIONS)
-        backend._acked = before.seq
-        ack = await js.publish(submit_subject("bank-a"), b"token-a", stream=SUBMISSIONS)
+        before = await js.publish(submit_subject("bank-a"), b"token-0")
+        backend._acked["bank-a"] = before.seq
+        ack = await js.publish(submit_subject("bank-a"), b"token-a")
         for n in range(3):  # the organisation's other POSTs, stored after it
-            await js.publish(submit_subject("bank-a"), b"later-%d" % n, stream=SUBMISSIONS)
+            await js.publish(submit_subject("bank-a"), b"later-%d" % n)
         assert await backend._find("bank-a", b"token-a") == ack.seq
         assert await backend._find("bank-a", b"token-never-stored") is None
 
     async def test_finds_nothing_when_the_store_cannot_be_read(self, js: JetStreamContext) -> None:
         backend = await self._backend(js)
-        await js.delete_stream(SUBMISSIONS)
+        await js.delete_stream(submit_stream("bank-a"))
         assert await backend._find("bank-a", b"token-a") is None
