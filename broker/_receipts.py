@@ -7,8 +7,11 @@
   restart resumes where its durable consumer stopped.
 - The receive bridge verifies a receipt against the package it opened, keeps it beside the
   bundle, and answers with an acknowledgement signed by its own key on ``atlas.ack.<org>``.
-- :class:`AckRecorder` verifies each acknowledgement against the directory and writes a
-  ``receipt`` entry to the log: proof, in the log itself, that the recipient got it.
+- :class:`AckRecorder` verifies each acknowledgement against the directory and against the
+  receipt the broker published for that package, and writes one ``receipt`` entry per
+  recipient and package to the log: proof, in the log itself, that the recipient got it.
+  Anything else on ``atlas.ack.<org>`` is a refused acknowledgement: at most one entry per
+  organisation every ``AckRecorder.REFUSED_EVERY`` seconds and broker process.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,11 +38,12 @@ from keys import PackageError, jws_verify
 
 from ._bus import LOG, RECEIPTS, log_subject, receipt_subject
 from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, CheckpointMessage, read_stream
-from ._directory_store import DirectoryWatcher
+from ._directory_store import DirectoryWatcher, ResolvedDirectory
 from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, decode_chunk, timestamp
 from ._merkle import Frontier
-from ._note import NoteVerifier
-from ._receipt import receipts_for, verify_receipt
+from ._note import Checkpoint, Note, NoteVerifier
+from ._receipt import Receipt, receipts_for, verify_receipt
+from ._throttle import Throttle
 from .errors import LogIntegrityError
 
 __all__ = ["ACK_TYP", "AckRecorder", "ReceiptPublisher", "receipt_checker"]
@@ -138,19 +144,32 @@ class ReceiptPublisher:
 
 
 class AckRecorder:
-    """Turns recipients' signed acknowledgements into ``receipt`` log entries."""
+    """Turns recipients' signed acknowledgements into ``receipt`` log entries.
+
+    An acknowledgement is recorded only for a package delivered to the organisation that
+    signed it: the receipt the broker published for it on ``atlas.receipt.<org>.<pkg>``
+    must prove, under a checkpoint signed by a live broker key, a ``delivery`` entry with
+    that ``pkg``, that recipient and that ``jwe_sha256``, at the acknowledged ``index`` of a
+    tree of the acknowledged ``size``. One entry per (organisation, package): its LOG
+    subject is named by both, so acknowledging again adds nothing.
+    """
 
     REFUSED_EVERY = 60.0
     """Seconds between two refused-ack entries of one organisation; those in between are
     counted into the next entry's ``suppressed`` (anything published on an organisation's
-    ack subject would otherwise grow the log without bound)."""
+    ack subject would otherwise grow the log without bound). Per broker process."""
 
-    def __init__(self, js: JetStreamContext, directory: DirectoryWatcher) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        directory: DirectoryWatcher,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._js = js
         self._directory = directory
         self.recorded = 0
-        self._refused_at: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self.refusals = Throttle(self.REFUSED_EVERY, clock=clock)
 
     async def run(self) -> None:
         await _follow(self._js, RECEIPTS, "acks", "atlas.ack.*", self.handle)
@@ -162,22 +181,13 @@ class AckRecorder:
             # Not an organisation: nobody whose receipt could be logged.
             log.warning("receipt.ack_unknown_org", subject=msg.subject[:120])
             return
-        keys = resolved.orgs[org].signing(int(_now().timestamp()))
+        now = int(_now().timestamp())
         digest = hashlib.sha256(msg.data).hexdigest()
         try:
-            header, payload = jws_verify(msg.data, keys)
+            header, payload = jws_verify(msg.data, resolved.orgs[org].signing(now))
             if header.get("typ") != ACK_TYP or header.get("org") != org:
                 raise PackageError(f"not an acknowledgement by {org}")
-            ack = orjson.loads(payload)
-            entry = {
-                "type": "receipt",
-                "ts": timestamp(_now()),
-                "rcpt": org,
-                "pkg": _ack_text(ack, "pkg"),
-                "index": _ack_count(ack, "index"),
-                "size": _ack_count(ack, "size"),
-                "ack_sha256": digest,
-            }
+            ack = _Ack.parse(orjson.loads(payload))
         except (
             PackageError,
             orjson.JSONDecodeError,
@@ -185,24 +195,118 @@ class AckRecorder:
             TypeError,
             ValueError,
         ) as exc:
-            log.warning("receipt.ack_refused", org=org, error=str(exc))
-            now = time.monotonic()
-            if now - self._refused_at.get(org, -self.REFUSED_EVERY) < self.REFUSED_EVERY:
-                self._suppressed[org] = self._suppressed.get(org, 0) + 1
-                return
-            self._refused_at[org] = now
-            entry = {
-                "type": "receipt",
-                "ts": timestamp(_now()),
-                "rcpt": org,
-                "result": "refused",
-                "ack_sha256": digest,
-            }
-            suppressed = self._suppressed.pop(org, 0)
-            if suppressed:
-                entry["suppressed"] = suppressed
-        await append_entries(self._js, log_subject("a" + digest[:32]), [entry])
-        self.recorded += 1
+            await self._refuse(org, digest, str(exc))
+            return
+        undelivered = await self._undelivered(ack, org, resolved, now)
+        if undelivered is not None:
+            await self._refuse(org, digest, undelivered)
+            return
+        entry = {
+            "type": "receipt",
+            "ts": timestamp(_now()),
+            "rcpt": org,
+            "pkg": ack.pkg,
+            "index": ack.index,
+            "size": ack.size,
+            "ack_sha256": digest,
+        }
+        if await append_entries(self._js, log_subject("a" + _receipt_key(org, ack.pkg)), [entry]):
+            self.recorded += 1
+        else:
+            log.info("receipt.ack_repeated", org=org, pkg=ack.pkg)
+
+    async def _undelivered(
+        self, ack: _Ack, org: str, resolved: ResolvedDirectory, now: int
+    ) -> str | None:
+        """Why the acknowledged package is not known to be delivered to ``org`` at that
+        index and tree size, or None when the broker's own receipt proves it."""
+        if not _PKG_RE.match(ack.pkg):
+            return "acknowledgement 'pkg' is not a package id"
+        try:
+            stored = await self._js.get_last_msg(RECEIPTS, receipt_subject(org, ack.pkg))
+        except nats.js.errors.NotFoundError:
+            return f"no receipt was published to {org} for package {ack.pkg}"
+        try:
+            receipt = Receipt.decode(stored.data or b"")
+            checkpoint = Checkpoint.parse(Note.parse(receipt.checkpoint).text)
+            log_keys = [
+                NoteVerifier.from_public_key(checkpoint.origin, key)
+                for key, revoked_at in resolved.broker_keyring.values()
+                if key.kind == "Ed25519" and (revoked_at is None or revoked_at > now)
+            ]
+            verify_receipt(receipt, log_keys, jti=ack.pkg, aud=org, jwe_sha256=ack.jwe_sha256)
+        except LogIntegrityError as exc:
+            return f"the receipt of package {ack.pkg} does not prove its delivery: {exc}"
+        if (receipt.index, checkpoint.size) != (ack.index, ack.size):
+            return (
+                f"package {ack.pkg} is at index {receipt.index} of a tree of size "
+                f"{checkpoint.size}, not at the acknowledged {ack.index} of {ack.size}"
+            )
+        return None
+
+    async def _refuse(self, org: str, digest: str, why: str) -> None:
+        """A refused acknowledgement: at most one entry per organisation and interval."""
+        suppressed = self.refusals.admit(org)
+        log.warning("receipt.ack_refused", org=org, error=why, logged=suppressed is not None)
+        if suppressed is None:
+            return
+        entry: dict[str, Any] = {
+            "type": "receipt",
+            "ts": timestamp(_now()),
+            "rcpt": org,
+            "result": "refused",
+            "ack_sha256": digest,
+        }
+        if suppressed:
+            entry["suppressed"] = suppressed
+        try:
+            written = await append_entries(self._js, log_subject("a" + digest[:32]), [entry])
+        except BaseException:
+            self.refusals.undo(org, suppressed)  # the redelivery tries again
+            raise
+        if written:
+            self.recorded += 1
+        else:  # the same bytes were refused and logged before: the count waits
+            self.refusals.undo(org, suppressed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    """The payload of a recipient's acknowledgement."""
+
+    pkg: str
+    index: int
+    size: int
+    jwe_sha256: str
+
+    @classmethod
+    def parse(cls, ack: Any) -> _Ack:
+        """KeyError, TypeError or ValueError when it is not an acknowledgement."""
+        return cls(
+            pkg=_ack_text(ack, "pkg"),
+            index=_ack_count(ack, "index"),
+            size=_ack_count(ack, "size"),
+            jwe_sha256=_ack_digest(ack, "jwe_sha256"),
+        )
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+
+
+def _ack_digest(ack: Any, name: str) -> str:
+    value = ack[name]
+    if not isinstance(value, str) or not _SHA256_RE.match(value):
+        raise ValueError(f"acknowledgement '{name}' is not a hex SHA-256")
+    return value
+
+
+_PKG_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+"""A package id (``jti``) as the router makes them: base64url, one NATS subject token."""
+
+
+def _receipt_key(org: str, pkg: str) -> str:
+    """32 hex digits naming the one receipt entry of ``org`` for package ``pkg``."""
+    return hashlib.sha256(f"receipt\n{org}\n{pkg}".encode()).hexdigest()[:32]
 
 
 def _now() -> datetime:

@@ -8,6 +8,13 @@ last subject sequence 0), writes the decisions to LOG, and only then acks. A cra
 before the ack is safe: the redelivered submission finds its packages and log chunks
 already stored and logs what was actually stored.
 
+A refusal of a validly signed submission is logged every time: it is evidence of what the
+member asked for. A refusal that no valid signature vouches for (junk on the member's own
+subject: not a JWS, a bad signature, unknown to the directory, ...) is acked and logged
+through structlog every time, but written to LOG at most once per organisation every
+``Router.REFUSED_EVERY`` seconds and broker process; the entry carries in ``suppressed``
+how many were left out since the previous one (``_throttle``).
+
 Work is bounded: each worker routes one submission at a time and stores at most
 ``limits.max_inflight_publishes`` of its packages at once; the consumer hands out at most
 ``router.max_ack_pending`` submissions. An organisation over its rate limit has its
@@ -46,7 +53,15 @@ from adapters import (
     keep_in_progress,
     supervised,
 )
-from keys import KeyRegistryError, PrivateKey, PublicKey, SealedPackage, SerializedView, seal
+from keys import (
+    KeyRegistryError,
+    PrivateKey,
+    PublicKey,
+    SealedPackage,
+    SerializedView,
+    seal,
+    verify_submission,
+)
 from policy import BundleRejected, View
 
 from ._bus import (
@@ -64,6 +79,7 @@ from ._limits import SubmissionLimiter
 from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, timestamp
 from ._metrics import BrokerMetrics
 from ._submission import SubmissionRefused, open_submission
+from ._throttle import Throttle
 from .errors import DirectoryUnavailable
 
 __all__ = ["ROUTER_CONSUMER", "Router", "RouterStats"]
@@ -95,6 +111,8 @@ class RouterStats:
     retried: int = 0
     rate_limited: int = 0
     refusals: dict[str, int] = field(default_factory=dict)
+    refusals_suppressed: int = 0
+    """Refusals of unsigned submissions counted into a later entry instead of their own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +142,11 @@ def _view_summary(view: View) -> dict[str, Any]:
 class Router:
     """Runs ``workers`` fetch loops on the shared durable consumer until cancelled."""
 
+    REFUSED_EVERY = 60.0
+    """Seconds between two LOG entries of one organisation's refused submissions that no
+    valid signature vouches for (per broker process); those in between are counted into
+    the next entry's ``suppressed``. Refusals of validly signed submissions are each logged."""
+
     def __init__(
         self,
         js: JetStreamContext,
@@ -150,6 +173,8 @@ class Router:
         self.stats = RouterStats()
         self.metrics = metrics or BrokerMetrics(ROUTER_CONSUMER)
         self.limiter = limiter or SubmissionLimiter(settings.limits)
+        self.refusals = Throttle(self.REFUSED_EVERY)
+        """Unsigned refusals: at most one LOG entry per organisation and interval."""
         self.bound_workers = 0
         """Workers bound to the durable consumer right now (readiness)."""
 
@@ -272,12 +297,15 @@ class Router:
             if attempt < INTERNAL_ERROR_ATTEMPTS:
                 await msg.nak(delay=2**attempt)
                 return
+            org = msg.subject.split(".", 2)[2]
+            now = self._clock()
             await self._refuse(
-                msg.subject.split(".", 2)[2],
+                org,
                 hashlib.sha256(msg.data).hexdigest(),
                 "internal-error",
                 f"{type(exc).__name__} after {attempt} attempts",
-                self._clock(),
+                now,
+                unsigned=self._unsigned_key(msg.data, org, self._directory.current, now),
             )
             await msg.ack_sync()
         except _TRANSIENT as again:
@@ -331,6 +359,12 @@ class Router:
                     max_bytes=self._settings.limits.max_bundle_bytes,
                     broker_keys=_live_broker_keys(resolved, int(now.timestamp())),
                 )
+            except SubmissionRefused as exc:
+                unsigned = self._unsigned_key(token, org, resolved, now)
+                await self._refuse(org, src_sha256, exc.reason, str(exc), now, unsigned=unsigned)
+                return
+            # From here on the submission is validly signed: every refusal is logged.
+            try:
                 await self._claim(org, envelope.sid, src_sha256, msg.metadata.sequence.stream)
                 await self._route(
                     envelope.via,
@@ -344,9 +378,9 @@ class Router:
                     now,
                 )
             except SubmissionRefused as exc:
-                await self._refuse(org, src_sha256, exc.reason, str(exc), now)
+                await self._refuse(org, src_sha256, exc.reason, str(exc), now, unsigned=None)
             except BundleRejected as exc:
-                await self._refuse(org, src_sha256, "bundle-rejected", str(exc), now)
+                await self._refuse(org, src_sha256, "bundle-rejected", str(exc), now, unsigned=None)
 
     async def _claim(self, org: str, sid: str, src_sha256: str, seq: int) -> None:
         """A sid is used once, across organisations (it names the log chunks, deliveries,
@@ -372,14 +406,44 @@ class Router:
                 "duplicate-id", f"submission id {sid} was already used"
             ) from None
 
+    def _unsigned_key(
+        self, token: bytes, org: str, resolved: ResolvedDirectory, now: datetime
+    ) -> str | None:
+        """None when ``token`` is a submission validly signed by the organisation of its
+        subject or by a live broker key (a refusal of it is evidence: always logged);
+        otherwise the throttle key its refusal is counted under.
+
+        Organisations the directory does not know share one key, so that junk on made-up
+        subjects cannot make the throttle's state grow."""
+        at = int(now.timestamp())
+        keys = dict(_live_broker_keys(resolved, at))
+        if org in resolved.orgs:
+            keys.update(resolved.orgs[org].signing(at))
+        if keys:
+            try:
+                verify_submission(token, keys)
+            except KeyRegistryError:
+                pass
+            else:
+                return None
+        return org if org in resolved.orgs else ""
+
     async def _refuse(
-        self, org: str, src_sha256: str, reason: str, detail: str, now: datetime
+        self,
+        org: str,
+        src_sha256: str,
+        reason: str,
+        detail: str,
+        now: datetime,
+        *,
+        unsigned: str | None,
     ) -> None:
+        """Log a refusal; with ``unsigned`` (its throttle key: no valid signature vouches
+        for the submission) at most one LOG entry per key and ``REFUSED_EVERY``."""
         self.stats.refused += 1
         self.stats.refusals[reason] = self.stats.refusals.get(reason, 0) + 1
         self.metrics.refused.labels(reason).inc()
-        log.warning("submission.refused", reason=reason, detail=detail)
-        entry = {
+        entry: dict[str, Any] = {
             "type": "submission",
             "ts": timestamp(now),
             "org": org,
@@ -387,7 +451,34 @@ class Router:
             "reason": reason,
             "src_sha256": src_sha256,
         }
-        await append_entries(self._js, log_subject("r" + src_sha256[:32]), [entry])
+        subject = log_subject("r" + src_sha256[:32])
+        if unsigned is None:
+            log.warning("submission.refused", reason=reason, detail=detail, src_sha256=src_sha256)
+            await append_entries(self._js, subject, [entry])
+            return
+        suppressed = self.refusals.admit(unsigned)
+        log.warning(
+            "submission.refused",
+            reason=reason,
+            detail=detail,
+            src_sha256=src_sha256,
+            signed=False,
+            logged=suppressed is not None,
+        )
+        if suppressed is None:
+            self.stats.refusals_suppressed += 1
+            return
+        if suppressed:
+            entry["suppressed"] = suppressed
+        try:
+            written = await append_entries(self._js, subject, [entry])
+        except BaseException:
+            self.refusals.undo(unsigned, suppressed)  # the redelivery tries again
+            raise
+        if not written:
+            # The same bytes were refused and logged before: nothing new was written, so
+            # the count waits for the next entry, and so does the interval.
+            self.refusals.undo(unsigned, suppressed)
 
     async def _route(
         self,

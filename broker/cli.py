@@ -679,7 +679,8 @@ def _describe_entry(index: int, e: dict[str, Any]) -> str:
         )
     if kind == "receipt":
         if e.get("result") == "refused":
-            return f"{head} from {e.get('rcpt')}  REFUSED (the acknowledgement did not verify)"
+            why = "the acknowledgement did not verify or names no delivery to it"
+            return f"{head} from {e.get('rcpt')}  REFUSED ({why})"
         return f"{head} from {e.get('rcpt')}  acknowledged pkg={e.get('pkg')}"
     if kind == "key":
         return f"{head} {e.get('event')} {e.get('org')} {e.get('use')} key {e.get('kid')}"

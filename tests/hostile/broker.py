@@ -33,7 +33,14 @@ from adapters._taxii import set_secret
 from broker._audit import read_log
 from broker._audit_jobs import verify_log
 from broker._auditor import VerifyResult
-from broker._bus import DELIVERIES, SUBMISSIONS, deliver_subject, ensure_streams, submit_subject
+from broker._bus import (
+    DELIVERIES,
+    SUBMISSIONS,
+    deliver_subject,
+    ensure_streams,
+    submit_stream,
+    submit_subject,
+)
 from broker._checkpoint import CHECKPOINT_SUBJECT, CheckpointMessage, log_origin
 from broker._config import Settings, TaxiiSettings
 from broker._directory_store import store_directory
@@ -48,6 +55,7 @@ from keys import PrivateKey, PublicKey, generate_org_keys, load_private_key
 from policy import Directory
 from tests.conftest import Community, stix_identity
 from tests.hostile.cases import BEFORE_SID, ORIGINAL, Case, Ctx, Expect, Keys, bundle, ind
+from tests.integration.helpers import intake_total
 
 MEMBERS = ("bank-a", "bank-b")
 PARTNERS = ("lea-1", "lea-2")
@@ -120,6 +128,9 @@ class Answer:
     """What happened to one case on the way in."""
 
     seq: int | None = None
+    """NATS: the sequence in the member's intake stream (its acknowledgement)."""
+    stream_seq: int | None = None
+    """NATS: the sequence of its copy in SUBMISSIONS, which the router logs."""
     sha256: str = ""
     error: BaseException | None = None
     status: int = 0
@@ -137,6 +148,10 @@ class Run:
     log: list[dict[str, Any]]
     details: dict[int, str]
     """Router refusal details (``submission.refused`` warnings) by stream sequence."""
+    unlogged: dict[str, str]
+    """Refusals that no valid signature vouched for and that the router counted into a
+    later entry's ``suppressed`` instead of logging them on their own: their
+    ``src_sha256`` -> reason (its ``submission.refused`` warning says ``logged=False``)."""
     digest_key: bytes
     received: dict[str, list[dict[str, Any]]]
     """Every object the partners' receive bridges wrote, per partner."""
@@ -163,17 +178,32 @@ class Run:
         return out
 
 
-async def _wait_routed(js: JetStreamContext, last_seq: int, seconds: float = 150) -> None:
+async def _wait_routed(js: JetStreamContext, seconds: float = 150) -> None:
+    """Until everything published so far is copied into SUBMISSIONS and routed."""
     async with asyncio.timeout(seconds):
         while True:
+            intake = await intake_total(js)
+            copied = (await js.stream_info(SUBMISSIONS)).state.last_seq or 0
             info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
             if (
-                info.num_pending == 0
+                copied >= intake
+                and info.num_pending == 0
                 and info.num_ack_pending == 0
-                and (info.ack_floor.stream_seq or 0) >= last_seq
+                and (info.ack_floor.stream_seq or 0) >= copied
             ):
                 return
             await asyncio.sleep(0.1)
+
+
+async def _copies(js: JetStreamContext) -> dict[tuple[str, int], int]:
+    """SUBMISSIONS sequence of each intake message: (intake stream, its sequence) -> seq."""
+    out: dict[tuple[str, int], int] = {}
+    last = (await js.stream_info(SUBMISSIONS)).state.last_seq or 0
+    for seq in range(1, last + 1):
+        msg = await js.get_msg(SUBMISSIONS, seq)
+        origin = (msg.headers or {}).get("Nats-Stream-Source", "").split(" ")
+        out[(origin[0], int(origin[1]))] = seq
+    return out
 
 
 async def _wait_checkpointed(js: JetStreamContext, size: int, seconds: float = 60) -> None:
@@ -259,7 +289,7 @@ async def _publish_file(
     published = await publish_bundle(
         settings, path, org=org, key_path=community.sign_key(org), js=js
     )
-    stored = await js.get_msg(SUBMISSIONS, published.stream_seq)
+    stored = await js.get_msg(submit_stream(org), published.intake_seq)
     return published.sid, stored.data or b""
 
 
@@ -355,7 +385,7 @@ async def _phases(
     # A known sid, so that a case can reuse it with other content.
     fixed = bundle("before/fixed-sid", ind("before/fixed"))
     token = await _signed_with_sid(ctx, fixed, BEFORE_SID)
-    await js.publish(submit_subject("bank-a"), token, stream=SUBMISSIONS)
+    await js.publish(submit_subject("bank-a"), token, stream=submit_stream("bank-a"))
     before["fixed-sid"] = {
         "sha": hashlib.sha256(token).hexdigest(),
         "ids": [o["id"] for o in fixed["objects"]],
@@ -372,19 +402,18 @@ async def _phases(
         ctx,
     )
     assert answer.status == 202, answer.body
-    last = await js.get_last_msg(SUBMISSIONS, submit_subject("bank-a"))
+    last = await js.get_last_msg(submit_stream("bank-a"), submit_subject("bank-a"))
     ctx.before["taxii"] = last.data or b""
     before["taxii"] = {
         "sha": hashlib.sha256(ctx.before["taxii"]).hexdigest(),
         "ids": [o["id"] for o in taxii_objects],
     }
-    await _wait_routed(js, last.seq or 0)
+    await _wait_routed(js)
     package = await js.get_last_msg(DELIVERIES, deliver_subject("lea-1", BEFORE_SID))
     ctx.package = package.data or b""
 
     # -- the corpus
     answers: dict[str, Answer] = {}
-    last_seq = last.seq or 0
     for case in cases:
         if case.path == "nats":
             assert case.token is not None
@@ -392,13 +421,15 @@ async def _phases(
             answer = Answer(sha256=hashlib.sha256(token).hexdigest())
             try:
                 ack = await js.publish(
-                    submit_subject(case.subject_org), token, stream=SUBMISSIONS, timeout=30
+                    submit_subject(case.subject_org),
+                    token,
+                    stream=submit_stream(case.subject_org),
+                    timeout=30,
                 )
             except Exception as exc:  # judged per case: the error is the answer
                 answer.error = exc
             else:
                 answer.seq = ack.seq
-                last_seq = max(last_seq, ack.seq)
         else:
             answer = await taxii.post(case, ctx)
         answers[case.id] = answer
@@ -411,8 +442,12 @@ async def _phases(
     shas += [b["sha"] for b in before.values()]
     assert len(shas) == len(set(shas)), "two cases published the same bytes"
     # The TAXII 202s published too: wait for the router to reach the end of the stream.
-    info = await js.stream_info(SUBMISSIONS)
-    await _wait_routed(js, max(last_seq, info.state.last_seq or 0))
+    await _wait_routed(js)
+    copies = await _copies(js)
+    for case in cases:
+        answer = answers[case.id]
+        if case.path == "nats" and answer.seq is not None:
+            answer.stream_seq = copies[(submit_stream(case.subject_org), answer.seq)]
 
     # -- after: the broker still serves, on both paths
     after: dict[str, dict[str, Any]] = {}
@@ -430,12 +465,12 @@ async def _phases(
         ctx,
     )
     assert answer.status == 202, answer.body
-    last = await js.get_last_msg(SUBMISSIONS, submit_subject("bank-a"))
+    last = await js.get_last_msg(submit_stream("bank-a"), submit_subject("bank-a"))
     after["taxii"] = {
         "sha": hashlib.sha256(last.data or b"").hexdigest(),
         "ids": [ind("after/taxii")["id"]],
     }
-    await _wait_routed(js, last.seq or 0)
+    await _wait_routed(js)
 
     # -- TAXII statuses of every 202, and the submission each names
     ids = StatusIds(load_cursor_key(settings))
@@ -445,7 +480,7 @@ async def _phases(
             answer.record = await taxii.status(case.org, answer.body["id"])
             seq = ids.read(answer.body["id"])
             assert seq is not None, answer.body["id"]
-            stored = await js.get_msg(SUBMISSIONS, seq)
+            stored = await js.get_msg(submit_stream(case.org), seq)
             answer.record_sha = hashlib.sha256(stored.data or b"").hexdigest()[:32]
 
     # -- what the partners' receive bridges write, and the log
@@ -474,11 +509,17 @@ async def _phases(
         for e in capture.entries
         if e.get("event") == "submission.refused" and "msg_seq" in e
     }
+    unlogged = {
+        str(e["src_sha256"]): str(e["reason"])
+        for e in capture.entries
+        if e.get("event") == "submission.refused" and e.get("logged") is False
+    }
     info = await js.stream_info(SUBMISSIONS)
     return Run(
         answers=answers,
         log=log,
         details=details,
+        unlogged=unlogged,
         digest_key=(settings.data_dir / "digest.key").read_bytes(),
         received=received,
         before=before,
