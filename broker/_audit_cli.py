@@ -409,7 +409,11 @@ def register(
         ] = None,
         once: Annotated[bool, typer.Option("--once", help="Catch up, then exit.")] = False,
     ) -> None:
-        """Cosign checkpoints consistent with the last one cosigned; refuse any other."""
+        """Cosign checkpoints consistent with the last one cosigned; refuse any other.
+
+        Exit 1 when a checkpoint was refused (inconsistent, rolled back, forked); 3 with
+        --once when a cosignature was not stored (logged; the next run publishes it again).
+        """
         from keys import load_private_key
 
         from ._audit_jobs import log_verifiers
@@ -438,6 +442,8 @@ def register(
                 return await run_witness(js, w, once=once)
 
         stats = run(_witness())
-        err.print(f"cosigned {stats.cosigned}, refused {stats.refused}")
+        err.print(f"cosigned {stats.cosigned}, refused {stats.refused}, not stored {stats.failed}")
         if stats.refused:
             raise typer.Exit(1)
+        if stats.failed:  # published again on the next pass: not cosigned yet, say so
+            raise typer.Exit(3)
