@@ -152,6 +152,13 @@ class Streams:
     (TAXII status lookups read them)."""
 
 
+_COPY_HEADROOM = 1024
+"""Bytes SUBMISSIONS and RECEIPTS take beyond their intakes' largest message: a copy gains
+a ``Nats-Stream-Source`` header (about 60 bytes and three times the organisation id), and
+nats-server counts headers against the limit. A copy the target refused would hold up
+every later message of that intake, unseen (measured: a token that just fit was
+acknowledged by the intake and never copied, nor anything after it)."""
+
 _INTAKE_MAX_BYTES = "atlas_intake_max_bytes"
 _INTAKE_MAX_AGE = "atlas_intake_max_age"
 """SUBMISSIONS' metadata keys holding the intake streams' limits: whoever later adds an
@@ -198,8 +205,8 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             made,
             replace(
                 intake,
-                submit_size=min(intake.submit_size, sub_now.max_msg_size or 0),
-                ack_size=min(intake.ack_size, rec_now.max_msg_size or 0),
+                submit_size=min(intake.submit_size, (sub_now.max_msg_size or 0) - _COPY_HEADROOM),
+                ack_size=min(intake.ack_size, (rec_now.max_msg_size or 0) - _COPY_HEADROOM),
             ),
         )
     configs = [
@@ -208,7 +215,7 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             [],  # nats-server then gives it its own name; members write their SUBMIT-<org>
             streams.replicas,
             max_age=streams.submissions_max_age,
-            max_msg_size=streams.max_msg_size,
+            max_msg_size=streams.max_msg_size + _COPY_HEADROOM,
             # Capped too, so that the intake streams together cannot fill the store LOG
             # and DELIVERIES need (found by a probe).
             max_bytes=streams.deliveries_max_bytes // 2,
@@ -231,7 +238,7 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             streams.replicas,
             max_age=streams.deliveries_max_age,
             max_bytes=streams.deliveries_max_bytes // 8,
-            max_msg_size=streams.receipts_max_msg_size,
+            max_msg_size=streams.receipts_max_msg_size + _COPY_HEADROOM,
             discard=DiscardPolicy.NEW,
             sources=sources[RECEIPTS],
         ),
@@ -293,8 +300,8 @@ async def ensure_intake(js: JetStreamContext, orgs: Iterable[str]) -> int:
     intake = _Intake(
         int(meta.get(_INTAKE_MAX_BYTES, default.intake_max_bytes)),
         float(meta.get(_INTAKE_MAX_AGE, default.intake_max_age)),
-        submissions.max_msg_size or default.max_msg_size,
-        receipts.max_msg_size or default.receipts_max_msg_size,
+        (submissions.max_msg_size or 0) - _COPY_HEADROOM,
+        (receipts.max_msg_size or 0) - _COPY_HEADROOM,
         submissions.num_replicas or 1,
     )
     return await _ensure_intake(js, orgs, intake, {SUBMISSIONS: submissions, RECEIPTS: receipts})

@@ -23,9 +23,11 @@ through that organisation's own imports (its submit or ack subject), which it ma
 to anyway.
 
 Each organisation's account is capped (``ORG_MAX_CONNECTIONS``, ``ORG_MAX_SUBSCRIPTIONS``),
-and the streams an organisation writes to are capped in bytes (SUBMISSIONS, RECEIPTS; see
-``_bus.ensure_streams``), so that one organisation cannot exhaust the server or its store
-for the others. What remains: nats-server has no rate limit per account, so a flood of
+and what an organisation publishes lands in intake streams of its own, capped in bytes
+(``SUBMIT-<org>``, ``ACK-<org>``; see ``_bus.ensure_intake``) and copied into the shared
+SUBMISSIONS and RECEIPTS, so that one organisation cannot exhaust the server or its store
+for the others within a day (over the shared streams' 30 days, see the README). What
+remains: nats-server has no rate limit per account, so a flood of
 requests from one organisation's connections still costs the server CPU.
 
 The consumers are made by ``directory load`` and by ``serve`` (``ensure_party_consumers``):

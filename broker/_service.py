@@ -36,11 +36,23 @@ from keys import (
 )
 from policy import OrgKind, PolicyError
 
-from ._bus import Streams, ensure_streams, nats_session, submit_stream, submit_subject
+from ._bus import (
+    Streams,
+    ensure_intake,
+    ensure_streams,
+    nats_session,
+    submit_stream,
+    submit_subject,
+)
 from ._checkpoint import log_origin
 from ._checkpointer import run_checkpointer
 from ._config import Settings
-from ._directory_store import DirectoryWatcher, ensure_directory_intake, fetch_directory
+from ._directory_store import (
+    DirectoryWatcher,
+    ensure_directory_intake,
+    fetch_directory,
+    intake_orgs,
+)
 from ._embedded import running_url
 from ._gc import frozen_startup
 from ._keyops import ensure_party_consumers
@@ -192,6 +204,7 @@ async def run_router(
         log.info("router.started", workers=settings.router.workers)
         async with asyncio.TaskGroup() as group:
             group.create_task(_provide_for_parties(js, settings), name="party-resources")
+            group.create_task(_keep_intake(js, watcher), name="intake")
             # Exactly one checkpointer is active across broker processes (a lease in KV);
             # the others stand by and take over when it stops.
             origin = log_origin(settings.broker.id)
@@ -268,6 +281,34 @@ async def _provide_for_parties(js: JetStreamContext, settings: Settings) -> None
             return  # none loaded yet: `directory load` makes them
         except (nats.errors.Error, OSError) as exc:
             await backoff.wait("router.party_resources_failed", exc)
+
+
+INTAKE_CHECK_EVERY = 30.0
+"""Seconds between two checks that SUBMISSIONS and RECEIPTS copy every organisation's
+intake (``_keep_intake``)."""
+
+
+async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
+    """Keep every organisation's intake streams copied into SUBMISSIONS and RECEIPTS.
+
+    Their sources are written by read-modify-write from several processes (``serve``,
+    ``taxii``, ``directory load``): two at once can drop a source just added, and an intake
+    that is no longer copied acknowledges its organisation's publishes that the router never
+    sees. A source put back copies the backlog, so a check every ``INTAKE_CHECK_EVERY``
+    seconds bounds how long that lasts."""
+    backoff = Backoff()
+    while True:
+        check_cancelled()
+        await asyncio.sleep(INTAKE_CHECK_EVERY)
+        try:
+            added = await ensure_intake(js, intake_orgs(watcher.current.directory))
+        except DirectoryUnavailable:
+            continue
+        except (nats.errors.Error, OSError) as exc:
+            await backoff.wait("router.intake_check_failed", exc)
+            continue
+        if added:
+            log.warning("router.intake_sources_restored", count=added)
 
 
 @dataclass(frozen=True, slots=True)

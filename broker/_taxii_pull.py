@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
 
@@ -80,7 +81,16 @@ async def pull_member(
         await ensure_directory_intake(js)
 
         async def publish(token: bytes) -> None:
-            await js.publish(submit_subject(org), token, stream=submit_stream(org))
+            try:
+                await js.publish(submit_subject(org), token, stream=submit_stream(org))
+            except nats.js.errors.APIError as exc:
+                if "maximum bytes" not in (exc.description or ""):
+                    raise
+                # Kept as pending by the poller: published again on the next pull.
+                raise PullError(
+                    f"{org} sent its allowance for a day (nats.intake_max_bytes): the rest "
+                    "is submitted once older submissions age out of its intake"
+                ) from exc
 
         collection = open_collection(url, user=user, password=password, ca_file=ca_file)
         poller = Poller(collection, state_path=state, sign=sign, publish=publish)

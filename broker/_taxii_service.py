@@ -28,7 +28,7 @@ from keys import PrivateKey
 
 from ._bus import ensure_streams, nats_session
 from ._config import Settings
-from ._directory_store import DirectoryWatcher
+from ._directory_store import DirectoryWatcher, ensure_directory_intake
 from ._limits import SubmissionLimiter
 from ._service import broker_signing_key, run_router, streams_for
 from ._taxii_backend import NatsTaxiiBackend
@@ -81,6 +81,7 @@ async def run_taxii(
     credentials = load_credentials(settings)
     cursor_key = load_cursor_key(settings)
     await ensure_streams(js, streams_for(settings))
+    await ensure_directory_intake(js)  # it publishes into the members' intakes
     async with DirectoryWatcher(js) as watcher:
         backend = NatsTaxiiBackend(
             js,

@@ -6,7 +6,8 @@ logged through structlog each time, and visible in the dissemination log. But th
 every entry forever, so one entry per junk message would let an organisation grow it
 without bound. A :class:`Throttle` lets one entry per key through every ``every`` seconds
 and counts the others; the next entry that goes through carries that count
-(``suppressed``), so nothing is lost from the totals.
+(``suppressed``). The counts live in the process: those not yet carried by an entry are
+lost when it stops (structlog has every event).
 
 The state lives in one process: with N broker processes on the shared consumers a key gets
 up to N entries per interval. It is still bounded by time, never by the volume of junk.

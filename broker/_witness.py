@@ -78,9 +78,12 @@ WITNESS_MAX_MSG_SIZE = 2048
 bytes (witness ``witness.example/w1``, origin ``atlas-broker/log``, logs of 1 to 11,111
 entries) plus 43 of header; each character of the witness name or origin adds two."""
 WITNESS_COSIGNATURES_KEPT = 20_000
-"""Per witness: more than a day of checkpoints at one per 5 s (17,280); about 10 MB of an
+"""Per witness: more than a day of checkpoints at one per 5 s (17,280; under load the
+checkpointer also cuts every 1,000 entries, and the window is shorter); about 10 MB of an
 honest witness's records as stored (480 bytes each), at most 42 MB of a hostile one's."""
 
+_NOT_OURS = nats.js.errors.ServiceUnavailableError
+"""What a witness's account is answered when it asks for the stream itself."""
 _DUPLICATE_WINDOW = 1.0  # nats-server's floor is 0.1 s; 0 would mean its default, 2 min
 _HEADER_BYTES = 64  # "NATS/1.0", Nats-Expected-Stream: WITNESS (43 bytes)
 _STORE_OVERHEAD = 128  # per stored message: the subject, sequence, time and checksum
@@ -113,10 +116,18 @@ def _limited(config: StreamConfig) -> bool:
     return 0 < size <= WITNESS_MAX_MSG_SIZE and 0 < kept <= WITNESS_COSIGNATURES_KEPT
 
 
-async def ensure_witness_stream(js: JetStreamContext, *, replicas: int = 1) -> None:
+async def ensure_witness_stream(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Make the WITNESS stream or bring an existing one's limits up to date, and say so when
     nats-server will not. A witness that may not (its own NATS account, under the generated
-    configuration) only checks that the broker made it, and warns when it is unlimited."""
+    configuration) only checks that the broker made it, and warns when it is unlimited.
+
+    ``replicas`` None keeps an existing stream's (1 for a new one): ``directory load`` does
+    not know the cluster's, and must not scale an R3 stream down."""
+    if replicas is None:
+        try:
+            replicas = (await js.stream_info(WITNESS_STREAM)).config.num_replicas or 1
+        except (nats.js.errors.NotFoundError, nats.errors.NoRespondersError, _NOT_OURS):
+            replicas = 1  # a new stream, or one this account may not read (below)
     try:
         await ensure_stream(js, _witness_config(replicas))
     except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):

@@ -274,8 +274,11 @@ def publish(
         raise typer.Exit(1)
     if result.outcome is None:
         err.print(
-            f"stored, but not routed within {wait:g} s: is `atlas-broker serve` running?",
+            f"stored, but no decision logged within {wait:g} s: is `atlas-broker serve` "
+            "running? (A refusal that no valid signature vouches for, e.g. signed with "
+            "another key than the directory's, is logged once a minute per organisation.)",
             highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(3)
     err.print("routed: the router accepted it", highlight=False)

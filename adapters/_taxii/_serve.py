@@ -180,7 +180,10 @@ def _protocol_error_body(error: h11.RemoteProtocolError | None) -> tuple[int, by
     status = error.error_status_hint if error is not None else 400
     if status not in (400, 431, 501):
         status = 400
-    reason = str(error) if error is not None and str(error) else "malformed request"
+    # h11 quotes the offending bytes after a colon ("illegal header line: bytearray(...)"),
+    # credentials and all when an Authorization line lacks its colon: never echoed or logged.
+    reason = str(error).split(":", 1)[0].strip() if error is not None else ""
+    reason = reason or "malformed request"
     body = {
         "title": "Request Header Fields Too Large" if status == 431 else "Bad Request",
         "description": f"the request is not valid HTTP/1.1: {reason}",
@@ -245,7 +248,8 @@ def _guarded_protocol(
         def send_400_response(self, msg: str) -> None:
             error = cast(_Parser, self.conn).error
             status, body = _protocol_error_body(error)
-            malformed.add(str(error or msg), self.client[0] if self.client else "-")
+            reason = orjson.loads(body)["description"]  # without the quoted bytes
+            malformed.add(reason, self.client[0] if self.client else "-")
             headers = [
                 (b"content-type", error_media_type.encode("ascii")),
                 (b"cache-control", b"no-store"),

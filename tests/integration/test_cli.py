@@ -270,7 +270,7 @@ class TestPublishWait:
         key = ["--key", str(community.sign_key("bank-a"))]
         result = await asyncio.to_thread(cli, *args, *key, url=nats_server.url)
         assert result.returncode == 3, result.stderr
-        assert "not routed within 0.5 s" in result.stderr
+        assert "no decision logged within 0.5 s" in result.stderr
         assert (await js.stream_info(submit_stream("bank-a"))).state.messages == 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import nats
@@ -34,8 +35,33 @@ async def test_ensure_streams_twice_changes_nothing(js: JetStreamContext) -> Non
 
 
 async def test_changed_limits_update_the_existing_streams(js: JetStreamContext) -> None:
+    await ensure_intake(js, ["bank-a"])
     await ensure_streams(js, Streams(max_msg_size=4096))
-    assert (await js.stream_info(SUBMISSIONS)).config.max_msg_size == 4096
+    assert (await js.stream_info(submit_stream("bank-a"))).config.max_msg_size == 4096
+    # Room for the header a copy gains (a source may not take more than its target).
+    assert (await js.stream_info(SUBMISSIONS)).config.max_msg_size == 4096 + 1024
+
+
+async def test_a_submission_that_just_fits_its_intake_is_copied_with_what_follows(
+    js: JetStreamContext,
+) -> None:
+    """A copy gains a Nats-Stream-Source header, counted against SUBMISSIONS' limit: with
+    the same limit as the intake, the largest submissions were acknowledged and never
+    copied, nor anything the member sent after them."""
+    org = "bank-" + "a" * 57  # the longest ids make the longest header
+    await ensure_intake(js, [org])
+    await ensure_streams(js, Streams(max_msg_size=4096))
+    headers = {"Nats-Expected-Stream": submit_stream(org)}
+    for size in range(4096 - 160, 4097, 8):  # up to the intake's own limit
+        with contextlib.suppress(nats.js.errors.APIError):  # too big for the intake itself
+            await js.publish(f"atlas.submit.{org}", b"x" * size, headers=headers)
+    await js.publish(f"atlas.submit.{org}", b"after")
+    taken = (await js.stream_info(submit_stream(org))).state.messages
+
+    async def copied() -> bool:
+        return (await js.stream_info(SUBMISSIONS)).state.messages == taken
+
+    await until(copied, within=10, what=f"all {taken} copied into SUBMISSIONS")
 
 
 async def test_log_refuses_delete_and_purge(js: JetStreamContext) -> None:
@@ -133,3 +159,22 @@ async def test_a_store_of_the_shared_layout_is_brought_to_intake_streams(
         ]
     finally:
         await nc.close()
+
+
+async def test_an_intake_dropped_from_the_sources_is_put_back_with_its_backlog(
+    js: JetStreamContext,
+) -> None:
+    """Two processes writing SUBMISSIONS' sources at once can drop one just added (each
+    writes what it read); what the dropped intake acknowledged meanwhile is copied once the
+    source is back (``serve`` checks every INTAKE_CHECK_EVERY seconds)."""
+    await ensure_intake(js, ["bank-a", "bank-b"])
+    config = (await js.stream_info(SUBMISSIONS)).config
+    config.sources = [s for s in config.sources or () if s.name != submit_stream("bank-b")]
+    await js.update_stream(config)  # a concurrent writer's stale list
+    await js.publish("atlas.submit.bank-b", b"acknowledged while not copied")
+    assert await ensure_intake(js, ["bank-a", "bank-b"]) == 1
+
+    async def copied() -> bool:
+        return (await js.stream_info(SUBMISSIONS)).state.messages == 1
+
+    await until(copied, within=10, what="the backlog copied")
