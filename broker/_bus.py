@@ -71,6 +71,7 @@ __all__ = [
     "ensure_intake",
     "ensure_stream",
     "ensure_streams",
+    "intake_lag",
     "log_subject",
     "nats_session",
     "receipt_subject",
@@ -305,6 +306,18 @@ async def ensure_intake(js: JetStreamContext, orgs: Iterable[str]) -> int:
         submissions.num_replicas or 1,
     )
     return await _ensure_intake(js, orgs, intake, {SUBMISSIONS: submissions, RECEIPTS: receipts})
+
+
+async def intake_lag(js: JetStreamContext) -> dict[str, int]:
+    """Messages each intake holds that SUBMISSIONS or RECEIPTS has not copied yet (intakes
+    with none left out). Lag that lasts means the copy stopped: its target is full, or
+    refuses the message; the intake meanwhile still acknowledges its organisation."""
+    lag: dict[str, int] = {}
+    for aggregate in (SUBMISSIONS, RECEIPTS):
+        for source in (await js.stream_info(aggregate)).sources or ():
+            if source.lag:
+                lag[source.name] = int(source.lag)
+    return lag
 
 
 async def _ensure_intake(

@@ -40,6 +40,7 @@ from ._bus import (
     Streams,
     ensure_intake,
     ensure_streams,
+    intake_lag,
     nats_session,
     submit_stream,
     submit_subject,
@@ -297,11 +298,13 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
     sees. A source put back copies the backlog, so a check every ``INTAKE_CHECK_EVERY``
     seconds bounds how long that lasts."""
     backoff = Backoff()
+    behind: dict[str, int] = {}
     while True:
         check_cancelled()
         await asyncio.sleep(INTAKE_CHECK_EVERY)
         try:
             added = await ensure_intake(js, intake_orgs(watcher.current.directory))
+            lag = await intake_lag(js)
         except DirectoryUnavailable:
             continue
         except (nats.errors.Error, OSError) as exc:
@@ -309,6 +312,17 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
             continue
         if added:
             log.warning("router.intake_sources_restored", count=added)
+        for name, count in lag.items():
+            if name in behind:  # behind at two checks in a row: the copy is not moving
+                log.error(
+                    "router.intake_copy_stalled",
+                    intake=name,
+                    lag=count,
+                    hint="SUBMISSIONS or RECEIPTS is full (nats.stream_max_bytes) or refuses "
+                    "its messages; the intake still acknowledges, and drops what was not "
+                    "copied after a day",
+                )
+        behind = lag
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from broker._bus import (
     Streams,
     ensure_intake,
     ensure_streams,
+    intake_lag,
     log_subject,
     submit_stream,
 )
@@ -178,3 +179,22 @@ async def test_an_intake_dropped_from_the_sources_is_put_back_with_its_backlog(
         return (await js.stream_info(SUBMISSIONS)).state.messages == 1
 
     await until(copied, within=10, what="the backlog copied")
+
+
+async def test_a_full_shared_stream_shows_as_intake_lag(js: JetStreamContext) -> None:
+    """When SUBMISSIONS is full its intakes still take submissions and the copy stops:
+    nothing refuses loudly, so the lag is what says it (``serve`` logs it when it lasts)."""
+    await ensure_streams(
+        js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
+    )
+    await ensure_intake(js, ["bank-a", "bank-b"])
+    assert await intake_lag(js) == {}
+    with pytest.raises(nats.js.errors.APIError, match="maximum bytes"):
+        for _ in range(200):  # SUBMISSIONS keeps 32 MiB here: bank-a's 48 MiB overflow it
+            await js.publish("atlas.submit.bank-a", b"x" * (500 * 1024))
+
+    async def lagging() -> bool:
+        return (await intake_lag(js)).get(submit_stream("bank-a"), 0) > 0
+
+    await until(lagging, within=10, what="bank-a's intake to lag")
+    assert submit_stream("bank-b") not in await intake_lag(js)
