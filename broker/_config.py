@@ -133,7 +133,8 @@ class LimitSettings(_Section):
     """Most STIX objects in one bundle."""
     submissions_per_second: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """Submissions per second per organisation and broker process; 0 (default): no limit.
-    Over the rate a submission is delayed (nak with a delay), never dropped."""
+    Over the rate the organisation's next submission is held until its token is due, never
+    dropped; other organisations' submissions go on meanwhile."""
     burst: int = Field(default=20, ge=1)
     """Submissions an organisation may make at once before the rate applies."""
     per_org: dict[str, OrgRate] = Field(default_factory=dict)
@@ -146,9 +147,10 @@ class RouterSettings(_Section):
     workers: int = Field(default=2, ge=1, le=64)
     ack_wait: float = Field(default=30.0, gt=0)
     max_ack_pending: int = Field(default=1000, ge=1)
-    """Submissions handed out and not yet acked, across every worker of every process:
-    those being routed and those delayed by a rate limit. Past it the consumer hands out
-    nothing more until some are acked, so keep it above a flood's delayed backlog."""
+    """Submissions of one organisation handed out and not yet acked, across every process
+    (being routed, waiting for a worker or a rate-limit token, put back after a fault).
+    Past it that organisation's consumer (``route-<org>``) hands out nothing more until
+    some are acked; the other organisations' consumers are not affected."""
     max_deliver: int = Field(default=-1, ge=-1)
     """Deliveries of one submission before the consumer gives up; -1 (default): never, so a
     transient fault (server, directory, broker key) can delay a submission but not drop it."""

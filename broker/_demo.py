@@ -29,13 +29,13 @@ from policy import Directory
 
 from ._audit import read_log
 from ._audit_jobs import log_verifiers, verify_log
-from ._bus import RECEIPTS, SUBMISSIONS, ensure_streams, nats_session
+from ._bus import RECEIPTS, ensure_streams, nats_session
 from ._checkpoint import log_origin
 from ._config import Settings, TaxiiSettings
 from ._demo_data import AUDITORS, MEMBERS, PARTNERS, TLP2, demo_bundles, demo_directory
 from ._directory_store import store_directory
+from ._feeds import router_backlog
 from ._logcopy import LiveLog
-from ._router import ROUTER_CONSUMER
 from ._service import publish_bundle, receive, run_router, streams_for
 from ._taxii_service import run_taxii
 from .errors import ConfigError
@@ -250,16 +250,11 @@ async def _publish_all(
 
 
 async def _wait_routed(js: Any, count: int) -> None:
-    """Poll the router's consumer: the server has no event for 'all acknowledged'."""
+    """Poll the routing consumers: the server has no event for 'all acknowledged'."""
     async with asyncio.timeout(30):
         while True:
             check_cancelled()
-            info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-            if (
-                info.num_pending == 0
-                and info.num_ack_pending == 0
-                and info.delivered.consumer_seq >= count
-            ):
+            if (await router_backlog(js)).drained(count):
                 return
             await asyncio.sleep(0.05)
 

@@ -8,12 +8,15 @@ at once. It does no I/O and reads the clock it is given, so any front can use it
   nothing and returns the seconds until one will be there (an HTTP front answers
   ``429 Too Many Requests`` with ``Retry-After``);
 - ``reserve(key)`` always takes the next token, now or later, and returns how long to wait
-  for it (the router naks the submission with that delay: delayed, never dropped).
+  for it (the router holds the submission that long: delayed, never dropped).
 
 ``SubmissionLimiter`` is the router's: one bucket per organisation (``limits.*``, with
-``limits.per_org`` overrides), and a slot kept per deferred message so that the message,
-when JetStream redelivers it, passes without taking a second token. Limits hold per broker
-process: with N processes on the shared consumer an organisation gets up to N times its rate.
+``limits.per_org`` overrides). The router fetches an organisation's submissions one at a
+time from that organisation's own consumer and waits for the token of the one in hand
+before handing it to a worker, so a submission over the rate is held back, never dropped,
+and what waits is that organisation's next submission alone. Limits hold per broker
+process: with N processes on the shared consumers an organisation gets up to N times its
+rate.
 """
 
 from __future__ import annotations
@@ -21,16 +24,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ._config import LimitSettings
 
 __all__ = ["RateLimiter", "SubmissionLimiter"]
-
-_EARLY = 0.05
-"""A deferred message redelivered this much before its slot still passes."""
-_SLOT_HORIZON = 600.0
-"""Slots of deferred messages that never came back (another process took them) are forgotten."""
 
 
 class RateLimiter:
@@ -80,19 +77,10 @@ class RateLimiter:
             self._tat = {k: v for k, v in self._tat.items() if v > now}
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    delay: float
-    """0: route it now; otherwise nak it with this delay (seconds)."""
-    deferred_before: bool
-    """The message was already deferred once and now comes back for its slot."""
-
-
 class SubmissionLimiter:
     """The router's per-organisation limits on ``atlas.submit.<org>``."""
 
     def __init__(self, limits: LimitSettings, *, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
         self._default = (
             RateLimiter(limits.submissions_per_second, limits.burst, clock=clock)
             if limits.submissions_per_second > 0
@@ -104,16 +92,10 @@ class SubmissionLimiter:
             else None
             for org, rate in limits.per_org.items()
         }
-        self._slots: dict[int, float] = {}
 
     @property
     def enabled(self) -> bool:
         return self._default is not None or any(v is not None for v in self._per_org.values())
-
-    @property
-    def deferred(self) -> int:
-        """Messages this process deferred that have not come back yet."""
-        return len(self._slots)
 
     def retry_after(self, org: str) -> float:
         """For a front that refuses instead (HTTP 429): 0 = go, else seconds to wait.
@@ -123,26 +105,7 @@ class SubmissionLimiter:
         limiter = self._per_org.get(org, self._default)
         return 0.0 if limiter is None else limiter.acquire(org)
 
-    def check(self, org: str, seq: int) -> Decision:
-        """Whether the submission at stream sequence ``seq`` from ``org`` may be routed now."""
+    def reserve(self, org: str) -> float:
+        """Take ``org``'s next token for the submission in hand: the seconds to wait for it."""
         limiter = self._per_org.get(org, self._default)
-        if limiter is None:
-            return Decision(0.0, False)
-        now = self._clock()
-        slot = self._slots.pop(seq, None)
-        if slot is not None:
-            if slot <= now + _EARLY:
-                return Decision(0.0, True)
-            self._slots[seq] = slot  # back early (a reconnect): wait for the same slot
-            return Decision(slot - now, True)
-        wait = limiter.reserve(org, now)
-        if wait <= 0:
-            return Decision(0.0, False)
-        self._slots[seq] = now + wait
-        if len(self._slots) > 10_000:
-            self._slots = {s: t for s, t in self._slots.items() if t > now - _SLOT_HORIZON}
-        return Decision(wait, False)
-
-    def forget(self, seq: int) -> None:
-        """The message was acked or abandoned: drop its slot."""
-        self._slots.pop(seq, None)
+        return 0.0 if limiter is None else limiter.reserve(org)

@@ -3,8 +3,9 @@
 Counted where the work happens (the router): submissions accepted and refused by reason,
 retries, submissions delayed by a rate limit, packages delivered, objects withheld by
 reason, seal and routing latency, work in flight. Sampled from JetStream when scraped
-(``sample``): the router consumer's pending and ack-pending counts, each recipient's
-delivery consumer, and how far the signed checkpoints trail the dissemination log.
+(``sample``): the routing consumers' pending and ack-pending counts (summed over the
+organisations, as consumer "router"), each recipient's delivery consumer, and how far
+the signed checkpoints trail the dissemination log.
 
 Labels are bounded: reasons are the broker's own codes, organisations are those of the
 directory (anything else is counted as ``other``), recipients those with a durable consumer.
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ._bus import DELIVERIES, LOG, SUBMISSIONS
 from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, LOG_SEQ_HEADER, TREE_SIZE_HEADER
+from ._feeds import router_backlog
 from ._gc import CollectorWatch
 
 __all__ = ["SAMPLE_ERRORS", "BrokerMetrics"]
@@ -55,7 +57,7 @@ class BrokerMetrics:
         )
         self.rate_limited = Counter(
             "atlas_submissions_rate_limited",
-            "Submissions delayed (nak with a delay) by their organisation's rate limit.",
+            "Submissions held back by their organisation's rate limit.",
             ["org"],
             registry=r,
         )
@@ -92,7 +94,7 @@ class BrokerMetrics:
         )
         self.deferred = Gauge(
             "atlas_deferred_submissions",
-            "Submissions this process delayed for a rate limit that have not come back yet.",
+            "Submissions this process holds for their organisation's rate-limit token.",
             registry=r,
         )
         self.consumer_pending = Gauge(
@@ -156,14 +158,10 @@ class BrokerMetrics:
 
     async def sample(self, js: JetStreamContext) -> None:
         """Refresh the figures read from JetStream (the caller bounds the time)."""
-        try:
-            info = await js.consumer_info(SUBMISSIONS, self._router_consumer)
-        except nats.js.errors.NotFoundError:
-            pass
-        else:
-            labels = (SUBMISSIONS, self._router_consumer, "")
-            self.consumer_pending.labels(*labels).set(info.num_pending or 0)
-            self.consumer_ack_pending.labels(*labels).set(info.num_ack_pending or 0)
+        backlog = await router_backlog(js)
+        labels = (SUBMISSIONS, self._router_consumer, "")
+        self.consumer_pending.labels(*labels).set(backlog.pending)
+        self.consumer_ack_pending.labels(*labels).set(backlog.ack_pending)
         await self._sample_deliveries(js)
         await self._sample_checkpoint(js)
 

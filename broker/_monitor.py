@@ -4,7 +4,8 @@
   loop turns; the heartbeat task measures how late it runs timers). 200, or 503 when the
   heartbeat stopped.
 - ``/readyz``: the broker can route: NATS connected, the streams present, a directory
-  loaded, a worker bound to the durable consumer ``router``. 200, or 503 with
+  loaded, workers running and every organisation's routing consumer (``route-<org>``)
+  present and fetched from. 200, or 503 with
   ``{"ready": false, "reason": ...}`` naming the first check that failed.
 - ``/metrics``: Prometheus text format from the process's own registry, JetStream figures
   (consumer lag, checkpoint lag) refreshed on each scrape.
@@ -41,8 +42,9 @@ from adapters._taxii import bind_listener, is_loopback, serve_socket
 
 from ._bus import DELIVERIES, LOG, RECEIPTS, SUBMISSIONS, VIEWS
 from ._config import MonitorSettings
+from ._feeds import route_consumer, route_consumers
 from ._metrics import SAMPLE_ERRORS, BrokerMetrics
-from ._router import ROUTER_CONSUMER, Router
+from ._router import Router
 
 __all__ = ["Monitor", "monitor_url_file", "running_monitor_url"]
 
@@ -124,7 +126,9 @@ class Monitor:
         if why is not None:
             return why
         checks["directory"] = "loaded"
-        checks["router"] = f"{router.bound_workers} worker(s) bound"
+        checks["router"] = (
+            f"{router.bound_workers} worker(s), {len(router.feeding)} organisation(s) fed"
+        )
         try:
             async with asyncio.timeout(_CHECK_TIMEOUT):
                 for stream in _STREAMS:
@@ -133,11 +137,12 @@ class Monitor:
                     except nats.js.errors.NotFoundError:
                         return f"streams: {stream} does not exist"
                 checks["streams"] = "present"
-                try:
-                    await self._js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-                except nats.js.errors.NotFoundError:
-                    return f"router: the durable consumer {ROUTER_CONSUMER!r} does not exist"
-                checks["consumer"] = "present"
+                present = await route_consumers(self._js)
+                missing = sorted(router.feeding - set(present))
+                if missing:
+                    names = ", ".join(route_consumer(org) for org in missing[:5])
+                    return f"router: the durable consumer(s) {names} do not exist"
+                checks["consumers"] = f"{len(present)} present"
         except TimeoutError:
             return f"nats: JetStream did not answer within {_CHECK_TIMEOUT:.0f} s"
         except (nats.errors.Error, OSError) as exc:
@@ -148,7 +153,7 @@ class Monitor:
         """Bring the sampled figures up to date (bounded; failures are counted, not raised)."""
         self.metrics.nats_connected.set(1 if self._nc.is_connected else 0)
         if self._router is not None:
-            self.metrics.deferred.set(self._router.limiter.deferred)
+            self.metrics.deferred.set(self._router.deferred)
         if not self._nc.is_connected:
             return
         async with self._scrape:

@@ -1,12 +1,15 @@
 """The router: verify, evaluate per recipient, seal, deliver once, log, then ack.
 
-Workers share the durable pull consumer ``router`` on SUBMISSIONS. For each submission a
-worker verifies the originator's signature against the directory, computes the recipients,
-asks the policy for each recipient's view, seals each view to the recipient's current
-encryption key and publishes it once on ``atlas.deliver.<recipient>.<submission>`` (expected
-last subject sequence 0), writes the decisions to LOG, and only then acks. A crash anywhere
-before the ack is safe: the redelivered submission finds its packages and log chunks
-already stored and logs what was actually stored.
+Each organisation's submissions come through a durable pull consumer of its own on
+SUBMISSIONS (``route-<org>``), and the workers take them from the organisations in turn
+(``_feeds``: one organisation's flood, over its rate limit or not, does not hold up
+another's). For each submission a worker verifies the originator's signature against the
+directory, computes the recipients, asks the policy for each recipient's view, seals each
+view to the recipient's current encryption key and publishes it once on
+``atlas.deliver.<recipient>.<submission>`` (expected last subject sequence 0), writes the
+decisions to LOG, and only then acks. A crash anywhere before the ack is safe: the
+redelivered submission finds its packages and log chunks already stored and logs what was
+actually stored.
 
 A refusal of a validly signed submission is logged every time: it is evidence of what the
 member asked for. A refusal that no valid signature vouches for (junk on the member's own
@@ -16,10 +19,11 @@ through structlog every time, but written to LOG at most once per organisation e
 how many were left out since the previous one (``_throttle``).
 
 Work is bounded: each worker routes one submission at a time and stores at most
-``limits.max_inflight_publishes`` of its packages at once; the consumer hands out at most
-``router.max_ack_pending`` submissions. An organisation over its rate limit has its
-submission nak'd with the delay of its next token (``SubmissionLimiter``), so the consumer
-moves on to other organisations' submissions and the delayed one comes back later.
+``limits.max_inflight_publishes`` of its packages at once; each process holds at most one
+fetched submission per organisation besides those being routed, and an organisation's
+consumer hands out at most ``router.max_ack_pending`` of its submissions. An organisation
+over its rate limit has its next submission held until its token is due
+(``SubmissionLimiter``); the others' go on meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,17 +47,15 @@ import orjson
 import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 import policy
 from adapters import (
-    cancel_and_wait,
     check_cancelled,
     gather_or_fail,
-    keep_in_progress,
     supervised,
 )
+from adapters._consumer import Backoff
 from keys import (
     KeyRegistryError,
     PrivateKey,
@@ -66,14 +69,14 @@ from policy import BundleRejected, View
 
 from ._bus import (
     DELIVERIES,
-    SUBMISSIONS,
     SUBMITTED_BUCKET,
     deliver_subject,
     log_subject,
     view_subject,
 )
 from ._config import Settings
-from ._directory_store import DirectoryWatcher, ResolvedDirectory
+from ._directory_store import DirectoryWatcher, ResolvedDirectory, intake_orgs
+from ._feeds import OrgFeeds, ensure_route_consumers, route_consumers
 from ._ledger import Ledger, ObjectRecord
 from ._limits import SubmissionLimiter
 from ._log import EXPECT_NEW_SUBJECT, WRONG_LAST_SEQUENCE, append_entries, timestamp
@@ -89,6 +92,11 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 ROUTER_CONSUMER = "router"
+"""The name the routing consumers go by in metrics and status (their sum)."""
+ORG_CHECK_EVERY = 1.0
+"""Seconds between two looks at the directory for organisations without a feed."""
+CONSUMER_CHECK_EVERY = 30.0
+"""Seconds between two checks that every routing consumer exists with the settings."""
 PKG_ID_HEADER = "Atlas-Pkg-Id"
 RCPT_KID_HEADER = "Atlas-Rcpt-Kid"
 BROKER_KID_HEADER = "Atlas-Broker-Kid"
@@ -140,7 +148,7 @@ def _view_summary(view: View) -> dict[str, Any]:
 
 
 class Router:
-    """Runs ``workers`` fetch loops on the shared durable consumer until cancelled."""
+    """Runs ``workers`` workers, fed by every organisation's consumer in turn, until cancelled."""
 
     REFUSED_EVERY = 60.0
     """Seconds between two LOG entries of one organisation's refused submissions that no
@@ -176,89 +184,140 @@ class Router:
         self.refusals = Throttle(self.REFUSED_EVERY)
         """Unsigned refusals: at most one LOG entry per organisation and interval."""
         self.bound_workers = 0
-        """Workers bound to the durable consumer right now (readiness)."""
+        """Workers running right now (readiness)."""
+        self._feeds = OrgFeeds(
+            js,
+            settings.router,
+            self.limiter,
+            limited=self._known,
+            on_rate_limited=self._rate_limited,
+        )
 
     def unready_reason(self) -> str | None:
         """Why this router cannot route now, or None (the NATS side is checked by the caller)."""
         try:
-            self._check_own_key(self._directory.current, self._clock())
+            resolved = self._directory.current
+            self._check_own_key(resolved, self._clock())
         except DirectoryUnavailable as exc:
             return f"directory: {exc}"
         if self.bound_workers == 0:
-            return f"router: no worker is bound to the durable consumer {ROUTER_CONSUMER!r}"
+            return "router: no worker is running"
+        missing = sorted(set(intake_orgs(resolved.directory)) - self._feeds.bound)
+        if missing:
+            return (
+                f"router: not fetching the submissions of {len(missing)} organisation(s) yet "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
+            )
         return None
 
-    async def ensure_consumer(self) -> None:
-        cfg = self._settings.router
-        config = ConsumerConfig(
-            durable_name=ROUTER_CONSUMER,
-            name=ROUTER_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=cfg.ack_wait,
-            max_deliver=cfg.max_deliver,
-            max_ack_pending=max(cfg.max_ack_pending, cfg.workers),
-            filter_subject="atlas.submit.*",
-        )
-        await self._js.add_consumer(SUBMISSIONS, config)
+    @property
+    def feeding(self) -> frozenset[str]:
+        """Organisations whose routing consumer this process fetches from."""
+        return frozenset(self._feeds.bound)
+
+    @property
+    def deferred(self) -> int:
+        """Submissions held for their organisation's rate-limit token right now."""
+        return self._feeds.waiting
 
     async def run(self) -> None:
-        await self.ensure_consumer()
         async with asyncio.TaskGroup() as group:
             for n in range(self._settings.router.workers):
                 group.create_task(
-                    supervised(f"router-worker-{n}", functools.partial(self._worker, n)),
+                    supervised(f"router-worker-{n}", self._worker),
                     name=f"router-worker-{n}",
                 )
-        # A worker never returns and a stopped router never gets here: if the workers all
+            group.create_task(
+                supervised("router-feeds", functools.partial(self._follow_orgs, group)),
+                name="router-feeds",
+            )
+        # Nothing here returns and a stopped router never gets here: if the tasks all
         # ended anyway, stop the process rather than stay up without routing.
         log.error("router.workers_stopped")
         raise RuntimeError("every router worker stopped although the router was not stopped")
 
-    async def _worker(self, n: int) -> None:
-        sub = await self._js.pull_subscribe_bind(ROUTER_CONSUMER, stream=SUBMISSIONS)
+    async def ensure_consumers(self) -> None:
+        """The routing consumers of the directory's organisations (and of earlier ones)."""
+        try:
+            orgs = set(intake_orgs(self._directory.current.directory))
+        except DirectoryUnavailable:
+            orgs = set()
+        orgs |= set(await route_consumers(self._js))
+        await ensure_route_consumers(self._js, sorted(orgs), self._settings.router)
+
+    async def _follow_orgs(self, group: asyncio.TaskGroup) -> None:
+        """Start a feed for every organisation of the directory (and any routing consumer
+        left from one since removed: its submissions get refused, not stranded), and keep
+        their consumers in place."""
+        started: set[str] = set()
+        leftovers: set[str] | None = None
+        backoff = Backoff()
+        last_check = -math.inf
+        while True:
+            check_cancelled()
+            try:
+                orgs = set(intake_orgs(self._directory.current.directory))
+            except DirectoryUnavailable:
+                orgs = set()
+            try:
+                if leftovers is None:
+                    leftovers = set(await route_consumers(self._js))
+                wanted = orgs | leftovers
+                # Every CONSUMER_CHECK_EVERY s: a consumer deleted by hand is made again.
+                due = time.monotonic() - last_check >= CONSUMER_CHECK_EVERY
+                if wanted - started or due:
+                    created = await ensure_route_consumers(
+                        self._js, sorted(wanted), self._settings.router
+                    )
+                    last_check = time.monotonic()
+                    if created:
+                        log.info("router.consumers_created", orgs=created)
+            except (nats.errors.Error, OSError) as exc:
+                await backoff.wait("router.consumers_failed", exc)
+                continue
+            backoff.reset()
+            for org in sorted(wanted - started):
+                group.create_task(
+                    supervised(f"router-feed-{org}", functools.partial(self._feeds.feed, org)),
+                    name=f"router-feed-{org}",
+                )
+                started.add(org)
+            await asyncio.sleep(ORG_CHECK_EVERY)
+
+    async def _worker(self) -> None:
         self.bound_workers += 1
-        backoff = 0.1
         try:
             while True:
-                check_cancelled()
+                held = await self._feeds.next()
                 try:
-                    # One at a time: nats-py's batched fetch holds the first message back
-                    # until the batch fills or the pull expires (up to 1 s of latency).
-                    msgs = await sub.fetch(1, timeout=1.0)
-                except TimeoutError:  # nats-py raises the builtin one too (batched fetch)
-                    backoff = 0.1
-                    continue  # idle
-                except (nats.errors.Error, OSError) as exc:
-                    log.warning(
-                        "router.fetch_failed", worker=n, error=str(exc) or type(exc).__name__
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                backoff = 0.1
-                for msg in msgs:
-                    await self.handle(msg)
+                    await self.handle(held.msg)
+                finally:
+                    await held.done()
         finally:
             self.bound_workers -= 1
-            with contextlib.suppress(nats.errors.Error, OSError):
-                await sub.unsubscribe()
+
+    def _rate_limited(self, org: str, delay: float) -> None:
+        self.stats.rate_limited += 1
+        self.metrics.rate_limited.labels(self.metrics.org_label(org)).inc()
+        self.metrics.deferred.set(self._feeds.waiting + 1)
+        log.info("submission.rate_limited", org=org, delay=round(delay, 3))
+
+    def _known(self, org: str) -> bool:
+        try:
+            return org in self._directory.current.orgs
+        except DirectoryUnavailable:
+            return False  # unknown ids never get a bucket; routing retries it anyway
 
     async def handle(self, msg: Msg) -> None:
-        """Process one submission; ack, nak for a transient failure, or delay it (rate)."""
-        if await self._delayed(msg):
-            return
-        seq = msg.metadata.sequence.stream
+        """Process one submission: ack, or nak for a transient failure (the caller keeps
+        it in progress meanwhile)."""
         started = time.perf_counter()
         self.metrics.inflight_submissions.inc()
-        keepalive = asyncio.create_task(
-            keep_in_progress(msg, max(self._settings.router.ack_wait / 3, 0.5))
-        )
+        self.metrics.deferred.set(self._feeds.waiting)
         try:
             await self._process(msg)
             await msg.ack_sync()
             self.metrics.route_seconds.observe(time.perf_counter() - started)
-            self.limiter.forget(seq)
         except _TRANSIENT as exc:
             self.stats.retried += 1
             self.metrics.retried.inc()
@@ -275,7 +334,6 @@ class Router:
             await self._internal_error(msg, exc)
         finally:
             self.metrics.inflight_submissions.dec()
-            await cancel_and_wait(keepalive)
         self.stats.processed += 1
 
     async def _internal_error(self, msg: Msg, exc: Exception) -> None:
@@ -312,29 +370,6 @@ class Router:
             log.warning("submission.retry", subject=msg.subject, error=str(again))
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=min(2**attempt, 30))
-
-    async def _delayed(self, msg: Msg) -> bool:
-        """Over its organisation's rate: nak with the delay of its next token (never dropped)."""
-        if not self.limiter.enabled:
-            return False
-        org = msg.subject.split(".", 2)[2]
-        try:
-            known = org in self._directory.current.orgs
-        except DirectoryUnavailable:
-            known = False  # routing will retry it anyway
-        if not known:
-            return False  # refused on its own; unknown ids never get a bucket
-        decision = self.limiter.check(org, msg.metadata.sequence.stream)
-        self.metrics.deferred.set(self.limiter.deferred)
-        if decision.delay <= 0:
-            return False
-        if not decision.deferred_before:
-            self.stats.rate_limited += 1
-            self.metrics.rate_limited.labels(self.metrics.org_label(org)).inc()
-            log.info("submission.rate_limited", org=org, delay=round(decision.delay, 3))
-        with contextlib.suppress(nats.errors.Error):
-            await msg.nak(delay=max(decision.delay, 0.001))
-        return True
 
     async def _process(self, msg: Msg) -> None:
         org = msg.subject.split(".", 2)[2]

@@ -199,7 +199,7 @@ async def run_router(
         )
         if attach is not None:
             attach(router)
-        await router.ensure_consumer()
+        await router.ensure_consumers()
         if ready is not None:
             ready.set()
         log.info("router.started", workers=settings.router.workers)

@@ -234,7 +234,7 @@ def _render(status: Status, out: Console) -> None:
         row(f"  {reason}", n)
     table.add_section()
     rc = f["router_consumer"]
-    row("router consumer pending / ack pending", f"{rc['pending']} / {rc['ack_pending']}")
+    row("routing consumers pending / ack pending", f"{rc['pending']} / {rc['ack_pending']}")
     for name, c in f["recipients"].items():
         row(f"  deliveries to {name}", f"{c['pending']} / {c['ack_pending']}")
     infl = f["in_flight"]

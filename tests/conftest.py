@@ -169,11 +169,12 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
 async def running_router(
     js: JetStreamContext, nats_server: EmbeddedNats, settings_for: Callable[..., Settings]
 ) -> AsyncIterator[Callable[[Community], Any]]:
-    """Start the in-process router for a community; stopped at teardown."""
+    """Start the in-process router for a community (``extra`` settings as for
+    ``settings_for``); stopped at teardown."""
     tasks: list[asyncio.Task[None]] = []
 
-    async def _start(community: Community) -> Settings:
-        settings = settings_for(community, nats_server.url)
+    async def _start(community: Community, **extra: Any) -> Settings:
+        settings = settings_for(community, nats_server.url, **extra)
         await ensure_streams(js, streams_for(settings))
         await store_directory(js, community.directory())
         ready = asyncio.Event()

@@ -43,7 +43,7 @@ from broker._bus import (
 from broker._config import LimitSettings, Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
-from broker._router import ROUTER_CONSUMER
+from broker._feeds import router_backlog
 from broker._submission import make_submission
 from keys import load_private_key
 from tests.conftest import Community
@@ -78,15 +78,11 @@ async def router_idle(js: JetStreamContext) -> bool:
     try:
         taken = await intake_total(js)
         last = (await js.stream_info(SUBMISSIONS)).state.last_seq
-        info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
+        backlog = await router_backlog(js)
     except (nats.errors.Error, OSError):
         return False  # not created yet, or the server is failing over
-    return (
-        (last or 0) >= taken  # nats-server copied every intake's submissions
-        and info.num_pending == 0
-        and info.num_ack_pending == 0
-        and (info.ack_floor.stream_seq or 0) >= last
-    )
+    # nats-server copied every intake's submissions, and the router acked them all
+    return (last or 0) >= taken and backlog.drained() and backlog.delivered > 0
 
 
 async def half_routed(js: JetStreamContext) -> set[str]:

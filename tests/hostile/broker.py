@@ -45,9 +45,9 @@ from broker._checkpoint import CHECKPOINT_SUBJECT, CheckpointMessage, log_origin
 from broker._config import Settings, TaxiiSettings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
+from broker._feeds import router_backlog
 from broker._logcopy import LiveLog
 from broker._note import NoteVerifier
-from broker._router import ROUTER_CONSUMER
 from broker._service import publish_bundle, receive, run_router, streams_for
 from broker._taxii_backend import StatusIds
 from broker._taxii_service import load_cursor_key, run_taxii
@@ -184,13 +184,8 @@ async def _wait_routed(js: JetStreamContext, seconds: float = 150) -> None:
         while True:
             intake = await intake_total(js)
             copied = (await js.stream_info(SUBMISSIONS)).state.last_seq or 0
-            info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-            if (
-                copied >= intake
-                and info.num_pending == 0
-                and info.num_ack_pending == 0
-                and (info.ack_floor.stream_seq or 0) >= copied
-            ):
+            backlog = await router_backlog(js)
+            if copied >= intake and backlog.drained() and backlog.delivered > 0:
                 return
             await asyncio.sleep(0.1)
 

@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from adapters import ReceiveStats
 from broker._bus import SUBMISSIONS, submit_stream
 from broker._config import Settings
-from broker._router import ROUTER_CONSUMER
+from broker._feeds import router_backlog
 from broker._service import publish_bundle, receive
 from tests.conftest import TLP2, Community
 
@@ -114,21 +114,19 @@ async def intake_total(js: JetStreamContext) -> int:
     )
 
 
+async def routed_through(js: JetStreamContext, count: int) -> bool:
+    """SUBMISSIONS holds ``count`` submissions or more and the router acked every one."""
+    try:
+        last = (await js.stream_info(SUBMISSIONS)).state.last_seq or 0
+        # Read after the stream: nothing the consumers report drained can be newer.
+        backlog = await router_backlog(js)
+    except nats.js.errors.NotFoundError:  # the streams are not made yet
+        return False
+    return last >= count and backlog.drained() and backlog.delivered > 0
+
+
 async def wait_routed(js: JetStreamContext, count: int) -> None:
-    async with asyncio.timeout(30):
-        while True:
-            try:
-                info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-            except nats.js.errors.NotFoundError:  # the router has not started yet
-                await asyncio.sleep(0.05)
-                continue
-            if (
-                info.num_pending == 0
-                and info.num_ack_pending == 0
-                and (info.ack_floor.stream_seq or 0) >= count
-            ):
-                return
-            await asyncio.sleep(0.05)
+    await until(lambda: routed_through(js, count), within=30, what=f"{count} routed")
 
 
 async def receive_all(

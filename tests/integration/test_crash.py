@@ -13,30 +13,24 @@ import pytest
 from nats.js import JetStreamContext
 
 from broker._audit import read_log
-from broker._bus import DELIVERIES, SUBMISSIONS, ensure_streams
+from broker._bus import DELIVERIES, ensure_streams
 from broker._config import Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
-from broker._router import ROUTER_CONSUMER
-from tests.integration.helpers import bundle, indicator, publish, receive_all, start_broker
+from tests.integration.helpers import (
+    bundle,
+    indicator,
+    publish,
+    receive_all,
+    routed_through,
+    start_broker,
+)
 
 SUBMISSION_COUNT = 150
 
 
 async def _serve(config: Path) -> asyncio.subprocess.Process:
     return await start_broker(config, "serve")
-
-
-async def _router_done(js: JetStreamContext, count: int) -> bool:
-    try:
-        info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-    except Exception:
-        return False
-    return (
-        info.num_pending == 0
-        and info.num_ack_pending == 0
-        and (info.ack_floor.stream_seq or 0) >= count
-    )
 
 
 @pytest.mark.timeout(240)
@@ -82,7 +76,7 @@ async def test_killed_broker_restarts_and_delivers_everything_exactly_once(
     proc = await _serve(config)
     try:
         async with asyncio.timeout(120):
-            while not await _router_done(js, SUBMISSION_COUNT):  # noqa: ASYNC110 - polls server state
+            while not await routed_through(js, SUBMISSION_COUNT):  # noqa: ASYNC110 - polls server state
                 await asyncio.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)

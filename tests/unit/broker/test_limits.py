@@ -67,24 +67,17 @@ class TestSubmissionLimiter:
     def test_everything_passes_when_no_limit_is_configured(self) -> None:
         limiter = SubmissionLimiter(LimitSettings())
         assert not limiter.enabled
-        assert all(limiter.check("bank-a", seq).delay == 0 for seq in range(1000))
+        assert all(limiter.reserve("bank-a") == 0 for _ in range(1000))
 
-    def test_deferred_message_passes_on_its_slot_without_a_second_token(self) -> None:
+    def test_each_submission_in_hand_takes_the_next_token(self) -> None:
         clock = _Clock()
         limiter = SubmissionLimiter(LimitSettings(submissions_per_second=2.0, burst=1), clock=clock)
-        assert limiter.check("bank-a", 1).delay == 0
-        first = limiter.check("bank-a", 2)
-        second = limiter.check("bank-a", 3)
-        assert (first.delay, second.delay) == pytest.approx((0.5, 1.0))
-        assert limiter.deferred == 2
-        clock.now += 0.5
-        back = limiter.check("bank-a", 2)
-        assert back.delay == 0 and back.deferred_before
-        early = limiter.check("bank-a", 3)  # redelivered before its slot: same slot
-        assert early.delay == pytest.approx(0.5) and early.deferred_before
-        clock.now += 0.5
-        assert limiter.check("bank-a", 3).delay == 0
-        assert limiter.deferred == 0
+        assert limiter.enabled
+        assert limiter.reserve("bank-a") == 0
+        assert limiter.reserve("bank-a") == pytest.approx(0.5)
+        clock.now += 0.5  # the router waited for it
+        assert limiter.reserve("bank-a") == pytest.approx(0.5)
+        assert limiter.reserve("bank-b") == 0  # a bucket per organisation
 
     def test_per_org_override_applies_only_to_that_org(self) -> None:
         limits = LimitSettings(
@@ -93,9 +86,9 @@ class TestSubmissionLimiter:
             per_org={"vendor": OrgRate(submissions_per_second=0)},
         )
         limiter = SubmissionLimiter(limits, clock=_Clock())
-        assert all(limiter.check("vendor", seq).delay == 0 for seq in range(50))
-        limiter.check("bank-a", 100)
-        assert limiter.check("bank-a", 101).delay == pytest.approx(1.0)
+        assert all(limiter.reserve("vendor") == 0 for _ in range(50))
+        limiter.reserve("bank-a")
+        assert limiter.reserve("bank-a") == pytest.approx(1.0)
 
 
 class TestLimitAndMonitorSettings:
