@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from broker._bus import DELIVERIES, SUBMISSIONS, ensure_streams, submit_subject
+from broker._bus import DELIVERIES, ensure_streams, submit_subject
 from broker._config import Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
-from broker._router import ROUTER_CONSUMER
+from broker._feeds import router_backlog
 from broker._service import run_router, streams_for
 from broker._submission import make_submission
 from keys import PrivateKey, generate_org_keys, load_private_key, seal
@@ -192,10 +192,7 @@ async def _pipeline(root: Path, objects: int, count: int) -> dict[str, Any]:
         task = asyncio.create_task(run_router(js, settings, signing_key=key, ready=ready))
         async with asyncio.timeout(300):
             while True:
-                info = (
-                    await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER) if ready.is_set() else None
-                )
-                if info and info.num_pending == 0 and info.num_ack_pending == 0:
+                if ready.is_set() and (await router_backlog(js)).drained(count):
                     break
                 await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - t0

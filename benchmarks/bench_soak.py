@@ -58,11 +58,11 @@ import nats
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker._bus import SUBMISSIONS, ensure_streams, submit_subject
+from broker._bus import ensure_streams, submit_subject
 from broker._config import Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
-from broker._router import ROUTER_CONSUMER
+from broker._feeds import router_backlog
 from broker._service import streams_for
 from broker._submission import make_submission
 from keys import PrivateKey, load_private_key
@@ -105,8 +105,7 @@ def _sign(key: PrivateKey, settings: Settings) -> tuple[str, bytes]:
 
 
 async def _drained(js: Any) -> bool:
-    info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
-    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+    return (await router_backlog(js)).drained()
 
 
 @contextlib.contextmanager
@@ -269,7 +268,7 @@ async def _sample(
 ) -> dict[str, Any]:
     """One window's figures; ``cpu`` holds each process's CPU seconds at the window's start
     and is moved on to its end."""
-    info = await js.consumer_info(SUBMISSIONS, ROUTER_CONSUMER)
+    backlog = await router_backlog(js)
     nats_pid = server.pid
     now = {"broker": _cpu_s(broker_pid), "nats": _cpu_s(nats_pid)}
     per_sub = {
@@ -296,7 +295,7 @@ async def _sample(
         "publish_ack_ms_p99": round(_pct(acks, 99), 1) if acks else None,
         "broker_cpu_ms_per_submission": per_sub["broker"],
         "nats_cpu_ms_per_submission": per_sub["nats"],
-        "router_backlog": info.num_pending + info.num_ack_pending,
+        "router_backlog": backlog.pending + backlog.ack_pending,
         "stream_subjects_and_deletes": streams,
     }
 
