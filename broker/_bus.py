@@ -4,7 +4,8 @@
 |---------------|--------------------------------------------|-------------------------------------|
 | SUBMIT-<org>  | ``atlas.submit.<org>``                     | one member's intake, capped, 1 day  |
 | ACK-<org>     | ``atlas.ack.<org>``                        | one recipient's acks, capped, 1 day |
-| SUBMISSIONS   | (sourced from every SUBMIT-<org>)          | signed submissions, replayable 30 d |
+| SUBMISSIONS   | (sourced from every SUBMIT-<org>)          | signed submissions, 30 d; full:     |
+|               |                                            | the oldest (routed) dropped         |
 | DELIVERIES    | ``atlas.deliver.<recipient>.<submission>`` | one sealed package per subject      |
 | RECEIPTS      | ``atlas.receipt.*.*``, ``atlas.notice.*``  | receipts, notices; acks sourced     |
 |               | (and sourced from every ACK-<org>)         | from every ACK-<org>                |
@@ -218,9 +219,14 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             max_age=streams.submissions_max_age,
             max_msg_size=streams.max_msg_size + _COPY_HEADROOM,
             # Capped too, so that the intake streams together cannot fill the store LOG
-            # and DELIVERIES need (found by a probe).
+            # and DELIVERIES need (found by a probe). Full, it drops its oldest: a member's
+            # submission is accepted when its intake stores it, and a copy SUBMISSIONS
+            # refused would hold up every later one of that intake while the intake kept
+            # acknowledging them (measured). The oldest are long routed; one still waiting
+            # for the router is dropped only behind a backlog the size of the whole
+            # stream (``serve`` warns when it is nearly full with work waiting).
             max_bytes=streams.deliveries_max_bytes // 2,
-            discard=DiscardPolicy.NEW,  # refuse new submissions, never drop stored ones
+            discard=DiscardPolicy.OLD,
             sources=sources[SUBMISSIONS],
             metadata={
                 _INTAKE_MAX_BYTES: str(streams.intake_max_bytes),

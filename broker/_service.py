@@ -37,6 +37,7 @@ from keys import (
 from policy import OrgKind, PolicyError
 
 from ._bus import (
+    SUBMISSIONS,
     Streams,
     ensure_intake,
     ensure_streams,
@@ -55,6 +56,7 @@ from ._directory_store import (
     intake_orgs,
 )
 from ._embedded import running_url
+from ._feeds import router_backlog
 from ._gc import frozen_startup
 from ._keyops import ensure_party_consumers
 from ._log import submission_outcome
@@ -289,6 +291,10 @@ INTAKE_CHECK_EVERY = 30.0
 intake (``_keep_intake``)."""
 
 
+NEARLY_FULL = 0.9
+"""Share of SUBMISSIONS' bytes past which work still waiting for the router is warned of."""
+
+
 async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
     """Keep every organisation's intake streams copied into SUBMISSIONS and RECEIPTS.
 
@@ -305,6 +311,8 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
         try:
             added = await ensure_intake(js, intake_orgs(watcher.current.directory))
             lag = await intake_lag(js)
+            submissions = await js.stream_info(SUBMISSIONS)
+            backlog = await router_backlog(js)
         except DirectoryUnavailable:
             continue
         except (nats.errors.Error, OSError) as exc:
@@ -318,11 +326,23 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
                     "router.intake_copy_stalled",
                     intake=name,
                     lag=count,
-                    hint="SUBMISSIONS or RECEIPTS is full (nats.stream_max_bytes) or refuses "
-                    "its messages; the intake still acknowledges, and drops what was not "
+                    hint="RECEIPTS is full (nats.stream_max_bytes) or a stream refuses its "
+                    "messages; the intake still acknowledges, and drops what was not "
                     "copied after a day",
                 )
         behind = lag
+        waiting = backlog.pending + backlog.ack_pending
+        limit = submissions.config.max_bytes or 0
+        if waiting and limit > 0 and submissions.state.bytes >= NEARLY_FULL * limit:
+            log.warning(
+                "router.submissions_nearly_full",
+                bytes=submissions.state.bytes,
+                max_bytes=limit,
+                waiting=waiting,
+                hint="SUBMISSIONS drops its oldest submissions when full: with this many "
+                "still to route, make the router catch up (more workers or processes) or "
+                "raise nats.stream_max_bytes (SUBMISSIONS keeps half of it)",
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,3 +187,36 @@ async def test_a_routing_consumer_deleted_by_hand_is_made_again(
     # The new consumer starts from the stream's start: the first is handed out again and
     # found routed (its entries are stored), so it is logged once all the same.
     assert sorted(await _accepted(js)) == sorted([first, second])
+
+
+@pytest.mark.timeout(180)
+async def test_a_full_submissions_stream_keeps_routing_what_the_intakes_accept(
+    js: JetStreamContext,
+    make_community: Callable[..., Community],
+    running_router: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    community = make_community()
+    settings = await running_router(community)
+    # SUBMISSIONS shrunk to a few submissions: the members' intakes have room for many
+    # more, and acknowledge each one; what they acknowledge must still be routed.
+    config = (await js.stream_info(SUBMISSIONS)).config
+    first = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    await wait_routed(js, 1)
+    size = (await js.stream_info(SUBMISSIONS)).state.bytes
+    assert size > 0
+    config.max_bytes = 4 * size
+    await js.update_stream(config)
+    sids = [first]
+    for n in range(12):
+        org = ("bank-a", "bank-b")[n % 2]
+        sids.append(
+            await publish(settings, js, community, tmp_path, org, bundle(indicator("clear")))
+        )
+
+    async def all_logged() -> bool:
+        return sorted(await _accepted(js)) == sorted(sids)
+
+    await until(all_logged, within=60, what="every acknowledged submission to be routed")
+    state = (await js.stream_info(SUBMISSIONS)).state
+    assert state.first_seq > 1 and state.bytes <= 4 * size  # the oldest, routed, made room

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
+from structlog.testing import capture_logs
 
 from broker._bus import (
     DELIVERIES,
@@ -17,14 +21,20 @@ from broker._bus import (
     RECEIPTS,
     SUBMISSIONS,
     Streams,
+    ack_stream,
     ensure_intake,
     ensure_streams,
     intake_lag,
     log_subject,
     submit_stream,
 )
+from broker._config import RouterSettings
+from broker._directory_store import DirectoryWatcher, store_directory
 from broker._embedded import EmbeddedNats
+from broker._feeds import ensure_route_consumers
+from broker._service import _keep_intake
 from broker.errors import ConfigError
+from tests.conftest import Community, stop_within
 from tests.integration.helpers import until
 
 
@@ -181,20 +191,83 @@ async def test_an_intake_dropped_from_the_sources_is_put_back_with_its_backlog(
     await until(copied, within=10, what="the backlog copied")
 
 
-async def test_a_full_shared_stream_shows_as_intake_lag(js: JetStreamContext) -> None:
-    """When SUBMISSIONS is full its intakes still take submissions and the copy stops:
-    nothing refuses loudly, so the lag is what says it (``serve`` logs it when it lasts)."""
+async def test_a_full_submissions_stream_drops_its_oldest_and_keeps_copying(
+    js: JetStreamContext,
+) -> None:
+    """A copy SUBMISSIONS refused would stop the copying of its intake while the intake
+    kept acknowledging: full, it drops its oldest instead (the router took those long ago)."""
     await ensure_streams(
         js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
     )
     await ensure_intake(js, ["bank-a", "bank-b"])
-    assert await intake_lag(js) == {}
+    published = 0
     with pytest.raises(nats.js.errors.APIError, match="maximum bytes"):
         for _ in range(200):  # SUBMISSIONS keeps 32 MiB here: bank-a's 48 MiB overflow it
             await js.publish("atlas.submit.bank-a", b"x" * (500 * 1024))
+            published += 1
+    await js.publish("atlas.submit.bank-b", b"after it")
+
+    async def copied() -> bool:
+        return (await js.stream_info(SUBMISSIONS)).state.last_seq == published + 1
+
+    await until(copied, within=20, what="every acknowledged submission copied")
+    state = (await js.stream_info(SUBMISSIONS)).state
+    assert state.bytes <= 32 * 1024**2 and state.first_seq > 1
+    assert await intake_lag(js) == {}
+
+
+async def test_a_full_receipts_stream_shows_as_intake_lag(js: JetStreamContext) -> None:
+    """When RECEIPTS is full its intakes still take acknowledgements and the copy stops:
+    nothing refuses loudly, so the lag is what says it (``serve`` logs it when it lasts)."""
+    await ensure_streams(
+        js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
+    )
+    await ensure_intake(js, ["lea-1", "lea-2"])
+    assert await intake_lag(js) == {}
+    for _ in range(200):  # RECEIPTS keeps 8 MiB here: lea-1's 12 MB overflow it
+        await js.publish("atlas.ack.lea-1", b"x" * (60 * 1024))
 
     async def lagging() -> bool:
-        return (await intake_lag(js)).get(submit_stream("bank-a"), 0) > 0
+        return (await intake_lag(js)).get(ack_stream("lea-1"), 0) > 0
 
-    await until(lagging, within=10, what="bank-a's intake to lag")
-    assert submit_stream("bank-b") not in await intake_lag(js)
+    await until(lagging, within=10, what="lea-1's intake to lag")
+    assert ack_stream("lea-2") not in await intake_lag(js)
+
+
+@pytest.mark.timeout(60)
+async def test_serve_warns_when_submissions_is_nearly_full_with_work_waiting(
+    js: JetStreamContext,
+    make_community: Callable[..., Community],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    community = make_community()
+    await ensure_streams(js)
+    await store_directory(js, community.directory())
+    await ensure_route_consumers(js, ["bank-a", "bank-b"], RouterSettings())
+    for n in range(3):  # no router runs: all three wait
+        await js.publish("atlas.submit.bank-a", b"x" * 1000 + bytes([n]))
+
+    async def copied() -> bool:
+        return (await js.stream_info(SUBMISSIONS)).state.messages == 3
+
+    await until(copied, within=10, what="the submissions copied")
+    config = (await js.stream_info(SUBMISSIONS)).config
+    config.max_bytes = (await js.stream_info(SUBMISSIONS)).state.bytes + 100
+    await js.update_stream(config)
+    monkeypatch.setattr("broker._service.INTAKE_CHECK_EVERY", 0.05)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))  # warnings too
+
+    with capture_logs() as logs:
+        async with DirectoryWatcher(js) as watcher:
+            task = asyncio.create_task(_keep_intake(js, watcher))
+            try:
+
+                async def warned() -> bool:
+                    return any(e["event"] == "router.submissions_nearly_full" for e in logs)
+
+                await until(warned, within=10, what="the warning")
+            finally:
+                await stop_within([task], seconds=10)
+    warning = next(e for e in logs if e["event"] == "router.submissions_nearly_full")
+    assert warning["waiting"] == 3 and warning["max_bytes"] == config.max_bytes
+    assert "drops its oldest" in warning["hint"]
