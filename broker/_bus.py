@@ -44,6 +44,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
+    ConsumerInfo,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -368,6 +369,16 @@ async def _ensure_intake(
 # 10047: a server has no room for the stream's limits; 10023: no server (of a cluster)
 # has the resources to place it.
 _NO_STORAGE = frozenset({10047, 10023})
+
+
+async def consumers_of(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
+    """Every consumer of ``stream``: nats-server lists 256 at a time, nats-py one page."""
+    found: list[ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(stream, offset=len(found))
+        if not page:
+            return found
+        found.extend(page)
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

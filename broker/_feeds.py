@@ -38,7 +38,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from adapters import cancel_and_wait, check_cancelled, keep_in_progress
 from adapters._consumer import Backoff
 
-from ._bus import SUBMISSIONS, submit_subject
+from ._bus import SUBMISSIONS, consumers_of, submit_subject
 from ._config import RouterSettings
 from ._limits import SubmissionLimiter
 
@@ -48,6 +48,7 @@ __all__ = [
     "Held",
     "OrgFeeds",
     "ensure_route_consumers",
+    "oldest_unrouted",
     "route_consumer",
     "route_consumers",
     "router_backlog",
@@ -71,7 +72,7 @@ async def route_consumers(js: JetStreamContext) -> dict[str, ConsumerInfo]:
     """The routing consumers on SUBMISSIONS by organisation."""
     return {
         info.name[len(_PREFIX) :]: info
-        for info in await js.consumers_info(SUBMISSIONS)
+        for info in await consumers_of(js, SUBMISSIONS)
         if info.name.startswith(_PREFIX)
     }
 
@@ -102,6 +103,27 @@ async def router_backlog(js: JetStreamContext) -> Backlog:
     )
 
 
+async def oldest_unrouted(
+    js: JetStreamContext, consumers: dict[str, ConsumerInfo]
+) -> dict[str, int]:
+    """For each organisation with submissions still to route, the SUBMISSIONS sequence of
+    its oldest one (the first of its subject past its consumer's acknowledged floor)."""
+    front: dict[str, int] = {}
+    for org, info in consumers.items():
+        if not (info.num_pending or info.num_ack_pending):
+            continue
+        floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        try:
+            msg = await js.get_msg(
+                SUBMISSIONS, seq=floor + 1, subject=submit_subject(org), next=True
+            )
+        except nats.js.errors.NotFoundError:
+            continue
+        if msg.seq is not None:
+            front[org] = msg.seq
+    return front
+
+
 def _settings_of(config: ConsumerConfig, cfg: RouterSettings, workers: int) -> ConsumerConfig:
     return dataclasses.replace(
         config,
@@ -111,30 +133,68 @@ def _settings_of(config: ConsumerConfig, cfg: RouterSettings, workers: int) -> C
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Ensured:
+    created: list[str]
+    """Organisations whose consumer was made now."""
+    failed: list[str]
+    """Organisations whose consumer could be neither made nor found (logged)."""
+
+
 async def ensure_route_consumers(
-    js: JetStreamContext, orgs: Iterable[str], cfg: RouterSettings
-) -> list[str]:
+    js: JetStreamContext, orgs: Iterable[str], cfg: RouterSettings, *, complete: bool
+) -> Ensured:
     """Create the missing routing consumers of ``orgs`` and bring the others to ``cfg``.
 
     When the shared consumer of earlier versions is there, new consumers start after its
     acknowledged floor (what it acked out of order above the floor is routed again, which
-    finds its packages and entries stored), and it is deleted once every organisation has
-    its own. Returns the organisations whose consumer was created.
+    finds its packages and entries stored). It is deleted once every organisation has its
+    own, and only when ``orgs`` are ``complete``: those of a loaded directory, not just
+    the consumers left over. One organisation's failure is logged and skipped: the others
+    go on.
     """
-    existing = await route_consumers(js)
+    # The legacy consumer is read before the list: a process deletes it only after every
+    # organisation's consumer exists, so once it is gone the list holds them all.
     legacy_floor: int | None = None
     with contextlib.suppress(nats.js.errors.NotFoundError):
         legacy = await js.consumer_info(SUBMISSIONS, LEGACY_CONSUMER)
-        legacy_floor = legacy.ack_floor.stream_seq if legacy.ack_floor else 0
-    created = []
+        legacy_floor = (legacy.ack_floor.stream_seq or 0) if legacy.ack_floor else 0
+    existing = await route_consumers(js)
+    created: list[str] = []
+    failed: list[str] = []
     for org in orgs:
+        try:
+            if await _ensure_one(js, org, existing.get(org), cfg, legacy_floor):
+                created.append(org)
+        except nats.js.errors.APIError as exc:
+            failed.append(org)
+            log.warning(
+                "router.consumer_failed",
+                consumer=route_consumer(org),
+                error=str(exc) or type(exc).__name__,
+            )
+    if legacy_floor is not None and complete and not failed:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_consumer(SUBMISSIONS, LEGACY_CONSUMER)
+        log.warning(
+            "router.legacy_consumer_replaced",
+            consumer=LEGACY_CONSUMER,
+            ack_floor=legacy_floor,
+            organisations=len(created),
+        )
+    return Ensured(created, failed)
+
+
+async def _ensure_one(
+    js: JetStreamContext,
+    org: str,
+    info: ConsumerInfo | None,
+    cfg: RouterSettings,
+    legacy_floor: int | None,
+) -> bool:
+    """Whether ``org``'s consumer was created now (else it existed: updated if need be)."""
+    if info is None:
         name = route_consumer(org)
-        info = existing.get(org)
-        if info is not None:
-            wanted = _settings_of(info.config, cfg, cfg.workers)
-            if wanted != info.config:
-                await js.add_consumer(SUBMISSIONS, wanted)
-            continue
         config = ConsumerConfig(
             durable_name=name,
             name=name,
@@ -146,18 +206,26 @@ async def ensure_route_consumers(
         else:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = legacy_floor + 1
-        await js.add_consumer(SUBMISSIONS, _settings_of(config, cfg, cfg.workers))
-        created.append(org)
-    if legacy_floor is not None:
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.delete_consumer(SUBMISSIONS, LEGACY_CONSUMER)
-        log.warning(
-            "router.legacy_consumer_replaced",
-            consumer=LEGACY_CONSUMER,
-            ack_floor=legacy_floor,
-            organisations=len(created),
-        )
-    return created
+        try:
+            await js.add_consumer(SUBMISSIONS, _settings_of(config, cfg, cfg.workers))
+            return True
+        except nats.js.errors.APIError as refused:
+            # Another process made it meanwhile (from another floor, perhaps): keep that.
+            info = await _info(js, name)
+            if info is None:
+                raise refused from None
+    wanted = _settings_of(info.config, cfg, cfg.workers)
+    if wanted != info.config:
+        await js.add_consumer(SUBMISSIONS, wanted)
+    return False
+
+
+async def _info(js: JetStreamContext, name: str) -> ConsumerInfo | None:
+    try:
+        info: ConsumerInfo = await js.consumer_info(SUBMISSIONS, name)
+    except nats.js.errors.NotFoundError:
+        return None
+    return info
 
 
 @dataclass(slots=True)
@@ -201,8 +269,7 @@ class OrgFeeds:
         """The next submission, from the organisation that has waited longest."""
         while True:
             held = await self._ready.get()
-            if held.taken.done():  # its feed stopped while it waited
-                await held.done()
+            if held.taken.done():  # its feed stopped while it waited (and gave it back)
                 continue
             held.taken.set_result(None)
             return held
@@ -239,6 +306,9 @@ class OrgFeeds:
         )
         taken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
+            # A stop that nats-py's fetch swallowed (Python 3.11, see check_cancelled) must
+            # not leave this waiting for a worker that has stopped too.
+            check_cancelled()
             delay = self._limiter.reserve(org) if self._limited(org) else 0.0
             if delay > 0:
                 self._on_rate_limited(org, delay)
@@ -250,7 +320,10 @@ class OrgFeeds:
             self._ready.put_nowait(Held(org, msg, keepalive, taken))
             await taken
         except BaseException:
-            if not taken.done() or taken.cancelled():  # no worker has it: not ours to keep
+            if not taken.done() or taken.cancelled():  # no worker has it: give it back
                 taken.cancel()
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await msg.nak()
+                # Last: it raises again when this task is being stopped.
                 await cancel_and_wait(keepalive)
             raise

@@ -23,7 +23,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ._bus import DELIVERIES, LOG, SUBMISSIONS
+from ._bus import DELIVERIES, LOG, SUBMISSIONS, consumers_of
 from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, LOG_SEQ_HEADER, TREE_SIZE_HEADER
 from ._feeds import router_backlog
 from ._gc import CollectorWatch
@@ -166,7 +166,7 @@ class BrokerMetrics:
         await self._sample_checkpoint(js)
 
     async def _sample_deliveries(self, js: JetStreamContext) -> None:
-        consumers = await js.consumers_info(DELIVERIES)
+        consumers = await consumers_of(js, DELIVERIES)
         figures = []
         for info in consumers:
             match = _DELIVER_FILTER.match(info.config.filter_subject or "")

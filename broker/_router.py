@@ -95,6 +95,8 @@ ROUTER_CONSUMER = "router"
 """The name the routing consumers go by in metrics and status (their sum)."""
 ORG_CHECK_EVERY = 1.0
 """Seconds between two looks at the directory for organisations without a feed."""
+FEED_GRACE = 10.0
+"""Seconds an organisation of the directory may go without a feed before /readyz says so."""
 CONSUMER_CHECK_EVERY = 30.0
 """Seconds between two checks that every routing consumer exists with the settings."""
 PKG_ID_HEADER = "Atlas-Pkg-Id"
@@ -185,6 +187,7 @@ class Router:
         """Unsigned refusals: at most one LOG entry per organisation and interval."""
         self.bound_workers = 0
         """Workers running right now (readiness)."""
+        self._unfed_since: dict[str, float] = {}
         self._feeds = OrgFeeds(
             js,
             settings.router,
@@ -202,7 +205,11 @@ class Router:
             return f"directory: {exc}"
         if self.bound_workers == 0:
             return "router: no worker is running"
-        missing = sorted(set(intake_orgs(resolved.directory)) - self._feeds.bound)
+        now = time.monotonic()
+        unfed = set(intake_orgs(resolved.directory)) - self._feeds.bound
+        self._unfed_since = {org: self._unfed_since.get(org, now) for org in unfed}
+        # A new organisation gets its feed within a second or two: not worth a 503.
+        missing = sorted(o for o, t in self._unfed_since.items() if now - t >= FEED_GRACE)
         if missing:
             return (
                 f"router: not fetching the submissions of {len(missing)} organisation(s) yet "
@@ -236,47 +243,51 @@ class Router:
         log.error("router.workers_stopped")
         raise RuntimeError("every router worker stopped although the router was not stopped")
 
+    def _directory_orgs(self) -> tuple[set[str], bool]:
+        """The organisations that publish, and whether a directory is loaded at all."""
+        try:
+            return set(intake_orgs(self._directory.current.directory)), True
+        except DirectoryUnavailable:
+            return set(), False
+
     async def ensure_consumers(self) -> None:
         """The routing consumers of the directory's organisations (and of earlier ones)."""
-        try:
-            orgs = set(intake_orgs(self._directory.current.directory))
-        except DirectoryUnavailable:
-            orgs = set()
+        orgs, loaded = self._directory_orgs()
         orgs |= set(await route_consumers(self._js))
-        await ensure_route_consumers(self._js, sorted(orgs), self._settings.router)
+        await ensure_route_consumers(self._js, sorted(orgs), self._settings.router, complete=loaded)
 
     async def _follow_orgs(self, group: asyncio.TaskGroup) -> None:
         """Start a feed for every organisation of the directory (and any routing consumer
         left from one since removed: its submissions get refused, not stranded), and keep
-        their consumers in place."""
+        their consumers in place. An organisation whose consumer cannot be made is tried
+        again at the next periodic check; the others are not held up."""
         started: set[str] = set()
+        failed: set[str] = set()
         leftovers: set[str] | None = None
         backoff = Backoff()
         last_check = -math.inf
         while True:
             check_cancelled()
-            try:
-                orgs = set(intake_orgs(self._directory.current.directory))
-            except DirectoryUnavailable:
-                orgs = set()
+            orgs, loaded = self._directory_orgs()
             try:
                 if leftovers is None:
                     leftovers = set(await route_consumers(self._js))
                 wanted = orgs | leftovers
                 # Every CONSUMER_CHECK_EVERY s: a consumer deleted by hand is made again.
                 due = time.monotonic() - last_check >= CONSUMER_CHECK_EVERY
-                if wanted - started or due:
-                    created = await ensure_route_consumers(
-                        self._js, sorted(wanted), self._settings.router
+                if due or wanted - started - failed:
+                    ensured = await ensure_route_consumers(
+                        self._js, sorted(wanted), self._settings.router, complete=loaded
                     )
                     last_check = time.monotonic()
-                    if created:
-                        log.info("router.consumers_created", orgs=created)
+                    failed = set(ensured.failed)
+                    if ensured.created:
+                        log.info("router.consumers_created", orgs=ensured.created)
             except (nats.errors.Error, OSError) as exc:
                 await backoff.wait("router.consumers_failed", exc)
                 continue
             backoff.reset()
-            for org in sorted(wanted - started):
+            for org in sorted(wanted - started - failed):
                 group.create_task(
                     supervised(f"router-feed-{org}", functools.partial(self._feeds.feed, org)),
                     name=f"router-feed-{org}",

@@ -56,7 +56,7 @@ from ._directory_store import (
     intake_orgs,
 )
 from ._embedded import running_url
-from ._feeds import router_backlog
+from ._feeds import oldest_unrouted, route_consumers
 from ._gc import frozen_startup
 from ._keyops import ensure_party_consumers
 from ._log import submission_outcome
@@ -292,7 +292,8 @@ intake (``_keep_intake``)."""
 
 
 NEARLY_FULL = 0.9
-"""Share of SUBMISSIONS' bytes past which work still waiting for the router is warned of."""
+"""Share of SUBMISSIONS' bytes past which a submission still to route among the oldest
+tenth is warned of (it drops its oldest when full)."""
 
 
 async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
@@ -305,14 +306,13 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
     seconds bounds how long that lasts."""
     backoff = Backoff()
     behind: dict[str, int] = {}
+    front: dict[str, int] = {}
     while True:
         check_cancelled()
         await asyncio.sleep(INTAKE_CHECK_EVERY)
         try:
             added = await ensure_intake(js, intake_orgs(watcher.current.directory))
             lag = await intake_lag(js)
-            submissions = await js.stream_info(SUBMISSIONS)
-            backlog = await router_backlog(js)
         except DirectoryUnavailable:
             continue
         except (nats.errors.Error, OSError) as exc:
@@ -331,18 +331,48 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
                     "copied after a day",
                 )
         behind = lag
-        waiting = backlog.pending + backlog.ack_pending
-        limit = submissions.config.max_bytes or 0
-        if waiting and limit > 0 and submissions.state.bytes >= NEARLY_FULL * limit:
-            log.warning(
-                "router.submissions_nearly_full",
-                bytes=submissions.state.bytes,
-                max_bytes=limit,
-                waiting=waiting,
-                hint="SUBMISSIONS drops its oldest submissions when full: with this many "
-                "still to route, make the router catch up (more workers or processes) or "
-                "raise nats.stream_max_bytes (SUBMISSIONS keeps half of it)",
+        try:
+            front = await _check_unrouted(js, front)
+        except (nats.errors.Error, OSError) as exc:
+            await backoff.wait("router.intake_check_failed", exc)
+
+
+async def _check_unrouted(js: JetStreamContext, before: dict[str, int]) -> dict[str, int]:
+    """SUBMISSIONS drops its oldest when full: say when a submission still to route is
+    among the oldest tenth of a stream 90% full, and when one was dropped unrouted (its
+    organisation's oldest at the previous check, below the stream's first now, never
+    acknowledged). Returns the oldest unrouted submission of each organisation."""
+    info = await js.stream_info(SUBMISSIONS)
+    consumers = await route_consumers(js)
+    front = await oldest_unrouted(js, consumers)
+    first, last = info.state.first_seq or 0, info.state.last_seq or 0
+    for org, seq in before.items():
+        floor = consumers[org].ack_floor if org in consumers else None
+        acked = (floor.stream_seq or 0) if floor is not None else 0
+        if seq < first and acked < seq:
+            log.error(
+                "router.submission_dropped_unrouted",
+                org=org,
+                stream_seq=seq,
+                hint="SUBMISSIONS was full and dropped it before the router took it: the "
+                "router fell a whole stream behind; raise nats.stream_max_bytes or add "
+                "workers",
             )
+    limit = info.config.max_bytes or 0
+    if limit > 0 and info.state.bytes >= NEARLY_FULL * limit:
+        edge = first + (last - first) * (1 - NEARLY_FULL)
+        at_risk = {org: seq for org, seq in front.items() if seq <= edge}
+        if at_risk:
+            log.warning(
+                "router.submissions_at_risk",
+                orgs=sorted(at_risk),
+                oldest=min(at_risk.values()),
+                first_seq=first,
+                hint="SUBMISSIONS is nearly full and drops its oldest submissions: these "
+                "are not routed yet; make the router catch up (more workers or processes) "
+                "or raise nats.stream_max_bytes (SUBMISSIONS keeps half of it)",
+            )
+    return front
 
 
 @dataclass(frozen=True, slots=True)

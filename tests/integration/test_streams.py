@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.js.errors
@@ -235,7 +236,7 @@ async def test_a_full_receipts_stream_shows_as_intake_lag(js: JetStreamContext) 
 
 
 @pytest.mark.timeout(60)
-async def test_serve_warns_when_submissions_is_nearly_full_with_work_waiting(
+async def test_serve_warns_of_unrouted_submissions_near_the_front_and_of_one_dropped(
     js: JetStreamContext,
     make_community: Callable[..., Community],
     monkeypatch: pytest.MonkeyPatch,
@@ -243,12 +244,12 @@ async def test_serve_warns_when_submissions_is_nearly_full_with_work_waiting(
     community = make_community()
     await ensure_streams(js)
     await store_directory(js, community.directory())
-    await ensure_route_consumers(js, ["bank-a", "bank-b"], RouterSettings())
+    await ensure_route_consumers(js, ["bank-a", "bank-b"], RouterSettings(), complete=True)
     for n in range(3):  # no router runs: all three wait
         await js.publish("atlas.submit.bank-a", b"x" * 1000 + bytes([n]))
 
     async def copied() -> bool:
-        return (await js.stream_info(SUBMISSIONS)).state.messages == 3
+        return (await js.stream_info(SUBMISSIONS)).state.last_seq == 3
 
     await until(copied, within=10, what="the submissions copied")
     config = (await js.stream_info(SUBMISSIONS)).config
@@ -257,17 +258,29 @@ async def test_serve_warns_when_submissions_is_nearly_full_with_work_waiting(
     monkeypatch.setattr("broker._service.INTAKE_CHECK_EVERY", 0.05)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))  # warnings too
 
+    def event(name: str) -> dict[str, Any] | None:
+        return next((e for e in logs if e["event"] == name), None)
+
     with capture_logs() as logs:
         async with DirectoryWatcher(js) as watcher:
             task = asyncio.create_task(_keep_intake(js, watcher))
             try:
 
                 async def warned() -> bool:
-                    return any(e["event"] == "router.submissions_nearly_full" for e in logs)
+                    return event("router.submissions_at_risk") is not None
 
                 await until(warned, within=10, what="the warning")
+                assert event("router.submission_dropped_unrouted") is None
+                # Full: the next one makes SUBMISSIONS drop bank-a's oldest, unrouted.
+                await js.publish("atlas.submit.bank-b", b"y" * 1000)
+
+                async def dropped() -> bool:
+                    return event("router.submission_dropped_unrouted") is not None
+
+                await until(dropped, within=10, what="the error")
             finally:
                 await stop_within([task], seconds=10)
-    warning = next(e for e in logs if e["event"] == "router.submissions_nearly_full")
-    assert warning["waiting"] == 3 and warning["max_bytes"] == config.max_bytes
-    assert "drops its oldest" in warning["hint"]
+    warning = event("router.submissions_at_risk")
+    assert warning is not None and warning["orgs"] == ["bank-a"] and warning["oldest"] == 1
+    error = event("router.submission_dropped_unrouted")
+    assert error is not None and (error["org"], error["stream_seq"]) == ("bank-a", 1)
