@@ -62,7 +62,7 @@ from broker._bus import ensure_streams, submit_subject
 from broker._config import Settings
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
-from broker._feeds import router_backlog
+from broker._feeds import route_consumers, router_backlog
 from broker._service import streams_for
 from broker._submission import make_submission
 from keys import PrivateKey, load_private_key
@@ -102,10 +102,6 @@ def _sign(key: PrivateKey, settings: Settings) -> tuple[str, bytes]:
         max_objects=settings.limits.max_objects,
     )
     return signed.sid, signed.token
-
-
-async def _drained(js: Any) -> bool:
-    return (await router_backlog(js)).drained()
 
 
 @contextlib.contextmanager
@@ -187,20 +183,17 @@ async def _measure(
     burst: int,
     probe: FsyncProbe,
 ) -> dict[str, Any]:
+    monitor_url = Path(settings.data_dir) / "monitor" / "url"
     async with asyncio.timeout(60):
-        while True:
-            try:
-                if await _drained(js):
-                    break
-            except Exception:  # noqa: S110 - the consumer appears once serve has started
-                pass
+        # serve has started: its monitor listens and member-1's routing consumer exists.
+        while not (monitor_url.exists() and "member-1" in await route_consumers(js)):  # noqa: ASYNC110 - polls server state
             await asyncio.sleep(0.1)
     # 1. The maximum: a burst of stored submissions, drained by the router.
     tokens = [_sign(key, settings)[1] for _ in range(burst)]
     t0 = time.perf_counter()
     for token in tokens:
         await js.publish(submit_subject("member-1"), token)
-    while not await _drained(js):  # noqa: ASYNC110 - polls server state
+    while not (await router_backlog(js)).drained(burst):  # noqa: ASYNC110 - polls server state
         await asyncio.sleep(0.02)
     max_rate = burst / (time.perf_counter() - t0)
     rate = max_rate / 2
