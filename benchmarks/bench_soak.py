@@ -72,6 +72,7 @@ from .bench_pipeline import RECIPIENTS, _bundle, _community, _pct
 SAMPLE_EVERY = 10.0
 OBJECTS = 10
 STREAM_BYTES = 4 * 1024**3
+INTAKE_BYTES = 1024**3
 
 
 def _rss_mib(pid: int) -> float:
@@ -123,8 +124,12 @@ async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
     member_key = load_private_key(root / "keys" / "member-1" / "member-1.sign.pem")
     # 4 GiB per stream (the default 8 GiB twice needs 22 GB free on the store's disk; a
     # 10-minute soak writes about 1.5 GB of packages).
+    # One member makes every submission: its intake (32 MiB a day by default) takes the
+    # whole run's.
     settings = Settings(
-        data_dir=root / "data", log_level="error", nats={"stream_max_bytes": STREAM_BYTES}
+        data_dir=root / "data",
+        log_level="error",
+        nats={"stream_max_bytes": STREAM_BYTES, "intake_max_bytes": INTAKE_BYTES},
     )
     # nats-server inherits the environment (so does the broker, which ignores GODEBUG).
     gctrace = ",".join(filter(None, [os.environ.get("GODEBUG"), "gctrace=1"]))
@@ -143,6 +148,7 @@ async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
                 "ATLAS_LOG_FORMAT": "json",
                 "ATLAS_MONITOR__PORT": "0",
                 "ATLAS_NATS__STREAM_MAX_BYTES": str(STREAM_BYTES),
+                "ATLAS_NATS__INTAKE_MAX_BYTES": str(INTAKE_BYTES),
             }
             broker = await asyncio.create_subprocess_exec(
                 sys.executable,
