@@ -72,7 +72,7 @@ from .bench_pipeline import RECIPIENTS, _bundle, _community, _pct
 SAMPLE_EVERY = 10.0
 OBJECTS = 10
 STREAM_BYTES = 4 * 1024**3
-INTAKE_BYTES = 1024**3
+INTAKE_BYTES = 128 * 1024**2
 
 
 def _rss_mib(pid: int) -> float:
