@@ -609,3 +609,38 @@ class TestGeneratedNatsConfig:
             text = result.stdout + result.stderr
             assert result.returncode == 0 and "is valid" in text, f"{run.where}: {text}"
             assert "not defined" not in text, f"{run.where}: {text}"
+
+
+class TestWriteDeadline:
+    def test_given_it_is_written_into_each_config_that_nats_server_accepts(
+        self, tmp_path: Path
+    ) -> None:
+        args = ["deploy", "nats-config", "--directory", str(DEPLOY / "directory.example.toml")]
+        runs = ((["--cluster"], ["nats-node1.conf", "nats-node2.conf"]), ([], ["nats.conf"]))
+        for extra, names in runs:
+            out = tmp_path / (extra[0].strip("-") if extra else "single")
+            result = _run([str(ATLAS), *args, "--out", str(out), "--write-deadline", "2s", *extra])
+            assert result.returncode == 0, result.stderr  # each file passed nats-server -t
+            for name in names:
+                assert 'write_deadline: "2s"\n' in (out / name).read_text()
+
+    def test_not_given_nats_server_keeps_its_default(self, cluster_configs: Path) -> None:
+        assert "write_deadline" not in (cluster_configs / "nats-node1.conf").read_text()
+
+    def test_a_value_that_is_no_duration_is_refused_naming_it(self, tmp_path: Path) -> None:
+        result = _run(
+            [
+                str(ATLAS),
+                "deploy",
+                "nats-config",
+                "--directory",
+                str(DEPLOY / "directory.example.toml"),
+                "--out",
+                str(tmp_path / "out"),
+                "--write-deadline",
+                "2 seconds",
+            ]
+        )
+        assert result.returncode == 1
+        assert "write deadline '2 seconds': give a duration such as 2s" in result.stderr
+        assert not (tmp_path / "out" / "nats.conf").exists()
