@@ -71,7 +71,7 @@ from .bench_pipeline import RECIPIENTS, _bundle, _community, _pct
 
 SAMPLE_EVERY = 10.0
 OBJECTS = 10
-STREAM_BYTES = 4 * 1024**3
+STREAM_BYTES = 3 * 1024**3
 INTAKE_BYTES = 384 * 1024**2
 """A submission here is 5.8 KB: ~55,000 in 10 minutes are ~320 MB. nats-server reserves
 every organisation's two intakes at this size on the store's disk."""
@@ -124,8 +124,10 @@ def _env(**values: str) -> Iterator[None]:
 async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
     directory, broker_key_path = _community(root / "keys")
     member_key = load_private_key(root / "keys" / "member-1" / "member-1.sign.pem")
-    # 4 GiB per stream (the default 8 GiB twice needs 22 GB free on the store's disk; a
-    # 10-minute soak writes about 1.5 GB of packages).
+    # 3 GiB per stream (the default 8 GiB twice needs 22 GB free on the store's disk; a
+    # 10-minute soak writes about 1.5 GB of packages), and the intakes (2 per organisation)
+    # must fit beside them: nats-server reserves every maximum, and serve's update of a
+    # stream reserves it once more while it runs (4 GiB did not fit /dev/shm's 24 GB).
     # One member makes every submission: its intake (32 MiB a day by default) takes the
     # whole run's.
     settings = Settings(
