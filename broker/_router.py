@@ -287,11 +287,16 @@ class Router:
                 await backoff.wait("router.consumers_failed", exc)
                 continue
             backoff.reset()
+            # A stop nats-py swallowed (Python 3.11) must not reach the group: it refuses
+            # new tasks while it shuts down, leaving their coroutines never awaited.
+            check_cancelled()
             for org in sorted(wanted - started - failed):
-                group.create_task(
-                    supervised(f"router-feed-{org}", functools.partial(self._feeds.feed, org)),
-                    name=f"router-feed-{org}",
-                )
+                feed = supervised(f"router-feed-{org}", functools.partial(self._feeds.feed, org))
+                try:
+                    group.create_task(feed, name=f"router-feed-{org}")
+                except RuntimeError:  # the group is shutting down: so is this
+                    feed.close()
+                    raise asyncio.CancelledError from None
                 started.add(org)
             await asyncio.sleep(ORG_CHECK_EVERY)
 
