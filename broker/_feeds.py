@@ -232,7 +232,6 @@ async def _info(js: JetStreamContext, name: str) -> ConsumerInfo | None:
 class Held:
     """A fetched submission waiting for a worker: kept in progress until the worker is done."""
 
-    org: str
     msg: Msg
     keepalive: asyncio.Task[None]
     taken: asyncio.Future[None]
@@ -317,7 +316,7 @@ class OrgFeeds:
                     await asyncio.sleep(delay)
                 finally:
                     self.waiting -= 1
-            self._ready.put_nowait(Held(org, msg, keepalive, taken))
+            self._ready.put_nowait(Held(msg, keepalive, taken))
             await taken
         except BaseException:
             if not taken.done() or taken.cancelled():  # no worker has it: give it back

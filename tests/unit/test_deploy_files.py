@@ -575,20 +575,16 @@ class TestCommands:
 @pytest.fixture(scope="module")
 def cluster_configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("nats")
-    result = _run(
-        [
-            str(ATLAS),
-            "deploy",
-            "nats-config",
-            "--directory",
-            str(DEPLOY / "directory.example.toml"),
-            "--out",
-            str(out),
-            "--cluster",
-        ]
-    )
+    result = _nats_config(out, "--cluster")
     assert result.returncode == 0, result.stderr
     return out
+
+
+def _nats_config(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``deploy nats-config`` for the example directory into ``out``."""
+    directory = str(DEPLOY / "directory.example.toml")
+    args = ["deploy", "nats-config", "--directory", directory, "--out", str(out), *extra]
+    return _run([str(ATLAS), *args])
 
 
 class TestGeneratedNatsConfig:
@@ -615,11 +611,10 @@ class TestWriteDeadline:
     def test_given_it_is_written_into_each_config_that_nats_server_accepts(
         self, tmp_path: Path
     ) -> None:
-        args = ["deploy", "nats-config", "--directory", str(DEPLOY / "directory.example.toml")]
         runs = ((["--cluster"], ["nats-node1.conf", "nats-node2.conf"]), ([], ["nats.conf"]))
         for extra, names in runs:
             out = tmp_path / (extra[0].strip("-") if extra else "single")
-            result = _run([str(ATLAS), *args, "--out", str(out), "--write-deadline", "2s", *extra])
+            result = _nats_config(out, "--write-deadline", "2s", *extra)
             assert result.returncode == 0, result.stderr  # each file passed nats-server -t
             for name in names:
                 assert 'write_deadline: "2s"\n' in (out / name).read_text()
@@ -628,19 +623,7 @@ class TestWriteDeadline:
         assert "write_deadline" not in (cluster_configs / "nats-node1.conf").read_text()
 
     def test_a_value_that_is_no_duration_is_refused_naming_it(self, tmp_path: Path) -> None:
-        result = _run(
-            [
-                str(ATLAS),
-                "deploy",
-                "nats-config",
-                "--directory",
-                str(DEPLOY / "directory.example.toml"),
-                "--out",
-                str(tmp_path / "out"),
-                "--write-deadline",
-                "2 seconds",
-            ]
-        )
+        result = _nats_config(tmp_path / "out", "--write-deadline", "2 seconds")
         assert result.returncode == 1
         assert "write deadline '2 seconds': give a duration such as 2s" in result.stderr
         assert not (tmp_path / "out" / "nats.conf").exists()
