@@ -16,7 +16,7 @@ import orjson
 from nats.js import JetStreamContext
 
 from adapters import ReceiveStats
-from broker._bus import SUBMISSIONS, submit_stream
+from broker._bus import RECEIPTS, SUBMISSIONS, submit_stream
 from broker._config import Settings
 from broker._feeds import router_backlog
 from broker._service import publish_bundle, receive
@@ -136,7 +136,11 @@ async def receive_all(
     org: str,
     out: Path,
     key: Path | None = None,
+    *,
+    acknowledge: bool = False,
 ) -> ReceiveStats:
+    """One pass of ``org``'s receive bridge into ``out``; with ``acknowledge`` it signs and
+    publishes its acknowledgements of the receipts it keeps."""
     return await receive(
         settings,
         org=org,
@@ -144,6 +148,27 @@ async def receive_all(
         out_dir=out,
         once=True,
         js=js,
+        sign_key_path=community.sign_key(org) if acknowledge else None,
+    )
+
+
+async def receipts_out(js: JetStreamContext, count: int) -> bool:
+    """The broker has published at least ``count`` receipts."""
+    info = await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
+    return info.state.messages >= count
+
+
+async def acks_handled(js: JetStreamContext, count: int) -> bool:
+    """The acknowledgement recorder has handled (acked) at least ``count`` acknowledgements
+    and holds none."""
+    try:
+        info = await js.consumer_info(RECEIPTS, "acks")
+    except nats.js.errors.NotFoundError:  # the recorder has not bound its consumer yet
+        return False
+    return (
+        info.num_pending == 0
+        and info.num_ack_pending == 0
+        and (info.ack_floor.consumer_seq or 0) >= count
     )
 
 

@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import nats.js.errors
 import orjson
 import pytest
 import structlog
 from nats.js import JetStreamContext
 from structlog.testing import LogCapture
 
+from adapters import ReceiveStats
 from broker._audit import read_log
 from broker._audit_jobs import verify_log
 from broker._bus import RECEIPTS
@@ -32,18 +32,20 @@ from broker._directory_store import DirectoryWatcher, store_directory
 from broker._logcopy import LiveLog
 from broker._note import NoteVerifier
 from broker._receipts import ACK_TYP, AckRecorder
-from broker._service import receive
 from keys import PublicKey, jws_sign, load_private_key
 from tests.conftest import stop_within
-from tests.integration.helpers import bundle, indicator, publish, wait_routed
+from tests.integration.helpers import (
+    acks_handled,
+    bundle,
+    indicator,
+    publish,
+    receipts_out,
+    receive_all,
+    until,
+    wait_routed,
+)
 
 pytestmark = pytest.mark.integration
-
-
-async def _until(predicate: Callable[[], Any], seconds: float = 30) -> None:
-    async with asyncio.timeout(seconds):
-        while not await predicate():  # noqa: ASYNC110 - polls server state
-            await asyncio.sleep(0.2)
 
 
 @pytest.mark.timeout(180)
@@ -65,30 +67,17 @@ async def test_only_a_delivered_package_is_recorded_and_only_once(
     await wait_routed(js, 1)
     out = tmp_path / "lea-1"
 
-    async def _receive() -> Any:
-        return await receive(
-            settings,
-            org="lea-1",
-            key_paths=[community.enc_key("lea-1")],
-            out_dir=out,
-            once=True,
-            js=js,
-            sign_key_path=community.sign_key("lea-1"),
-        )
+    def _receive() -> Awaitable[ReceiveStats]:
+        return receive_all(settings, js, community, "lea-1", out, acknowledge=True)
 
     assert (await _receive()).received == 1
-
-    async def _receipts_out() -> bool:
-        info = await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
-        return info.state.messages >= 2  # lea-1's and lea-2's
-
-    await _until(_receipts_out)
+    await until(lambda: receipts_out(js, 2), within=30, what="lea-1's and lea-2's receipts")
     assert (await _receive()).receipts == 1  # lea-1 keeps its receipt and acknowledges it
 
     async def _recorded() -> bool:
         return any([r async for r in read_log(js) if r.entry["type"] == "receipt"])
 
-    await _until(_recorded)
+    await until(_recorded, within=30, what="a receipt entry")
     records = [r async for r in read_log(js)]
     delivery = {r.entry["rcpt"]: r for r in records if r.entry["type"] == "delivery"}
     mine, theirs = delivery["lea-1"], delivery["lea-2"]
@@ -119,19 +108,8 @@ async def test_only_a_delivered_package_is_recorded_and_only_once(
     for data in [*(f.encode() for f in forged), *again]:
         await js.publish("atlas.ack.lea-1", data)
 
-    async def _all_handled() -> bool:
-        try:
-            info = await js.consumer_info(RECEIPTS, "acks")
-        except nats.js.errors.NotFoundError:
-            return False
-        handled = 1 + len(forged) + len(again)
-        return (
-            info.num_pending == 0
-            and info.num_ack_pending == 0
-            and (info.ack_floor.consumer_seq or 0) >= handled
-        )
-
-    await _until(_all_handled)
+    handled = 1 + len(forged) + len(again)
+    await until(lambda: acks_handled(js, handled), within=30, what=f"{handled} acks handled")
     receipts = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
     recorded = [e for e in receipts if "result" not in e]
     assert [(e["rcpt"], e["pkg"], e["index"], e["size"]) for e in recorded] == [
@@ -169,21 +147,13 @@ async def test_refused_acks_left_out_are_counted_into_the_next_refused_entry(
         recorder = AckRecorder(js, watcher, clock=clock)
         task = asyncio.create_task(recorder.run())
         try:
-
-            async def _handled(count: int) -> bool:
-                try:
-                    info = await js.consumer_info(RECEIPTS, "acks")
-                except nats.js.errors.NotFoundError:
-                    return False
-                return info.num_ack_pending == 0 and (info.ack_floor.consumer_seq or 0) >= count
-
             for n in range(5):
                 await js.publish("atlas.ack.lea-1", f"junk {n}".encode())
-            await _until(lambda: _handled(5))
+            await until(lambda: acks_handled(js, 5), within=30, what="5 acks handled")
             clock.now += AckRecorder.REFUSED_EVERY
             for n in range(3):
                 await js.publish("atlas.ack.lea-1", f"more junk {n}".encode())
-            await _until(lambda: _handled(8))
+            await until(lambda: acks_handled(js, 8), within=30, what="8 acks handled")
         finally:
             await stop_within([task], seconds=30)
     receipts = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
