@@ -8,7 +8,8 @@
 |               |                                            | the oldest (routed) dropped         |
 | DELIVERIES    | ``atlas.deliver.<recipient>.<submission>`` | one sealed package per subject      |
 | RECEIPTS      | ``atlas.receipt.*.*``, ``atlas.notice.*``  | receipts, notices; acks sourced     |
-|               | (and sourced from every ACK-<org>)         | from every ACK-<org>                |
+|               | (and sourced from every ACK-<org>)         | from every ACK-<org>; full: the     |
+|               |                                            | oldest dropped                      |
 | LOG           | ``atlas.log.entries.<submission>.<n>``,    | dissemination log: delete/purge     |
 |               | ``atlas.log.checkpoints``                  | denied, no age limit                |
 
@@ -239,7 +240,12 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
         _file_stream(VIEWS, ["atlas.view.*.*"], streams.replicas, **kept),
         # Receipts to recipients (one per delivered package), their signed
         # acknowledgements back (atlas.ack.<org> through ACK-<org>, logged), and notices
-        # to originators.
+        # to originators. Full, it drops its oldest: a receipt is derived from LOG (its
+        # entry, inclusion proof and checkpoint) and the oldest were fetched long ago;
+        # an acknowledgement is recorded (its digest in LOG) as it arrives. Refusing new
+        # ones instead stopped every recipient's receipts until the oldest aged out (30
+        # days) and held up the acknowledgements in their intakes (measured: the soak
+        # filled it at ~236,000 receipts, and receipts stopped).
         _file_stream(
             RECEIPTS,
             ["atlas.receipt.*.*", "atlas.notice.*"],
@@ -247,7 +253,7 @@ async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> 
             max_age=streams.deliveries_max_age,
             max_bytes=streams.deliveries_max_bytes // 8,
             max_msg_size=streams.receipts_max_msg_size + _COPY_HEADROOM,
-            discard=DiscardPolicy.NEW,
+            discard=DiscardPolicy.OLD,
             sources=sources[RECEIPTS],
         ),
         _file_stream(

@@ -326,9 +326,9 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
                     "router.intake_copy_stalled",
                     intake=name,
                     lag=count,
-                    hint="RECEIPTS is full (nats.stream_max_bytes) or a stream refuses its "
-                    "messages; the intake still acknowledges, and drops what was not "
-                    "copied after a day",
+                    hint="SUBMISSIONS or RECEIPTS refuses its messages (bigger than it "
+                    "takes, or nats-server's store has no room left); the intake still "
+                    "acknowledges, and drops what was not copied after a day",
                 )
         behind = lag
         try:

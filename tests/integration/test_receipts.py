@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,35 @@ from nats.js import JetStreamContext
 
 from broker._audit import read_log
 from broker._audit_jobs import verify_log
-from broker._bus import DELIVERIES, RECEIPTS, deliver_subject
+from broker._bus import (
+    CHECKPOINT_SUBJECT,
+    DELIVERIES,
+    LOG,
+    RECEIPTS,
+    deliver_subject,
+    receipt_subject,
+)
 from broker._checkpoint import log_origin
 from broker._logcopy import LiveLog
 from broker._note import NoteVerifier
 from broker._receipt import verify_receipt
+from broker._receipts import ReceiptPublisher
 from broker._service import receive
 from keys import jws_sign, load_private_key
-from tests.integration.helpers import bundle, indicator, publish, wait_routed
+from tests.integration.helpers import (
+    acks_handled,
+    bundle,
+    indicator,
+    publish,
+    receipts_out,
+    receive_all,
+    until,
+    wait_routed,
+)
 
 
-async def _until(predicate: Callable[[], Any]) -> None:
-    async with asyncio.timeout(20):
-        while not await predicate():  # noqa: ASYNC110 - polls server state
-            await asyncio.sleep(0.2)
+async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+    await until(predicate, within=20, what=what, every=0.2)
 
 
 async def test_every_delivered_package_gets_a_verified_receipt_and_a_logged_ack(
@@ -46,26 +60,10 @@ async def test_every_delivered_package_gets_a_verified_receipt_and_a_logged_ack(
     ]
     await wait_routed(js, 3)
     out = tmp_path / "lea-1"
-
-    async def _receive() -> Any:
-        return await receive(
-            settings,
-            org="lea-1",
-            key_paths=[community.enc_key("lea-1")],
-            out_dir=out,
-            once=True,
-            js=js,
-            sign_key_path=community.sign_key("lea-1"),
-        )
-
-    first = await _receive()
+    first = await receive_all(settings, js, community, "lea-1", out, acknowledge=True)
     assert first.received == 3
-
-    async def _receipts_out() -> bool:
-        return (await js.stream_info(RECEIPTS)).state.messages >= 6  # 3 packages x 2 partners
-
-    await _until(_receipts_out)
-    second = await _receive()
+    await _until(lambda: receipts_out(js, 6), "3 packages x 2 partners' receipts")
+    second = await receive_all(settings, js, community, "lea-1", out, acknowledge=True)
     assert second.receipts == 3
     key = community.public["atlas-broker"][0]
     from keys import PublicKey
@@ -82,7 +80,7 @@ async def test_every_delivered_package_gets_a_verified_receipt_and_a_logged_ack(
     async def _acks_logged() -> bool:
         return len([r async for r in read_log(js) if r.entry["type"] == "receipt"]) >= 3
 
-    await _until(_acks_logged)
+    await _until(_acks_logged, "3 receipt entries")
     acks = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
     assert {a["rcpt"] for a in acks} == {"lea-1"} and "result" not in acks[0]
     result = await verify_log(LiveLog(js), log_keys=[verifier], deliveries=js)
@@ -105,11 +103,7 @@ async def _first_receipt(
     await _receive()
     pkg = orjson.loads((out / ".atlas" / "packages" / f"{sid}.json").read_bytes())["jti"]
 
-    async def _receipt_out() -> bool:
-        receipts = await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
-        return receipts.state.messages >= 1
-
-    await _until(_receipt_out)
+    await _until(lambda: receipts_out(js, 1), "lea-1's receipt")
     genuine = await js.get_last_msg(RECEIPTS, f"atlas.receipt.lea-1.{pkg}")
     await js.purge_stream(RECEIPTS)
     return _receive, out, sid, pkg, genuine.data or b""
@@ -193,16 +187,7 @@ async def test_an_acknowledgement_with_absurd_numbers_is_refused_and_the_broker_
         token = jws_sign(orjson.dumps(ack), key, {"typ": "atlas-ack+jws", "org": "lea-1"})
         await js.publish("atlas.ack.lea-1", token.encode())
 
-    async def _all_handled() -> bool:
-        try:
-            info = await js.consumer_info(RECEIPTS, "acks")
-        except nats.js.errors.NotFoundError:  # the recorder has not bound its consumer yet
-            return False
-        return (
-            info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq >= 4
-        )
-
-    await _until(_all_handled)
+    await _until(lambda: acks_handled(js, 4), "4 acks handled")
     receipts = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
     # One refused entry a minute per organisation; the others are counted, not lost.
     assert [e.get("result") for e in receipts] == ["refused"]
@@ -222,10 +207,7 @@ async def test_a_receipt_for_a_quarantined_package_is_not_waited_for(
     sid = await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
     await wait_routed(js, 1)
 
-    async def _receipts_out() -> bool:
-        return (await js.stream_info(RECEIPTS)).state.messages >= 2
-
-    await _until(_receipts_out)
+    await _until(lambda: receipts_out(js, 2), "both partners' receipts")
     out = tmp_path / "lea-1"
     # The package replaced by a copy with one character changed: it is quarantined, and its
     # receipt arrives.
@@ -268,7 +250,7 @@ async def test_refused_acknowledgements_are_logged_once_a_minute_per_organisatio
     async def _lea2_logged() -> bool:
         return any([r async for r in read_log(js) if r.entry.get("rcpt") == "lea-2"])
 
-    await _until(_lea2_logged)
+    await _until(_lea2_logged, "lea-2's receipt entry")
     receipts = [r.entry async for r in read_log(js) if r.entry["type"] == "receipt"]
     # Each organisation's acknowledgements come through its own intake stream: in order
     # for one organisation, in no set order between two. lea-2 signed its acknowledgement,
@@ -277,3 +259,97 @@ async def test_refused_acknowledgements_are_logged_once_a_minute_per_organisatio
         ("lea-1", "refused"),
         ("lea-2", "refused"),
     ]
+
+
+@pytest.mark.timeout(180)
+async def test_a_full_receipts_stream_drops_its_oldest_and_receipts_go_on(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    """Found by the soak: full, RECEIPTS refused new receipts, so every recipient's
+    receipts stopped until the oldest aged out (30 days), and the publisher retried the
+    same checkpoint for ever. Full, it now drops its oldest (receipts long fetched)."""
+    community = make_community()
+    settings = await running_router(community)
+    config = (await js.stream_info(RECEIPTS)).config
+    config.max_bytes = config.max_msg_size  # the least nats-server takes: ~40 receipts
+    await js.update_stream(config)
+    sids = [await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))]
+    await _until(lambda: receipts_out(js, 2), "the first receipts")
+    size = (await js.stream_info(RECEIPTS)).state.bytes // 2
+    # Twice as many receipts (two partners each) as RECEIPTS holds.
+    for n in range(config.max_bytes // size):
+        indicator_n = indicator("clear", f"n{n}")
+        sids.append(await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator_n)))
+    await wait_routed(js, len(sids))
+
+    async def delivered_to(org: str) -> dict[str, str]:
+        return {
+            r.entry["src"]["submission"]: r.entry["pkg"]
+            async for r in read_log(js)
+            if r.entry["type"] == "delivery" and r.entry["rcpt"] == org
+        }
+
+    last = sids[-1]
+    newest = {org: (await delivered_to(org))[last] for org in ("lea-1", "lea-2")}
+
+    async def newest_receipts_out() -> bool:
+        for org, pkg in newest.items():
+            try:
+                await js.get_last_msg(RECEIPTS, receipt_subject(org, pkg))
+            except nats.js.errors.NotFoundError:
+                return False
+        return True
+
+    await _until(newest_receipts_out, "the receipts of the last submission")
+    state = (await js.stream_info(RECEIPTS)).state
+    assert state.first_seq > 1 and state.bytes <= config.max_bytes  # the oldest were dropped
+    publisher = await js.consumer_info(LOG, "receipts")
+    assert publisher.num_pending == 0 and publisher.num_ack_pending == 0  # nothing retried
+    # lea-1 gets every package, keeps the receipts still held, and acknowledges them.
+    out = tmp_path / "lea-1"
+    first = await receive_all(settings, js, community, "lea-1", out, acknowledge=True)
+    assert first.received == len(sids)
+    assert (out / ".atlas" / "receipts" / f"{last}.json").exists()
+
+    async def newest_acknowledged() -> bool:
+        return any(
+            [
+                r
+                async for r in read_log(js)
+                if r.entry["type"] == "receipt"
+                and r.entry.get("pkg") == newest["lea-1"]
+                and "result" not in r.entry
+            ]
+        )
+
+    await _until(newest_acknowledged, "lea-1's acknowledgement of its newest package")
+
+
+@pytest.mark.timeout(120)
+async def test_a_checkpoint_handled_again_finds_the_one_before_it_without_reading_them_all(
+    js: JetStreamContext,
+    make_community: Callable[..., Any],
+    running_router: Any,
+    tmp_path: Path,
+) -> None:
+    """A checkpoint whose receipts could not all be published comes back; meanwhile the
+    ones after it went out. Each then found the checkpoint before it only by reading every
+    checkpoint in LOG (the soak saw a broker's CPU per submission grow by half)."""
+    community = make_community()
+    settings = await running_router(community)
+    for n in range(3):
+        one = bundle(indicator("clear", f"n{n}"))
+        await publish(settings, js, community, tmp_path, "bank-a", one)
+        await wait_routed(js, n + 1)
+        await _until(lambda: receipts_out(js, 2 * (n + 1)), "the receipts")  # noqa: B023
+    sub = await js.pull_subscribe(CHECKPOINT_SUBJECT, stream=LOG)
+    checkpoints = await sub.fetch(3, timeout=5)
+    assert len(checkpoints) == 3
+    publisher = ReceiptPublisher(js)
+    for msg in (*checkpoints, checkpoints[1], checkpoints[2], checkpoints[0]):
+        await publisher.handle(msg)
+    assert publisher.scans == 0  # the first's predecessor is the empty tree
+    assert publisher.published == 0  # each receipt is out already: none twice

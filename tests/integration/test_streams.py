@@ -13,7 +13,7 @@ import nats.js.errors
 import pytest
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import DiscardPolicy, StreamConfig
 from structlog.testing import capture_logs
 
 from broker._bus import (
@@ -217,13 +217,39 @@ async def test_a_full_submissions_stream_drops_its_oldest_and_keeps_copying(
     assert await intake_lag(js) == {}
 
 
-async def test_a_full_receipts_stream_shows_as_intake_lag(js: JetStreamContext) -> None:
-    """When RECEIPTS is full its intakes still take acknowledgements and the copy stops:
-    nothing refuses loudly, so the lag is what says it (``serve`` logs it when it lasts)."""
+async def test_a_full_receipts_stream_drops_its_oldest_and_keeps_copying(
+    js: JetStreamContext,
+) -> None:
+    """As SUBMISSIONS: an acknowledgement RECEIPTS refused would stop the copying of its
+    intake while the intake kept acknowledging."""
     await ensure_streams(
         js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
     )
     await ensure_intake(js, ["lea-1", "lea-2"])
+    for _ in range(200):  # RECEIPTS keeps 8 MiB here: lea-1's 12 MB overflow it
+        await js.publish("atlas.ack.lea-1", b"x" * (60 * 1024))
+    await js.publish("atlas.ack.lea-2", b"after it")
+
+    async def copied() -> bool:
+        return (await js.stream_info(RECEIPTS)).state.last_seq == 201
+
+    await until(copied, within=20, what="every acknowledgement copied")
+    state = (await js.stream_info(RECEIPTS)).state
+    assert state.bytes <= 8 * 1024**2 and state.first_seq > 1
+    assert await intake_lag(js) == {}
+
+
+async def test_a_copy_the_target_refuses_shows_as_intake_lag(js: JetStreamContext) -> None:
+    """When a target refuses copies (here RECEIPTS set by hand to refuse new messages when
+    full, as before) its intakes still take acknowledgements and the copy stops: nothing
+    refuses loudly, so the lag is what says it (``serve`` logs it when it lasts)."""
+    await ensure_streams(
+        js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
+    )
+    await ensure_intake(js, ["lea-1", "lea-2"])
+    config = (await js.stream_info(RECEIPTS)).config
+    config.discard = DiscardPolicy.NEW
+    await js.update_stream(config)
     assert await intake_lag(js) == {}
     for _ in range(200):  # RECEIPTS keeps 8 MiB here: lea-1's 12 MB overflow it
         await js.publish("atlas.ack.lea-1", b"x" * (60 * 1024))
