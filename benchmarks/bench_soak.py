@@ -32,7 +32,9 @@ the live heap after the last one (it grows with what the store retains, and the 
 phases with it).
 ``p99_spike_windows_with_nats_mark_over_100ms`` counts the spike windows that had one.
 
-Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration and
+Run alone: ``python -m benchmarks soak``; ``ATLAS_SOAK_SECONDS`` overrides the duration,
+``ATLAS_SOAK_RATE`` the sustained rate (submissions/s; the maximum is still measured and
+reported, so two runs, of two versions, can be compared at one rate) and
 ``ATLAS_SOAK_STORE`` the folder under which the run's store is made (``/dev/shm`` puts it
 in memory, where fsync returns at once: the broker's and nats-server's own tail, without
 the disk's).
@@ -122,7 +124,9 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
+async def _soak(
+    root: Path, duration: float, burst: int, fixed_rate: float | None
+) -> dict[str, Any]:
     directory, broker_key_path = _community(root / "keys")
     member_key = load_private_key(root / "keys" / "member-1" / "member-1.sign.pem")
     # 3 GiB per stream (the default 8 GiB twice needs 22 GB free on the store's disk; a
@@ -167,7 +171,14 @@ async def _soak(root: Path, duration: float, burst: int) -> dict[str, Any]:
             try:
                 with FsyncProbe(root) as probe:
                     return await _measure(
-                        nc, js, broker.pid, server, member_key, settings, duration, burst, probe
+                        nc,
+                        js,
+                        broker.pid,
+                        server,
+                        member_key,
+                        settings,
+                        (duration, burst, fixed_rate),
+                        probe,
                     )
             except Exception as exc:
                 if broker.returncode is not None:
@@ -190,10 +201,10 @@ async def _measure(
     server: EmbeddedNats,
     key: PrivateKey,
     settings: Settings,
-    duration: float,
-    burst: int,
+    plan: tuple[float, int, float | None],
     probe: FsyncProbe,
 ) -> dict[str, Any]:
+    duration, burst, fixed_rate = plan
     monitor_url = Path(settings.data_dir) / "monitor" / "url"
     async with asyncio.timeout(60):
         # serve has started: its monitor listens and member-1's routing consumer exists.
@@ -207,7 +218,7 @@ async def _measure(
     while not (await router_backlog(js)).drained(burst):  # noqa: ASYNC110 - polls server state
         await asyncio.sleep(0.02)
     max_rate = burst / (time.perf_counter() - t0)
-    rate = max_rate / 2
+    rate = fixed_rate or max_rate / 2
 
     # 2. Sustained at half of it, open loop: a slow broker shows up as latency and backlog.
     sent_at: dict[str, float] = {}
@@ -457,5 +468,10 @@ def run(quick: bool = False) -> dict[str, Any]:
     duration = float(os.environ.get("ATLAS_SOAK_SECONDS", 40 if quick else 600))
     burst = 100 if quick else 300
     store = os.environ.get("ATLAS_SOAK_STORE") or None
+    rate = os.environ.get("ATLAS_SOAK_RATE")
+    fixed_rate = float(rate) if rate else None
+    if fixed_rate is not None and fixed_rate <= 0:
+        raise ValueError(f"ATLAS_SOAK_RATE must be a positive number, not {rate!r}")
     with tempfile.TemporaryDirectory(prefix="atlas-soak-", dir=store) as tmp:
-        return {"store": tmp} | asyncio.run(_soak(Path(tmp), duration, burst))
+        figures = asyncio.run(_soak(Path(tmp), duration, burst, fixed_rate))
+        return {"store": tmp, "rate_fixed_by_env": fixed_rate is not None} | figures
