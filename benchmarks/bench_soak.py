@@ -9,7 +9,9 @@ window (submit acknowledged -> the last recipient's package stored) and the rout
 backlog. The summary says whether memory stayed flat (growth over the second half) and
 p99 stable: the worst window against the median window, the median window of each half
 (drift of the typical window, apart from rare outliers) and how many windows were over
-twice the median. ``GOGC`` in the environment reaches the nats-server started here.
+twice the median. ``GOGC``/``GOMEMLIMIT`` in the environment reach the nats-server started
+here (else the embedded server's defaults apply: ``broker._embedded``); ``nats_go_runtime``
+says which ran.
 
 To tell where a latency tail comes from, each window also has the p99 of the submit's
 publish acknowledgement (nats-server's write path alone), the CPU milliseconds the broker
@@ -267,7 +269,10 @@ async def _measure(
         while sent_at:  # noqa: ASYNC110 - the last submissions arrive
             await asyncio.sleep(0.1)
     await sub.unsubscribe()
-    return _summary(max_rate, rate, duration, sent, samples)
+    # The Go runtime settings nats-server ran with (the embedded server's, or the caller's).
+    return {"nats_go_runtime": server.go_runtime} | _summary(
+        max_rate, rate, duration, sent, samples
+    )
 
 
 async def _sample(
@@ -459,7 +464,6 @@ def _summary(
         ),
         "broker_gc_pauses_over_50ms": sum(s["broker_gc"]["pauses_over_50ms"] for s in samples),
         "broker_gc_full_collections": sum(s["broker_gc"]["full_collections"] for s in samples),
-        "nats_gogc": os.environ.get("GOGC", "default"),
         "samples": samples,
     }
 

@@ -7,6 +7,14 @@ private server on a free port.
 
 The server writes its URL to ``<data_dir>/nats/url`` while it runs so that other
 ``atlas-broker`` commands on the same data folder find it.
+
+Its Go runtime collects garbage less often than Go's default (``GOGC=400``, capped by
+``GOMEMLIMIT`` at a quarter of the machine's memory), unless the environment sets either:
+nats-server keeps every stored subject in memory, and each collection marks all of them.
+In the 10-minute soak at 112 submissions/s a collection ran in every 10-s window, its mark
+phase grew with the store to 481 ms, and the router's p99 (median window) went from 39 ms
+in the first half to 107 ms in the second; with ``GOGC=400`` 19 windows of 60 had one, and
+the halves were 15.6 and 10.9 ms (nats-server's RSS 1.8 GB instead of 0.7 GB at the end).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import socket
 import sys
 import sysconfig
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -30,11 +39,32 @@ import structlog
 
 from .errors import NatsUnavailable
 
-__all__ = ["EmbeddedNats", "find_nats_server", "running_url"]
+__all__ = ["EmbeddedNats", "find_nats_server", "go_runtime_env", "running_url"]
 
 log = structlog.get_logger()
 
 _URL_FILE = "url"
+GOGC = "400"
+"""The embedded server's default: a collection when the heap has grown by 4x its live
+size, instead of 1x."""
+_MEMLIMIT_SHARE = 4
+"""``GOMEMLIMIT`` defaults to the machine's memory divided by this."""
+
+
+def go_runtime_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The embedded server's environment: ``environ`` (the process's by default) with
+    ``GOGC`` and ``GOMEMLIMIT`` added where it has neither."""
+    env = dict(os.environ if environ is None else environ)
+    if "GOGC" in env or "GOMEMLIMIT" in env:
+        return env  # the operator tunes the Go runtime: leave it all to them
+    env["GOGC"] = GOGC
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return env
+    if memory > 0:
+        env["GOMEMLIMIT"] = f"{memory // _MEMLIMIT_SHARE // 2**20}MiB"
+    return env
 
 
 def find_nats_server() -> Path:
@@ -113,6 +143,8 @@ class EmbeddedNats:
         self._extra_config = extra_config
         self._proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.go_runtime: dict[str, str] = {}
+        """The ``GOGC``/``GOMEMLIMIT`` the server was started with (see the module)."""
 
     @property
     def pid(self) -> int | None:
@@ -152,8 +184,10 @@ class EmbeddedNats:
         # stderr goes to a file, never to a pipe nobody reads after the start: the Go
         # runtime writes there (traces, fatal errors) and a full pipe would stall the server.
         stderr_file = self._dir / "nats-server.stderr"
+        env = go_runtime_env()
+        self.go_runtime = {name: env[name] for name in ("GOGC", "GOMEMLIMIT") if name in env}
         with stderr_file.open("wb") as stderr:
-            self._proc = await self._spawn(binary, conf, ports_dir, log_file, stderr)
+            self._proc = await self._spawn(binary, conf, ports_dir, log_file, stderr, env)
         try:
             self.url = await self._wait_ready(ports_dir, log_file, stderr_file)
         except BaseException:
@@ -162,13 +196,22 @@ class EmbeddedNats:
         if self._publish_url:
             (self._dir / _URL_FILE).write_text(self.url + "\n")
         log.info(
-            "nats.embedded.started", url=self.url, pid=self._proc.pid, store=str(self.store_dir)
+            "nats.embedded.started",
+            url=self.url,
+            pid=self._proc.pid,
+            store=str(self.store_dir),
+            **{name.lower(): value for name, value in self.go_runtime.items()},
         )
         return self.url
 
     @staticmethod
     async def _spawn(
-        binary: Path, conf: Path, ports_dir: Path, log_file: Path, stderr: BinaryIO
+        binary: Path,
+        conf: Path,
+        ports_dir: Path,
+        log_file: Path,
+        stderr: BinaryIO,
+        env: dict[str, str],
     ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
             str(binary),
@@ -181,6 +224,7 @@ class EmbeddedNats:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
+            env=env,
             # Its own session: a Ctrl-C meant for the broker must not stop the server under
             # it; the broker drains its connection first, then stops the server itself.
             start_new_session=True,

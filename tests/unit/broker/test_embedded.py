@@ -7,7 +7,7 @@ import nats
 import pytest
 
 from broker import EmbeddedNats, NatsUnavailable
-from broker._embedded import running_url
+from broker._embedded import go_runtime_env, running_url
 
 
 class TestEmbeddedNats:
@@ -51,3 +51,29 @@ class TestEmbeddedNats:
                 await js.publish("t", b"x")
                 assert (await js.stream_info("T")).state.messages == expected
                 await nc.close()
+
+
+class TestGoRuntime:
+    """nats-server's Go runtime collects less often by default (see broker._embedded)."""
+
+    def test_defaults_when_the_environment_sets_neither(self) -> None:
+        env = go_runtime_env({"PATH": "/usr/bin"})
+        assert env["PATH"] == "/usr/bin" and env["GOGC"] == "400"
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        assert env["GOMEMLIMIT"] == f"{memory // 4 // 2**20}MiB"
+
+    @pytest.mark.parametrize("given", [{"GOGC": "100"}, {"GOMEMLIMIT": "2GiB"}])
+    def test_an_operators_setting_is_left_whole(self, given: dict[str, str]) -> None:
+        assert go_runtime_env(given) == given
+
+    async def test_the_server_runs_with_them(self, tmp_path: Path) -> None:
+        expected = {k: v for k, v in go_runtime_env().items() if k in ("GOGC", "GOMEMLIMIT")}
+        assert expected  # the defaults, or this process's own settings
+        async with EmbeddedNats(tmp_path, publish_url=False) as server:
+            environ = _environ_of(server.pid)
+        assert {k: environ.get(k) for k in expected} == expected == server.go_runtime
+
+
+def _environ_of(pid: int | None) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
