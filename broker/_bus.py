@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ __all__ = [
     "intake_lag",
     "log_subject",
     "nats_session",
+    "oldest_pending",
     "receipt_subject",
     "submit_stream",
     "submit_subject",
@@ -375,6 +376,28 @@ async def _ensure_intake(
 # 10047: a server has no room for the stream's limits; 10023: no server (of a cluster)
 # has the resources to place it.
 _NO_STORAGE = frozenset({10047, 10023})
+
+
+async def oldest_pending(
+    js: JetStreamContext, stream: str, consumers: Mapping[str, ConsumerInfo]
+) -> dict[str, int]:
+    """For each consumer with messages still to hand out or acknowledge, the stream
+    sequence of its oldest one: the first of its filter subject past its acknowledged
+    floor (a stream that drops its oldest when full drops those first)."""
+    front: dict[str, int] = {}
+    for key, info in consumers.items():
+        if not (info.num_pending or info.num_ack_pending):
+            continue
+        floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        try:
+            msg = await js.get_msg(
+                stream, seq=floor + 1, subject=info.config.filter_subject, next=True
+            )
+        except nats.js.errors.NotFoundError:
+            continue
+        if msg.seq is not None:
+            front[key] = msg.seq
+    return front
 
 
 async def consumers_of(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:

@@ -38,7 +38,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
 from adapters import cancel_and_wait, check_cancelled, keep_in_progress
 from adapters._consumer import Backoff
 
-from ._bus import SUBMISSIONS, consumers_of, submit_subject
+from ._bus import SUBMISSIONS, consumers_of, oldest_pending, submit_subject
 from ._config import RouterSettings
 from ._limits import SubmissionLimiter
 
@@ -108,20 +108,7 @@ async def oldest_unrouted(
 ) -> dict[str, int]:
     """For each organisation with submissions still to route, the SUBMISSIONS sequence of
     its oldest one (the first of its subject past its consumer's acknowledged floor)."""
-    front: dict[str, int] = {}
-    for org, info in consumers.items():
-        if not (info.num_pending or info.num_ack_pending):
-            continue
-        floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-        try:
-            msg = await js.get_msg(
-                SUBMISSIONS, seq=floor + 1, subject=submit_subject(org), next=True
-            )
-        except nats.js.errors.NotFoundError:
-            continue
-        if msg.seq is not None:
-            front[org] = msg.seq
-    return front
+    return await oldest_pending(js, SUBMISSIONS, consumers)
 
 
 def _settings_of(config: ConsumerConfig, cfg: RouterSettings, workers: int) -> ConsumerConfig:

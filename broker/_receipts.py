@@ -46,11 +46,13 @@ from ._receipt import Receipt, receipts_for, verify_receipt
 from ._throttle import Throttle
 from .errors import LogIntegrityError
 
-__all__ = ["ACK_TYP", "AckRecorder", "ReceiptPublisher", "receipt_checker"]
+__all__ = ["ACKS_CONSUMER", "ACK_TYP", "AckRecorder", "ReceiptPublisher", "receipt_checker"]
 
 log = structlog.get_logger()
 
 ACK_TYP = "atlas-ack+jws"
+ACKS_CONSUMER = "acks"
+"""The recorder's durable consumer of acknowledgements on RECEIPTS."""
 _TRANSIENT = (nats.errors.Error, OSError, TimeoutError)
 
 
@@ -188,7 +190,7 @@ class AckRecorder:
         self.refusals = Throttle(self.REFUSED_EVERY, clock=clock)
 
     async def run(self) -> None:
-        await _follow(self._js, RECEIPTS, "acks", "atlas.ack.*", self.handle)
+        await _follow(self._js, RECEIPTS, ACKS_CONSUMER, "atlas.ack.*", self.handle)
 
     async def handle(self, msg: Msg) -> None:
         org = msg.subject.rsplit(".", 1)[-1]

@@ -13,7 +13,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import nats.js.errors
 import orjson
 import structlog
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo, StreamInfo
 
 from adapters import ReceiptKeeper, Receiver, ReceiveStats, check_cancelled, supervised
 from adapters._consumer import Backoff
@@ -37,12 +38,15 @@ from keys import (
 from policy import OrgKind, PolicyError
 
 from ._bus import (
+    RECEIPTS,
     SUBMISSIONS,
     Streams,
+    consumers_of,
     ensure_intake,
     ensure_streams,
     intake_lag,
     nats_session,
+    oldest_pending,
     submit_stream,
     submit_subject,
 )
@@ -63,7 +67,7 @@ from ._log import submission_outcome
 from ._metrics import BrokerMetrics
 from ._monitor import Monitor
 from ._note import NoteVerifier
-from ._receipts import AckRecorder, ReceiptPublisher, receipt_checker
+from ._receipts import ACKS_CONSUMER, AckRecorder, ReceiptPublisher, receipt_checker
 from ._router import ROUTER_CONSUMER, Router
 from ._submission import (
     SignedSubmission,
@@ -292,8 +296,26 @@ intake (``_keep_intake``)."""
 
 
 NEARLY_FULL = 0.9
-"""Share of SUBMISSIONS' bytes past which a submission still to route among the oldest
-tenth is warned of (it drops its oldest when full)."""
+"""Share of SUBMISSIONS' (RECEIPTS') bytes past which a submission still to route (a
+receipt or acknowledgement still to take) among the oldest tenth is warned of: both
+streams drop their oldest when full."""
+
+
+def _next_dropped(info: StreamInfo) -> float | None:
+    """The sequence up to which a stream at least ``NEARLY_FULL`` holds its oldest tenth
+    (dropped next); None when it is not that full."""
+    limit = info.config.max_bytes or 0
+    if limit <= 0 or info.state.bytes < NEARLY_FULL * limit:
+        return None
+    first, last = info.state.first_seq or 0, info.state.last_seq or 0
+    return first + (last - first) * (1 - NEARLY_FULL)
+
+
+def _at_risk(info: StreamInfo, front: dict[str, int]) -> dict[str, int]:
+    """Those of ``front`` (oldest pending sequence by consumer) that ``info``'s stream
+    drops next."""
+    edge = _next_dropped(info)
+    return {} if edge is None else {key: seq for key, seq in front.items() if seq <= edge}
 
 
 async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
@@ -333,8 +355,49 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
         behind = lag
         try:
             front = await _check_unrouted(js, front)
+            await _check_unfetched(js)
+            # Only routed submissions and recorded acknowledgements go.
+            await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS))
+            acks = [c for c in await consumers_of(js, RECEIPTS) if c.name == ACKS_CONSUMER]
+            await trim_oldest(js, RECEIPTS, acks)
         except (nats.errors.Error, OSError) as exc:
             await backoff.wait("router.intake_check_failed", exc)
+
+
+TRIM_AT = 0.85
+"""Share of its byte limit at which ``serve`` purges the oldest of SUBMISSIONS or RECEIPTS
+(``trim_oldest``) ..."""
+TRIM_TO = 0.75
+"""... down to about this share."""
+
+
+async def trim_oldest(js: JetStreamContext, stream: str, protected: Iterable[ConsumerInfo]) -> int:
+    """Purge ``stream``'s oldest messages once it holds ``TRIM_AT`` of its byte limit, down
+    to about ``TRIM_TO``, never past the oldest message a ``protected`` consumer has still
+    to take; how many went.
+
+    Both streams drop their oldest when full anyway. Doing it here first keeps them from
+    being full, where nats-server (2.15.1) was seen to lose a copy: with one intake
+    flooding a full RECEIPTS, another intake's message copied at the same moment was never
+    stored while its source reported nothing behind (2 runs of 30; never with the stream
+    below its limit). Unlike the stream's own discard, this never drops a submission the
+    router has not taken, nor an acknowledgement not recorded yet."""
+    info = await js.stream_info(stream)
+    limit = info.config.max_bytes or 0
+    state = info.state
+    if limit <= 0 or state.bytes < TRIM_AT * limit or not state.messages:
+        return 0
+    keep = int(TRIM_TO * limit / (state.bytes / state.messages))
+    upto = (state.last_seq or 0) - keep + 1  # purged: every sequence below it
+    front = await oldest_pending(js, stream, {c.name: c for c in protected})
+    if front:
+        upto = min(upto, min(front.values()))
+    first = state.first_seq or 0
+    if upto <= first:
+        return 0
+    await js.purge_stream(stream, seq=upto)
+    log.info("stream.trimmed", stream=stream, purged_below=upto, first_seq=first)
+    return upto - first
 
 
 async def _check_unrouted(js: JetStreamContext, before: dict[str, int]) -> dict[str, int]:
@@ -345,7 +408,7 @@ async def _check_unrouted(js: JetStreamContext, before: dict[str, int]) -> dict[
     info = await js.stream_info(SUBMISSIONS)
     consumers = await route_consumers(js)
     front = await oldest_unrouted(js, consumers)
-    first, last = info.state.first_seq or 0, info.state.last_seq or 0
+    first = info.state.first_seq or 0
     for org, seq in before.items():
         floor = consumers[org].ack_floor if org in consumers else None
         acked = (floor.stream_seq or 0) if floor is not None else 0
@@ -358,21 +421,40 @@ async def _check_unrouted(js: JetStreamContext, before: dict[str, int]) -> dict[
                 "router fell a whole stream behind; raise nats.stream_max_bytes or add "
                 "workers",
             )
-    limit = info.config.max_bytes or 0
-    if limit > 0 and info.state.bytes >= NEARLY_FULL * limit:
-        edge = first + (last - first) * (1 - NEARLY_FULL)
-        at_risk = {org: seq for org, seq in front.items() if seq <= edge}
-        if at_risk:
-            log.warning(
-                "router.submissions_at_risk",
-                orgs=sorted(at_risk),
-                oldest=min(at_risk.values()),
-                first_seq=first,
-                hint="SUBMISSIONS is nearly full and drops its oldest submissions: these "
-                "are not routed yet; make the router catch up (more workers or processes) "
-                "or raise nats.stream_max_bytes (SUBMISSIONS keeps half of it)",
-            )
+    at_risk = _at_risk(info, front)
+    if at_risk:
+        log.warning(
+            "router.submissions_at_risk",
+            orgs=sorted(at_risk),
+            oldest=min(at_risk.values()),
+            first_seq=first,
+            hint="SUBMISSIONS is nearly full and drops its oldest submissions: these "
+            "are not routed yet; make the router catch up (more workers or processes) "
+            "or raise nats.stream_max_bytes (SUBMISSIONS keeps half of it)",
+        )
     return front
+
+
+async def _check_unfetched(js: JetStreamContext) -> None:
+    """RECEIPTS drops its oldest when full: say whose receipts (a recipient's ``rct-``
+    consumer) or which acknowledgements (``acks``) not taken yet are among the oldest tenth
+    of a RECEIPTS 90% full."""
+    info = await js.stream_info(RECEIPTS)
+    if _next_dropped(info) is None:
+        return  # not nearly full: no consumer is read
+    consumers = {c.name: c for c in await consumers_of(js, RECEIPTS)}
+    at_risk = _at_risk(info, await oldest_pending(js, RECEIPTS, consumers))
+    if at_risk:
+        log.warning(
+            "receipts.unfetched_at_risk",
+            consumers=sorted(at_risk),
+            oldest=min(at_risk.values()),
+            first_seq=info.state.first_seq,
+            hint="RECEIPTS is nearly full and drops its oldest: these recipients have not "
+            "fetched those receipts (or acknowledgements wait to be recorded); they lose "
+            "the receipts, not the packages. Raise nats.stream_max_bytes (RECEIPTS keeps "
+            "an eighth of it) if recipients are away that long",
+        )
 
 
 @dataclass(frozen=True, slots=True)
