@@ -390,8 +390,17 @@ async def trim_oldest(js: JetStreamContext, stream: str, protected: Iterable[Con
     keep = int(TRIM_TO * limit / (state.bytes / state.messages))
     upto = (state.last_seq or 0) - keep + 1  # purged: every sequence below it
     front = await oldest_pending(js, stream, {c.name: c for c in protected})
-    if front:
-        upto = min(upto, min(front.values()))
+    holder = min(front, key=front.__getitem__) if front else None
+    if holder is not None and front[holder] < upto:
+        upto = front[holder]
+        log.warning(
+            "stream.trim_held",
+            stream=stream,
+            consumer=holder,
+            oldest_pending=upto,
+            hint="this consumer has not taken its oldest message: the stream is not "
+            "trimmed past it, and drops it once full",
+        )
     first = state.first_seq or 0
     if upto <= first:
         return 0

@@ -375,7 +375,11 @@ async def test_serve_trims_submissions_before_they_fill_but_never_an_unrouted_on
     for msg in await sub.fetch(5, timeout=5):  # the router took the first five
         await msg.ack_sync()
     # By bytes it would purge the first ten; the sixth is not routed yet.
-    assert await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS)) == 5
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))  # warnings too
+    with capture_logs() as logs:
+        assert await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS)) == 5
+    held = [(e["event"], e.get("consumer"), e.get("oldest_pending")) for e in logs]
+    assert ("stream.trim_held", route_consumer("bank-a"), 6) in held
     assert (await js.stream_info(SUBMISSIONS)).state.first_seq == 6
     # 84% now: below the mark. Five more make it 92%; all routed, it goes by bytes alone.
     assert await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS)) == 0
