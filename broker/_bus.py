@@ -381,12 +381,15 @@ _NO_STORAGE = frozenset({10047, 10023})
 async def oldest_pending(
     js: JetStreamContext, stream: str, consumers: Mapping[str, ConsumerInfo]
 ) -> dict[str, int]:
-    """For each consumer with messages still to hand out or acknowledge, the stream
-    sequence of its oldest one: the first of its filter subject past its acknowledged
-    floor (a stream that drops its oldest when full drops those first)."""
+    """For each consumer with one filter subject and messages still to hand out or
+    acknowledge, the stream sequence of its oldest one: the first of its filter subject
+    past its acknowledged floor (a stream that drops its oldest when full drops those
+    first). Consumers without a single filter subject are left out."""
     front: dict[str, int] = {}
     for key, info in consumers.items():
         if not (info.num_pending or info.num_ack_pending):
+            continue
+        if not info.config.filter_subject:  # none or several: not found this way
             continue
         floor = (info.ack_floor.stream_seq or 0) if info.ack_floor else 0
         try:

@@ -13,7 +13,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import nats.js.errors
 import orjson
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerInfo, StreamInfo
+from nats.js.api import StreamInfo
 
 from adapters import ReceiptKeeper, Receiver, ReceiveStats, check_cancelled, supervised
 from adapters._consumer import Backoff
@@ -67,7 +67,7 @@ from ._log import submission_outcome
 from ._metrics import BrokerMetrics
 from ._monitor import Monitor
 from ._note import NoteVerifier
-from ._receipts import ACKS_CONSUMER, AckRecorder, ReceiptPublisher, receipt_checker
+from ._receipts import AckRecorder, ReceiptPublisher, receipt_checker
 from ._router import ROUTER_CONSUMER, Router
 from ._submission import (
     SignedSubmission,
@@ -356,57 +356,8 @@ async def _keep_intake(js: JetStreamContext, watcher: DirectoryWatcher) -> None:
         try:
             front = await _check_unrouted(js, front)
             await _check_unfetched(js)
-            # Only routed submissions and recorded acknowledgements go.
-            await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS))
-            acks = [c for c in await consumers_of(js, RECEIPTS) if c.name == ACKS_CONSUMER]
-            await trim_oldest(js, RECEIPTS, acks)
         except (nats.errors.Error, OSError) as exc:
             await backoff.wait("router.intake_check_failed", exc)
-
-
-TRIM_AT = 0.85
-"""Share of its byte limit at which ``serve`` purges the oldest of SUBMISSIONS or RECEIPTS
-(``trim_oldest``) ..."""
-TRIM_TO = 0.75
-"""... down to about this share."""
-
-
-async def trim_oldest(js: JetStreamContext, stream: str, protected: Iterable[ConsumerInfo]) -> int:
-    """Purge ``stream``'s oldest messages once it holds ``TRIM_AT`` of its byte limit, down
-    to about ``TRIM_TO``, never past the oldest message a ``protected`` consumer has still
-    to take; how many went.
-
-    Both streams drop their oldest when full anyway. Doing it here first keeps them from
-    being full, where nats-server (2.15.1) was seen to lose a copy: with one intake
-    flooding a full RECEIPTS, another intake's message copied at the same moment was never
-    stored while its source reported nothing behind (2 runs of 30; never with the stream
-    below its limit). Unlike the stream's own discard, this never drops a submission the
-    router has not taken, nor an acknowledgement not recorded yet."""
-    info = await js.stream_info(stream)
-    limit = info.config.max_bytes or 0
-    state = info.state
-    if limit <= 0 or state.bytes < TRIM_AT * limit or not state.messages:
-        return 0
-    keep = int(TRIM_TO * limit / (state.bytes / state.messages))
-    upto = (state.last_seq or 0) - keep + 1  # purged: every sequence below it
-    front = await oldest_pending(js, stream, {c.name: c for c in protected})
-    holder = min(front, key=front.__getitem__) if front else None
-    if holder is not None and front[holder] < upto:
-        upto = front[holder]
-        log.warning(
-            "stream.trim_held",
-            stream=stream,
-            consumer=holder,
-            oldest_pending=upto,
-            hint="this consumer has not taken its oldest message: the stream is not "
-            "trimmed past it, and drops it once full",
-        )
-    first = state.first_seq or 0
-    if upto <= first:
-        return 0
-    await js.purge_stream(stream, seq=upto)
-    log.info("stream.trimmed", stream=stream, purged_below=upto, first_seq=first)
-    return upto - first
 
 
 async def _check_unrouted(js: JetStreamContext, before: dict[str, int]) -> dict[str, int]:

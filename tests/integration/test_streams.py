@@ -24,7 +24,6 @@ from broker._bus import (
     SUBMISSIONS,
     Streams,
     ack_stream,
-    consumers_of,
     ensure_intake,
     ensure_streams,
     intake_lag,
@@ -34,8 +33,8 @@ from broker._bus import (
 from broker._config import RouterSettings
 from broker._directory_store import DirectoryWatcher, store_directory
 from broker._embedded import EmbeddedNats
-from broker._feeds import ensure_route_consumers, route_consumer
-from broker._service import _check_unfetched, _keep_intake, trim_oldest
+from broker._feeds import ensure_route_consumers
+from broker._service import _check_unfetched, _keep_intake
 from broker.errors import ConfigError
 from tests.conftest import Community, stop_within
 from tests.integration.helpers import until
@@ -228,8 +227,8 @@ async def test_a_full_receipts_stream_drops_its_oldest_and_keeps_copying(
     intake while the intake kept acknowledging.
 
     lea-2's is sent once lea-1's are all copied: copied at the same moment as another
-    intake's into a full stream, nats-server 2.15.1 lost one in 2 runs of 30 (never stored,
-    its source not behind), which is why ``serve`` trims the stream before it is full."""
+    intake's flood into a full stream, nats-server 2.15.1 lost it in 2 runs of 30 (never
+    stored, its source not behind; README, "Capacity")."""
     await ensure_streams(
         js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
     )
@@ -355,94 +354,5 @@ async def test_serve_warns_of_receipts_not_fetched_near_the_front_of_a_nearly_fu
     ]
 
 
-async def test_serve_trims_submissions_before_they_fill_but_never_an_unrouted_one(
-    js: JetStreamContext,
-) -> None:
-    await ensure_streams(
-        js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
-    )
-    await ensure_intake(js, ["bank-a"])
-    await ensure_route_consumers(js, ["bank-a"], RouterSettings(), complete=True)
-    assert await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS)) == 0
-    for _ in range(60):  # 29.3 MiB: 92% of the 32 MiB SUBMISSIONS keeps here
-        await js.publish("atlas.submit.bank-a", b"x" * (500 * 1024))
-
-    async def copied() -> bool:
-        return (await js.stream_info(SUBMISSIONS)).state.last_seq == 60
-
-    await until(copied, within=20, what="the submissions copied")
-    sub = await js.pull_subscribe_bind(route_consumer("bank-a"), stream=SUBMISSIONS)
-    for msg in await sub.fetch(5, timeout=5):  # the router took the first five
-        await msg.ack_sync()
-    # By bytes it would purge the first ten; the sixth is not routed yet.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(0))  # warnings too
-    with capture_logs() as logs:
-        assert await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS)) == 5
-    held = [(e["event"], e.get("consumer"), e.get("oldest_pending")) for e in logs]
-    assert ("stream.trim_held", route_consumer("bank-a"), 6) in held
-    assert (await js.stream_info(SUBMISSIONS)).state.first_seq == 6
-    # 84% now: below the mark. Five more make it 92%; all routed, it goes by bytes alone.
-    assert await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS)) == 0
-    for _ in range(5):
-        await js.publish("atlas.submit.bank-a", b"x" * (500 * 1024))
-    await until(lambda: _last_seq(js, SUBMISSIONS, 65), within=20, what="five more copied")
-    while msgs := await _fetch(sub):
-        for msg in msgs:
-            await msg.ack_sync()
-    assert await trim_oldest(js, SUBMISSIONS, await consumers_of(js, SUBMISSIONS)) > 0
-    state = (await js.stream_info(SUBMISSIONS)).state
-    assert 0.7 * 32 * 1024**2 <= state.bytes <= 0.76 * 32 * 1024**2
-    assert state.last_seq == 65
-
-
 async def _last_seq(js: JetStreamContext, stream: str, seq: int) -> bool:
     return (await js.stream_info(stream)).state.last_seq == seq
-
-
-async def _fetch(sub: Any) -> list[Any]:
-    try:
-        return list(await sub.fetch(20, timeout=1))
-    except TimeoutError:
-        return []
-
-
-async def test_serve_trims_receipts_but_not_an_acknowledgement_not_recorded(
-    js: JetStreamContext,
-) -> None:
-    """A recipient that has not fetched its receipts does not hold RECEIPTS' trimming up
-    (it is warned of instead); the acknowledgement recorder's backlog does."""
-    await ensure_streams(
-        js, Streams(deliveries_max_bytes=64 * 1024**2, intake_max_bytes=48 * 1024**2)
-    )
-    await ensure_intake(js, ["lea-1"])
-    for name, subject in (("acks", "atlas.ack.*"), ("rct-lea-1", "atlas.receipt.lea-1.*")):
-        await js.add_consumer(
-            RECEIPTS,
-            ConsumerConfig(
-                durable_name=name, ack_policy=AckPolicy.EXPLICIT, filter_subject=subject
-            ),
-        )
-    await js.publish("atlas.ack.lea-1", b"an acknowledgement")
-
-    async def copied() -> bool:
-        return (await js.stream_info(RECEIPTS)).state.last_seq == 1
-
-    await until(copied, within=10, what="the acknowledgement copied")
-    for n in range(125):  # 7.3 MiB: 92% of the 8 MiB RECEIPTS keeps here
-        await js.publish(f"atlas.receipt.lea-1.pkg-{n}", b"x" * (60 * 1024))
-
-    def protected() -> Any:
-        return _acks_only(js)
-
-    assert await trim_oldest(js, RECEIPTS, await protected()) == 0  # the ack waits
-    sub = await js.pull_subscribe_bind("acks", stream=RECEIPTS)
-    for msg in await sub.fetch(1, timeout=5):
-        await msg.ack_sync()
-    trimmed = await trim_oldest(js, RECEIPTS, await protected())
-    state = (await js.stream_info(RECEIPTS)).state
-    assert trimmed > 0 and state.first_seq == trimmed + 1
-    assert state.bytes <= 0.76 * 8 * 1024**2
-
-
-async def _acks_only(js: JetStreamContext) -> list[Any]:
-    return [c for c in await consumers_of(js, RECEIPTS) if c.name == "acks"]
