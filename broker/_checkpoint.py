@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -252,7 +252,7 @@ async def read_stream(
     stop_seq: int | None = None,
     stream: str = LOG,
     batch: int = 256,
-) -> AsyncIterator[Msg]:
+) -> AsyncGenerator[Msg, None]:
     """Messages of ``stream`` on ``subject`` from ``start_seq`` (to ``stop_seq``), in order.
 
     An ephemeral pull consumer without acks; a gap in its consumer sequence (a message lost

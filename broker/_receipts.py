@@ -94,34 +94,48 @@ class ReceiptPublisher:
 
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
-        self._previous: dict[int, tuple[Frontier, int]] = {}
+        self._previous: dict[int, tuple[Frontier, int, int]] = {}
+        """Tree size -> (frontier, LOG position of its last entry, its message's sequence)."""
         self.published = 0
         self.scans = 0
         """Times the checkpoint before one was not kept and LOG's were read to find it."""
+        self.scanned = 0
+        """Checkpoint messages those reads went through."""
 
     async def run(self) -> None:
         await _follow(self._js, LOG, "receipts", CHECKPOINT_SUBJECT, self.handle)
 
     def _keep(self, cp: CheckpointMessage) -> None:
-        self._previous[cp.size] = (Frontier(cp.size, cp.frontier), cp.log_seq)
+        self._previous[cp.size] = (Frontier(cp.size, cp.frontier), cp.log_seq, cp.seq)
         while len(self._previous) > self.KEPT:  # the oldest added first
             del self._previous[next(iter(self._previous))]
 
     async def _before(self, cp: CheckpointMessage) -> tuple[Frontier, int] | None:
         if cp.prev_size == 0:
             return Frontier(), 0
-        if cp.prev_size in self._previous:
-            return self._previous[cp.prev_size]
-        # Only after a restart (or 64 checkpoints late): every checkpoint before is read.
+        if cp.prev_size not in self._previous:
+            await self._scan_for(cp)
+        kept = self._previous.get(cp.prev_size)
+        return None if kept is None else (kept[0], kept[1])
+
+    async def _scan_for(self, cp: CheckpointMessage) -> None:
+        """Read the checkpoints before ``cp`` until its predecessor, from just after the
+        latest one kept that came before it (several processes share the consumer, so each
+        handles some checkpoints only: its predecessor is usually a few messages back);
+        after a restart, from the start of LOG."""
         self.scans += 1
-        async for msg in read_stream(self._js, CHECKPOINT_SUBJECT, stop_seq=cp.seq - 1):
-            try:
-                earlier = CheckpointMessage.decode(msg.data, seq=msg.metadata.sequence.stream)
-            except LogIntegrityError:
-                continue
-            if earlier.size == cp.prev_size:
+        start = max((seq for _, _, seq in self._previous.values() if seq < cp.seq), default=0)
+        reader = read_stream(self._js, CHECKPOINT_SUBJECT, start_seq=start + 1, stop_seq=cp.seq - 1)
+        async with contextlib.aclosing(reader) as msgs:  # closed when found, not left open
+            async for msg in msgs:
+                self.scanned += 1
+                try:
+                    earlier = CheckpointMessage.decode(msg.data, seq=msg.metadata.sequence.stream)
+                except LogIntegrityError:
+                    continue
                 self._keep(earlier)
-        return self._previous.get(cp.prev_size)
+                if earlier.size == cp.prev_size:
+                    return
 
     async def handle(self, msg: Msg) -> None:
         try:

@@ -153,9 +153,10 @@ async def receive_all(
 
 
 async def receipts_out(js: JetStreamContext, count: int) -> bool:
-    """The broker has published at least ``count`` receipts."""
+    """The broker has published at least ``count`` receipts (one per subject; the
+    stream's message count would include acknowledgements and notices)."""
     info = await js.stream_info(RECEIPTS, subjects_filter="atlas.receipt.>")
-    return info.state.messages >= count
+    return sum((info.state.subjects or {}).values()) >= count
 
 
 async def acks_handled(js: JetStreamContext, count: int) -> bool:
