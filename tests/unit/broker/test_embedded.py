@@ -56,11 +56,40 @@ class TestEmbeddedNats:
 class TestGoRuntime:
     """nats-server's Go runtime collects less often by default (see broker._embedded)."""
 
-    def test_defaults_when_the_environment_sets_neither(self) -> None:
+    def test_defaults_when_the_environment_sets_neither(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("broker._embedded._CGROUP_LIMITS", (tmp_path / "none",))
         env = go_runtime_env({"PATH": "/usr/bin"})
         assert env["PATH"] == "/usr/bin" and env["GOGC"] == "400"
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         assert env["GOMEMLIMIT"] == f"{memory // 4 // 2**20}MiB"
+
+    @pytest.mark.parametrize(
+        ("v2", "v1", "expected_mib"),
+        [
+            ("1073741824", None, 256),  # a 1 GiB container (cgroup v2)
+            (None, "2147483648", 512),  # a 2 GiB container (cgroup v1)
+            ("max", None, None),  # no limit: the machine's memory
+            (None, "9223372036854771712", None),  # cgroup v1's "no limit"
+        ],
+    )
+    def test_a_lower_container_limit_is_what_counts(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        v2: str | None,
+        v1: str | None,
+        expected_mib: int | None,
+    ) -> None:
+        files = (tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes")
+        for path, text in zip(files, (v2, v1), strict=True):
+            if text is not None:
+                path.write_text(text + "\n")
+        monkeypatch.setattr("broker._embedded._CGROUP_LIMITS", files)
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        expected = expected_mib if expected_mib is not None else memory // 4 // 2**20
+        assert go_runtime_env({})["GOMEMLIMIT"] == f"{expected}MiB"
 
     @pytest.mark.parametrize("given", [{"GOGC": "100"}, {"GOMEMLIMIT": "2GiB"}])
     def test_an_operators_setting_is_left_whole(self, given: dict[str, str]) -> None:
