@@ -19,6 +19,7 @@ from adapters import ReceiveStats
 from broker._bus import RECEIPTS, SUBMISSIONS, submit_stream
 from broker._config import Settings
 from broker._feeds import router_backlog
+from broker._receipts import ACKS_CONSUMER
 from broker._service import publish_bundle, receive
 from tests.conftest import TLP2, Community
 
@@ -163,7 +164,7 @@ async def acks_handled(js: JetStreamContext, count: int) -> bool:
     """The acknowledgement recorder has handled (acked) at least ``count`` acknowledgements
     and holds none."""
     try:
-        info = await js.consumer_info(RECEIPTS, "acks")
+        info = await js.consumer_info(RECEIPTS, ACKS_CONSUMER)
     except nats.js.errors.NotFoundError:  # the recorder has not bound its consumer yet
         return False
     return (
