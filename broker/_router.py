@@ -70,6 +70,7 @@ from policy import BundleRejected, View
 from ._bus import (
     DELIVERIES,
     SUBMITTED_BUCKET,
+    copy_origin,
     deliver_subject,
     log_subject,
     view_subject,
@@ -416,7 +417,7 @@ class Router:
                 return
             # From here on the submission is validly signed: every refusal is logged.
             try:
-                await self._claim(org, envelope.sid, src_sha256, msg.metadata.sequence.stream)
+                await self._claim(org, envelope.sid, src_sha256, _position(msg))
                 await self._route(
                     envelope.via,
                     envelope.sid,
@@ -433,20 +434,23 @@ class Router:
             except BundleRejected as exc:
                 await self._refuse(org, src_sha256, "bundle-rejected", str(exc), now, unsigned=None)
 
-    async def _claim(self, org: str, sid: str, src_sha256: str, seq: int) -> None:
+    async def _claim(self, org: str, sid: str, src_sha256: str, position: _Position) -> None:
         """A sid is used once, across organisations (it names the log chunks, deliveries,
-        views and receipts of the submission); a redelivery of the same message passes.
+        views and receipts of the submission); a redelivery of the same message passes,
+        and so does a second copy of one intake message (a copy consumer made anew starts
+        from the intake's start when SUBMISSIONS no longer holds any of its copies).
 
         The bucket's key is the organisation-specific ``sub.<sid>``; its value says who."""
         if self._submitted is None:  # looked up once: each lookup is a stream-info request
             self._submitted = await self._js.key_value(SUBMITTED_BUCKET)
         kv = self._submitted
-        value = f"{seq}:{src_sha256}:{org}".encode()
+        value = f"{position.key}:{src_sha256}:{org}".encode()
         try:
             await kv.create(f"sub.{sid}", value)
         except nats.js.errors.KeyWrongLastSequenceError:
             existing = (await kv.get(f"sub.{sid}")).value or b""
-            if existing == value:
+            # Also as a broker before intake positions wrote it (SUBMISSIONS' sequence).
+            if existing in (value, f"{position.stream_seq}:{src_sha256}:{org}".encode()):
                 return  # our own earlier attempt: finish it idempotently
             if existing.endswith(f":{src_sha256}:{org}".encode()):
                 raise SubmissionRefused(
@@ -897,6 +901,21 @@ class Router:
             new=True,
             view=view,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """Where a submission was stored: its intake message (two copies of it are one
+    submission) and its sequence in SUBMISSIONS."""
+
+    key: str
+    stream_seq: int
+
+
+def _position(msg: Msg) -> _Position:
+    seq = msg.metadata.sequence.stream
+    origin = copy_origin(msg.headers)
+    return _Position(f"{origin[0]}/{origin[1]}" if origin else str(seq), seq)
 
 
 def _stored_view(header: str | None, fallback: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from broker._auditor import VerifyResult
 from broker._bus import (
     DELIVERIES,
     SUBMISSIONS,
+    copy_origin,
     deliver_subject,
     ensure_streams,
     submit_stream,
@@ -196,8 +197,9 @@ async def _copies(js: JetStreamContext) -> dict[tuple[str, int], int]:
     last = (await js.stream_info(SUBMISSIONS)).state.last_seq or 0
     for seq in range(1, last + 1):
         msg = await js.get_msg(SUBMISSIONS, seq)
-        origin = (msg.headers or {}).get("Nats-Stream-Source", "").split(" ")
-        out[(origin[0], int(origin[1]))] = seq
+        origin = copy_origin(msg.headers)
+        assert origin is not None, f"SUBMISSIONS seq {seq} is not a copy"
+        out[origin] = seq
     return out
 
 

@@ -28,6 +28,7 @@ from broker._bus import (
     LOG,
     SUBMISSIONS,
     Streams,
+    copy_subject,
     deliver_subject,
     ensure_streams,
     submit_stream,
@@ -158,11 +159,23 @@ async def test_a_member_cannot_publish_for_another_member(secured: Any) -> None:
     server, seeds, js = secured
     member = await _login(server.url, seeds / "bank-a.nk")
     mjs = member.jetstream(prefix=ORG_API_PREFIX)
+    seen: list[bytes] = []
+
+    async def _collect(msg: Any) -> None:
+        seen.append(msg.data)
+
+    # Where the intakes' copy consumers deliver, in the broker's account: not reached.
+    await member.subscribe(copy_subject(">"), cb=_collect)
     with pytest.raises(REFUSED):
         await mjs.publish("atlas.submit.bank-b", b"forged", timeout=2)
     ack = await mjs.publish("atlas.submit.bank-a", b"own", timeout=2)
     assert ack.stream == submit_stream("bank-a")
+    await member.publish(copy_subject(submit_stream("bank-b")), b"forged copy")
     await until(_holding(js, SUBMISSIONS, 1), within=10, what="the copy for the router")
+    await asyncio.sleep(0.3)
+    # Only its own publish, in its own account; none of the broker's copies.
+    assert seen == [b"forged copy"]
+    assert (await js.stream_info(SUBMISSIONS)).state.messages == 1
     await member.close()
 
 

@@ -15,7 +15,14 @@ import pytest
 from nats.js import JetStreamContext
 
 from broker._audit import read_log
-from broker._bus import ensure_streams
+from broker._bus import (
+    COPY_CONSUMER,
+    SUBMISSIONS,
+    ensure_intake,
+    ensure_streams,
+    submit_stream,
+    submit_subject,
+)
 from broker._directory_store import store_directory
 from broker._embedded import EmbeddedNats
 from broker._router import INTERNAL_ERROR_ATTEMPTS, Router
@@ -126,5 +133,33 @@ async def test_a_failed_store_is_retried_by_the_same_worker_not_a_restarted_one(
         # Handled twice (failed, then routed) by one worker task, never marked cancelled.
         assert cancelling_after == [-1, 0, 0]
         assert len(workers) == 1
+        got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
+        assert got.received == 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_submission_copied_twice_into_submissions_is_routed_once(
+    js: JetStreamContext,
+    nats_server: EmbeddedNats,
+    make_community: Callable[..., Any],
+    settings_for: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """A copy consumer made anew when SUBMISSIONS holds none of its intake's copies starts
+    at the intake's start: what it copies again is the same intake message, taken once,
+    not refused as a replay of itself."""
+    community = make_community()
+    settings = settings_for(community, nats_server.url)
+    async with _router(js, community, settings, lambda router: None):
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+        async with asyncio.timeout(60):
+            await wait_routed(js, 1)
+        await js.purge_stream(SUBMISSIONS, subject=submit_subject("bank-a"))
+        await js.delete_consumer(submit_stream("bank-a"), COPY_CONSUMER)
+        await ensure_intake(js, ["bank-a"])
+        async with asyncio.timeout(60):
+            await wait_routed(js, 2)
+        entries = [r.entry async for r in read_log(js)]
+        assert [e.get("result") for e in entries if e["type"] == "submission"] == ["accepted"]
         got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
         assert got.received == 1
