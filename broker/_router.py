@@ -449,8 +449,7 @@ class Router:
             await kv.create(f"sub.{sid}", value)
         except nats.js.errors.KeyWrongLastSequenceError:
             existing = (await kv.get(f"sub.{sid}")).value or b""
-            # Also as a broker before intake positions wrote it (SUBMISSIONS' sequence).
-            if existing in (value, f"{position.stream_seq}:{src_sha256}:{org}".encode()):
+            if existing == value or _earlier_claim(existing, src_sha256, org, position):
                 return  # our own earlier attempt: finish it idempotently
             if existing.endswith(f":{src_sha256}:{org}".encode()):
                 raise SubmissionRefused(
@@ -910,12 +909,30 @@ class _Position:
 
     key: str
     stream_seq: int
+    copied: bool
+    """Copied from an intake (every submission since the intake streams)."""
+
+
+def _earlier_claim(existing: bytes, src_sha256: str, org: str, position: _Position) -> bool:
+    """Whether a claim written before claims named intake positions (by SUBMISSIONS'
+    sequence) is one of this submission's. A redelivery has the same sequence. A copy
+    with another one is taken for a second copy of the same intake message too: the copy
+    consumers made at the upgrade start at their intake's start when SUBMISSIONS holds
+    none of its copies, and that old claim cannot tell which intake message it was. A
+    member's replay of one claimed before the upgrade is then taken idempotently (nothing
+    delivered or logged twice) instead of refused."""
+    seq, _, rest = existing.decode(errors="replace").partition(":")
+    if not seq.isdigit() or rest != f"{src_sha256}:{org}":
+        return False
+    return int(seq) == position.stream_seq or position.copied
 
 
 def _position(msg: Msg) -> _Position:
     seq = msg.metadata.sequence.stream
     origin = copy_origin(msg.headers)
-    return _Position(f"{origin[0]}/{origin[1]}" if origin else str(seq), seq)
+    if origin is None:
+        return _Position(str(seq), seq, copied=False)
+    return _Position(f"{origin[0]}/{origin[1]}", seq, copied=True)
 
 
 def _stored_view(header: str | None, fallback: dict[str, Any]) -> dict[str, Any]:

@@ -13,11 +13,13 @@ from typing import Any
 import nats.errors
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import StreamSource
 
 from broker._audit import read_log
 from broker._bus import (
     COPY_CONSUMER,
     SUBMISSIONS,
+    SUBMITTED_BUCKET,
     ensure_intake,
     ensure_streams,
     submit_stream,
@@ -163,3 +165,44 @@ async def test_a_submission_copied_twice_into_submissions_is_routed_once(
         assert [e.get("result") for e in entries if e["type"] == "submission"] == ["accepted"]
         got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
         assert got.received == 1
+
+
+@pytest.mark.timeout(120)
+async def test_a_submission_claimed_before_the_upgrade_and_copied_again_is_not_a_replay(
+    js: JetStreamContext,
+    nats_server: EmbeddedNats,
+    make_community: Callable[..., Any],
+    settings_for: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """A store of a broker before the copy consumers: ephemeral sources, claims by
+    SUBMISSIONS' sequence. A quiet member's copies dropped as SUBMISSIONS' oldest, its
+    intake still holding them: the upgrade's copy consumer copies them again, and the
+    router takes them as what they are (found by review: refused as replays, and the
+    refusal logged for good)."""
+    community = make_community()
+    settings = settings_for(community, nats_server.url)
+    async with _router(js, community, settings, lambda router: None):
+        await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+        async with asyncio.timeout(60):
+            await wait_routed(js, 1)
+        kv = await js.key_value(SUBMITTED_BUCKET)
+        (key,) = [k for k in await kv.keys() if k.startswith("sub.")]
+        claim = (await kv.get(key)).value or b""
+        assert claim.startswith(submit_stream("bank-a").encode() + b"/1:")
+        await kv.put(key, b"1:" + claim.split(b":", 1)[1])  # as the earlier router wrote it
+        config = (await js.stream_info(SUBMISSIONS)).config
+        intakes = [s.name for s in config.sources or ()]
+        config.sources = [
+            StreamSource(name=name, filter_subject=submit_subject(name.removeprefix("SUBMIT-")))
+            for name in intakes
+        ]
+        await js.update_stream(config)
+        for name in intakes:
+            await js.delete_consumer(name, COPY_CONSUMER)
+        await js.purge_stream(SUBMISSIONS, subject=submit_subject("bank-a"))
+        await ensure_streams(js, streams_for(settings))  # the upgraded serve's start
+        async with asyncio.timeout(60):
+            await wait_routed(js, 2)
+        entries = [r.entry async for r in read_log(js)]
+        assert [e.get("result") for e in entries if e["type"] == "submission"] == ["accepted"]
