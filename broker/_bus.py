@@ -436,11 +436,20 @@ async def _source_intakes(
         await js.update_stream(config)
         log.info("stream.intake_copy_renewed", stream=config.name, count=len(stale))
     wanted = [(name, subject) for name, subject in intakes if name not in present or name in stale]
+    ready: list[str] = []
+    failed: Exception | None = None
     for name, subject in wanted:
-        await _ensure_copy_consumer(js, config.name or "", name, subject)
-    if wanted:
-        config.sources = [*(config.sources or ()), *(_copy_source(name) for name, _ in wanted)]
+        try:
+            await _ensure_copy_consumer(js, config.name or "", name, subject)
+        except (nats.errors.Error, OSError) as exc:  # the others are copied meanwhile
+            failed = failed or exc
+        else:
+            ready.append(name)
+    if ready:
+        config.sources = [*(config.sources or ()), *(_copy_source(name) for name in ready)]
         await js.update_stream(config)
+    if failed is not None:
+        raise failed  # the next call (``serve`` checks every 30 s) sources the rest
     added = len(names - present.keys())
     if added:
         log.info("stream.intake_added", stream=config.name, count=added)
@@ -476,6 +485,8 @@ async def _ensure_copy_consumer(
     if await _has_copy_consumer(js, intake):
         return
     newest = await _newest_copy(js, aggregate, intake, subject)
+    if newest is not None and newest > ((await js.stream_info(intake)).state.last_seq or 0):
+        newest = None  # the intake was made anew since (by hand): copy all it holds
     config = ConsumerConfig(
         name=COPY_CONSUMER,
         durable_name=COPY_CONSUMER,

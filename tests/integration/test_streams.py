@@ -260,6 +260,22 @@ async def test_an_intake_whose_copies_the_target_dropped_resumes_where_its_copy_
     assert (await js.stream_info(SUBMISSIONS)).state.last_seq == 3
 
 
+async def test_an_intake_made_anew_by_hand_is_copied_from_its_start(
+    js: JetStreamContext,
+) -> None:
+    """Its sequences start at 1 again: a copy consumer starting after the newest copy of
+    the one before would skip as many of its messages."""
+    await ensure_intake(js, ["bank-a"])
+    for n in range(3):
+        await js.publish("atlas.submit.bank-a", b"first %d" % n)
+    await until(functools.partial(_last_seq, js, SUBMISSIONS, 3), within=10, what="copies")
+    await js.delete_stream(submit_stream("bank-a"))
+    await ensure_intake(js, ["bank-a"])
+    await js.publish("atlas.submit.bank-a", b"second 0")
+    await until(functools.partial(_last_seq, js, SUBMISSIONS, 4), within=10, what="its copy")
+    assert (await js.get_msg(SUBMISSIONS, 4)).data == b"second 0"
+
+
 async def test_a_store_sourced_through_ephemeral_consumers_is_moved_to_copy_consumers(
     js: JetStreamContext,
 ) -> None:
