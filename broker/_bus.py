@@ -84,6 +84,7 @@ __all__ = [
     "Streams",
     "ack_stream",
     "ack_subject",
+    "check_server_version",
     "connect",
     "copy_origin",
     "copy_subject",
@@ -228,8 +229,29 @@ def _file_stream(name: str, subjects: list[str], replicas: int, **limits: Any) -
     )
 
 
+DURABLE_SOURCING = (2, 14)
+"""The first nats-server release that copies a stream through a durable consumer."""
+
+
+def check_server_version(version: Any) -> None:
+    """Refuse a nats-server too old for the copy consumers (``version``: nats-py's
+    ``connected_server_version``), naming what it is and what is needed."""
+    found = (version.major, version.minor)
+    if found < DURABLE_SOURCING:
+        need = ".".join(map(str, DURABLE_SOURCING))
+        raise ConfigError(
+            f"the NATS server is nats-server {found[0]}.{found[1]}.{version.patch}; the broker "
+            f"needs {need} or later: it copies each organisation's intake stream through "
+            "a durable consumer (nats-server's durable sourcing). Upgrade the server, or "
+            "leave nats.url unset to run the embedded one"
+        )
+
+
 async def ensure_streams(js: JetStreamContext, streams: Streams = Streams()) -> None:
     """Create the streams and buckets, or bring their configuration up to date."""
+    nc = getattr(js, "_nc", None)  # nats-py keeps the connection there, unexported
+    if nc is not None and nc.is_connected:
+        check_server_version(nc.connected_server_version)
     kept = {
         "max_age": streams.deliveries_max_age,
         "max_bytes": streams.deliveries_max_bytes,
