@@ -52,6 +52,20 @@ async def _router(
         await stop_within([task], seconds=30)
 
 
+async def _publish_routed(
+    settings: Any, js: JetStreamContext, community: Any, tmp_path: Path
+) -> None:
+    """bank-a publishes one TLP:CLEAR indicator; returns once the router took it."""
+    await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
+    async with asyncio.timeout(60):
+        await wait_routed(js, 1)
+
+
+async def _submission_results(js: JetStreamContext) -> list[str | None]:
+    """The result of every submission entry in LOG, in order."""
+    return [r.entry.get("result") async for r in read_log(js) if r.entry["type"] == "submission"]
+
+
 @pytest.mark.timeout(120)
 async def test_a_bug_refuses_one_submission_not_the_router(
     js: JetStreamContext,
@@ -129,9 +143,7 @@ async def test_a_failed_store_is_retried_by_the_same_worker_not_a_restarted_one(
         router.handle = _handle  # type: ignore[method-assign]
 
     async with _router(js, community, settings, _inject):
-        await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
-        async with asyncio.timeout(60):
-            await wait_routed(js, 1)
+        await _publish_routed(settings, js, community, tmp_path)
         # Handled twice (failed, then routed) by one worker task, never marked cancelled.
         assert cancelling_after == [-1, 0, 0]
         assert len(workers) == 1
@@ -153,16 +165,13 @@ async def test_a_submission_copied_twice_into_submissions_is_routed_once(
     community = make_community()
     settings = settings_for(community, nats_server.url)
     async with _router(js, community, settings, lambda router: None):
-        await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
-        async with asyncio.timeout(60):
-            await wait_routed(js, 1)
+        await _publish_routed(settings, js, community, tmp_path)
         await js.purge_stream(SUBMISSIONS, subject=submit_subject("bank-a"))
         await js.delete_consumer(submit_stream("bank-a"), COPY_CONSUMER)
         await ensure_intake(js, ["bank-a"])
         async with asyncio.timeout(60):
             await wait_routed(js, 2)
-        entries = [r.entry async for r in read_log(js)]
-        assert [e.get("result") for e in entries if e["type"] == "submission"] == ["accepted"]
+        assert await _submission_results(js) == ["accepted"]
         got = await receive_all(settings, js, community, "lea-1", tmp_path / "lea-1")
         assert got.received == 1
 
@@ -183,9 +192,7 @@ async def test_a_submission_claimed_before_the_upgrade_and_copied_again_is_not_a
     community = make_community()
     settings = settings_for(community, nats_server.url)
     async with _router(js, community, settings, lambda router: None):
-        await publish(settings, js, community, tmp_path, "bank-a", bundle(indicator("clear")))
-        async with asyncio.timeout(60):
-            await wait_routed(js, 1)
+        await _publish_routed(settings, js, community, tmp_path)
         kv = await js.key_value(SUBMITTED_BUCKET)
         (key,) = [k for k in await kv.keys() if k.startswith("sub.")]
         claim = (await kv.get(key)).value or b""
@@ -204,5 +211,4 @@ async def test_a_submission_claimed_before_the_upgrade_and_copied_again_is_not_a
         await ensure_streams(js, streams_for(settings))  # the upgraded serve's start
         async with asyncio.timeout(60):
             await wait_routed(js, 2)
-        entries = [r.entry async for r in read_log(js)]
-        assert [e.get("result") for e in entries if e["type"] == "submission"] == ["accepted"]
+        assert await _submission_results(js) == ["accepted"]
