@@ -23,7 +23,7 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ._bus import DELIVERIES, LOG, SUBMISSIONS, consumers_of
+from ._bus import DELIVERIES, LOG, SUBMISSIONS, consumers_of, intake_lag
 from ._checkpoint import CHECKPOINT_SUBJECT, ENTRIES_FILTER, LOG_SEQ_HEADER, TREE_SIZE_HEADER
 from ._feeds import router_backlog
 from ._gc import CollectorWatch
@@ -43,6 +43,7 @@ class BrokerMetrics:
         self._router_consumer = router_consumer
         self._orgs: frozenset[str] = frozenset()
         self._delivery_series: set[tuple[str, str, str]] = set()
+        self._lagging: set[str] = set()
         r = self.registry
         self.accepted = Counter(
             "atlas_submissions_accepted", "Submissions routed.", ["org"], registry=r
@@ -109,6 +110,13 @@ class BrokerMetrics:
             ["stream", "consumer", "recipient"],
             registry=r,
         )
+        self.intake_copy_lag = Gauge(
+            "atlas_intake_copy_lag",
+            "Messages an organisation's intake stream holds that SUBMISSIONS or RECEIPTS has "
+            "not copied yet (intakes behind only): lag that lasts means the copy stopped.",
+            ["intake"],
+            registry=r,
+        )
         self.checkpoint_size = Gauge(
             "atlas_log_checkpoint_size", "Entries covered by the newest checkpoint.", registry=r
         )
@@ -163,7 +171,17 @@ class BrokerMetrics:
         self.consumer_pending.labels(*labels).set(backlog.pending)
         self.consumer_ack_pending.labels(*labels).set(backlog.ack_pending)
         await self._sample_deliveries(js)
+        await self._sample_intakes(js)
         await self._sample_checkpoint(js)
+
+    async def _sample_intakes(self, js: JetStreamContext) -> None:
+        lag = await intake_lag(js)
+        for name in self._lagging - lag.keys():
+            with contextlib.suppress(KeyError):
+                self.intake_copy_lag.remove(name)
+        for name, count in lag.items():
+            self.intake_copy_lag.labels(name).set(count)
+        self._lagging = set(lag)
 
     async def _sample_deliveries(self, js: JetStreamContext) -> None:
         consumers = await consumers_of(js, DELIVERIES)

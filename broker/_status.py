@@ -163,6 +163,7 @@ def figures_from_metrics(text: str) -> dict[str, Any]:
         "recipients": {
             name: {"pending": 0, "ack_pending": 0, **c} for name, c in sorted(consumers.items())
         },
+        "intakes_behind": by("atlas_intake_copy_lag", "intake"),
         "seal_seconds": _histogram(samples, "atlas_seal_seconds"),
         "route_seconds": _histogram(samples, "atlas_route_seconds"),
         "log": {
@@ -237,6 +238,8 @@ def _render(status: Status, out: Console) -> None:
     row("routing consumers pending / ack pending", f"{rc['pending']} / {rc['ack_pending']}")
     for name, c in f["recipients"].items():
         row(f"  deliveries to {name}", f"{c['pending']} / {c['ack_pending']}")
+    for name, n in f["intakes_behind"].items():
+        row(f"  {name} not copied yet", n)
     infl = f["in_flight"]
     row(
         "in flight: submissions / publishes / deferred",

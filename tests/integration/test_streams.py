@@ -45,6 +45,7 @@ from broker._config import RouterSettings
 from broker._directory_store import DirectoryWatcher, store_directory
 from broker._embedded import EmbeddedNats
 from broker._feeds import ensure_route_consumers
+from broker._metrics import BrokerMetrics
 from broker._service import _check_unfetched, _keep_intake
 from broker.errors import ConfigError
 from tests.conftest import Community, stop_within
@@ -380,6 +381,28 @@ async def test_a_copy_the_target_refuses_shows_as_intake_lag(js: JetStreamContex
 
     await until(lagging, within=10, what="lea-1's intake to lag")
     assert ack_stream("lea-2") not in await intake_lag(js)
+    metrics = BrokerMetrics()  # and /metrics says it
+    await metrics.sample(js)
+    lag = metrics.registry.get_sample_value(
+        "atlas_intake_copy_lag", {"intake": ack_stream("lea-1")}
+    )
+    assert lag is not None and lag > 0
+    assert (
+        metrics.registry.get_sample_value("atlas_intake_copy_lag", {"intake": ack_stream("lea-2")})
+        is None
+    )
+    await js.purge_stream(RECEIPTS)  # room again: the copy catches up, the series goes
+
+    async def caught_up() -> bool:
+        await metrics.sample(js)
+        return (
+            metrics.registry.get_sample_value(
+                "atlas_intake_copy_lag", {"intake": ack_stream("lea-1")}
+            )
+            is None
+        )
+
+    await until(caught_up, within=20, what="the lag series to go")
 
 
 @pytest.mark.timeout(60)

@@ -27,6 +27,7 @@ class TestFigures:
         metrics.consumer_pending.labels("SUBMISSIONS", "router", "").set(4)
         metrics.consumer_ack_pending.labels("DELIVERIES", "deliver-lea-1", "lea-1").set(2)
         metrics.checkpoint_lag_messages.set(5)
+        metrics.intake_copy_lag.labels("ACK-lea-1").set(62)
 
         figures = figures_from_metrics(metrics.render().decode())
 
@@ -42,6 +43,7 @@ class TestFigures:
         assert figures["seal_seconds"]["count"] == 3
         assert figures["seal_seconds"]["p50_le"] == 0.0005
         assert figures["log"]["checkpoint_lag_messages"] == 5
+        assert figures["intakes_behind"] == {"ACK-lea-1": 62}
 
     def test_registries_are_independent_when_two_brokers_share_a_process(self) -> None:
         one, two = BrokerMetrics(), BrokerMetrics()
